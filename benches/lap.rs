@@ -1,0 +1,264 @@
+//! Lap time of an 11-node ring at zero delay running the tick station,
+//! against a raw TCP ring of the same shape with no wasm (the physical
+//! limit on this box), and the cost of one station call with a 1 KB slot.
+//!
+//! Run: `cargo bench --bench lap` (add `-- --laps N` to change the count).
+//! Both rings run in this process, on the same runtime, one after the
+//! other, so the ratio compares like with like.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ringhost::config::{NodeConfig, RingLayout, StationSpec};
+use ringhost::observe::{EventKind, Observer};
+use ringhost::station::{
+    Inbox, KvStore, NodeInfo, StationEnv, StationHost, StationLimits, StopContext,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const NODES: usize = 11;
+const WARMUP_LAPS: usize = 200;
+
+fn main() -> Result<()> {
+    let laps: usize = std::env::args()
+        .skip_while(|a| a != "--laps")
+        .nth(1)
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(3000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let raw = raw_ring(laps).await?;
+        let ring = ringhost_ring(laps).await?;
+        let call = station_call(100_000).await?;
+        let empty = station_call_empty(100_000).await?;
+        println!("lap time, {NODES} nodes on 127.0.0.1, zero delay, {laps} laps each");
+        println!("{:<28} {:>10} {:>10}", "", "p50", "p99");
+        println!(
+            "{:<28} {:>10} {:>10}",
+            "raw TCP ring (no wasm)",
+            fmt(raw.0),
+            fmt(raw.1)
+        );
+        println!(
+            "{:<28} {:>10} {:>10}",
+            "ringhost + tick station",
+            fmt(ring.0),
+            fmt(ring.1)
+        );
+        println!(
+            "{:<28} {:>9.2}x {:>9.2}x   (goal <= 1.5x)",
+            "ratio ringhost / raw",
+            ring.0.as_secs_f64() / raw.0.as_secs_f64(),
+            ring.1.as_secs_f64() / raw.1.as_secs_f64()
+        );
+        println!(
+            "station call, echo, 1 KB slot: p50 {} mean {}   (goal <= 3 us)",
+            fmt(call.0),
+            fmt(call.1)
+        );
+        println!(
+            "station call, echo, empty slot: p50 {} mean {}   (baseline for the slot copy)",
+            fmt(empty.0),
+            fmt(empty.1)
+        );
+        Ok(())
+    })
+}
+
+fn fmt(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{:.2} us", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.3} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (p(0.5), p(0.99))
+}
+
+/// Raw ring: each member reads a 64-byte message from its predecessor and
+/// writes it to its successor; member 0 times the laps.
+async fn raw_ring(laps: usize) -> Result<(Duration, Duration)> {
+    const MSG: usize = 64;
+    let mut listeners = Vec::new();
+    for _ in 0..NODES {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let addrs: Vec<_> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<_, _>>()?;
+    // Connect every edge i -> i+1.
+    let mut outs = Vec::new();
+    for i in 0..NODES {
+        let s = TcpStream::connect(addrs[(i + 1) % NODES]).await?;
+        s.set_nodelay(true)?;
+        outs.push(s);
+    }
+    let mut ins = Vec::new();
+    for l in &listeners {
+        let (s, _) = l.accept().await?;
+        s.set_nodelay(true)?;
+        ins.push(s);
+    }
+    // ins[i] is member i's upstream, outs[i] its downstream.
+    let mut tasks = Vec::new();
+    let mut ins = ins.into_iter();
+    let mut outs = outs.into_iter();
+    let mut origin = (ins.next().unwrap(), outs.next().unwrap());
+    for _ in 1..NODES {
+        let (mut r, mut w) = (ins.next().unwrap(), outs.next().unwrap());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; MSG];
+            while r.read_exact(&mut buf).await.is_ok() {
+                if w.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut buf = [7u8; MSG];
+    let mut times = Vec::with_capacity(laps);
+    let mut last = Instant::now();
+    origin.1.write_all(&buf).await?;
+    for lap in 0..(WARMUP_LAPS + laps) {
+        origin.0.read_exact(&mut buf).await?;
+        let now = Instant::now();
+        if lap >= WARMUP_LAPS {
+            times.push(now - last);
+        }
+        last = now;
+        origin.1.write_all(&buf).await?;
+    }
+    drop(origin);
+    for t in tasks {
+        t.abort();
+    }
+    Ok(percentiles(times))
+}
+
+/// ringhost ring: 11 in-process nodes running the built-in tick station;
+/// node 0 reports its lap times.
+async fn ringhost_ring(laps: usize) -> Result<(Duration, Duration)> {
+    let host = StationHost::new()?;
+    let mut listeners = Vec::new();
+    for _ in 0..NODES {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let layout = RingLayout::from_addrs(
+        listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.to_string()))
+            .collect::<Result<Vec<_>, _>>()?,
+    )?;
+    let (observer, mut events) = Observer::channel();
+    let mut handles = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let mut config = NodeConfig::new(layout.clone(), i);
+        config.delay_ms = 0;
+        config.stations = vec![StationSpec::builtin("tick").with("quiet", "true")];
+        // Only node 0 reports, so the observer costs one node, not eleven.
+        let obs = if i == 0 {
+            observer.clone()
+        } else {
+            Observer::none()
+        };
+        handles.push(ringhost::node::start(config, listener, Arc::clone(&host), obs).await?);
+    }
+    drop(observer);
+    let mut times = Vec::with_capacity(laps);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while times.len() < laps {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, events.recv())
+            .await
+            .context("ring too slow")?
+            .context("events ended")?;
+        if let EventKind::Visit {
+            lap,
+            lap_time: Some(t),
+            ..
+        } = ev.kind
+            && lap as usize > WARMUP_LAPS
+        {
+            times.push(t);
+        }
+    }
+    for h in handles {
+        h.shutdown().await?;
+    }
+    Ok(percentiles(times))
+}
+
+async fn echo_station() -> Result<ringhost::station::Station> {
+    let host = StationHost::new()?;
+    let env = StationEnv {
+        station: "echo".into(),
+        node: NodeInfo {
+            name: "bench".into(),
+            index: 0,
+            ring_size: 1,
+            ring_hash: String::new(),
+        },
+        kv: KvStore::default(),
+        inbox: Inbox::default(),
+        observer: Observer::none(),
+        epoch: Instant::now(),
+    };
+    let limits = StationLimits {
+        call_timeout: Duration::from_millis(100),
+        memory_bytes: 64 << 20,
+    };
+    host.load(&StationSpec::builtin("echo"), env, limits).await
+}
+
+fn ctx() -> StopContext {
+    StopContext {
+        node_name: "bench".into(),
+        node_index: 0,
+        ring_size: 11,
+        generation: 1,
+        lap: 1,
+        hop: 1,
+        now_unix_ms: 0,
+        last_lap_us: Some(100),
+    }
+}
+
+async fn time_calls(slot: &[u8], calls: usize) -> Result<(Duration, Duration)> {
+    let mut station = echo_station().await?;
+    let ctx = ctx();
+    for _ in 0..1000 {
+        station.call(&ctx, slot).await?;
+    }
+    // Time batches of 100 calls so the clock's own cost stays out.
+    let mut per_call = Vec::with_capacity(calls / 100);
+    let start = Instant::now();
+    for _ in 0..calls / 100 {
+        let t = Instant::now();
+        for _ in 0..100 {
+            let v = station.call(&ctx, slot).await?;
+            debug_assert_eq!(v.slot.len(), slot.len());
+        }
+        per_call.push(t.elapsed() / 100);
+    }
+    let mean = start.elapsed() / calls as u32;
+    Ok((percentiles(per_call).0, mean))
+}
+
+async fn station_call(calls: usize) -> Result<(Duration, Duration)> {
+    time_calls(&[0x5a; 1024], calls).await
+}
+
+async fn station_call_empty(calls: usize) -> Result<(Duration, Duration)> {
+    time_calls(&[], calls).await
+}

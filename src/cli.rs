@@ -1,0 +1,238 @@
+//! Command-line types (clap derive) and their translation into validated
+//! configs. Nothing here does I/O beyond reading a ring file.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_RING, NodeConfig, RingLayout, StationSpec};
+use crate::station::builtin;
+
+/// A ring of servers with a particle circling through it; every stop runs
+/// WebAssembly stations.
+///
+/// With no subcommand, runs one node of the ring:
+///   ringhost --port 3000 --station stations/tick.wasm
+#[derive(Debug, Parser)]
+#[command(name = "ringhost", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Run a whole local ring instead of one node.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// One node's settings (when no subcommand is given).
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a whole local ring: one node process per member, logs
+    /// prefixed by node. Ctrl-C or SIGTERM stops every node.
+    Up(UpArgs),
+}
+
+/// Settings shared by a single node and by every node of `up`.
+#[derive(Debug, Clone, Args)]
+pub struct StationArgs {
+    /// A station to run at every stop, in order; repeatable. A `.wasm`
+    /// component path or a built-in (tick, delay, echo), with optional
+    /// settings and name: `[NAME=]SOURCE[:key=value,...]`, e.g.
+    /// `stations/delay.wasm:ms=100,ms@3=500`. Default: the built-in tick.
+    #[arg(long = "station", value_name = "SPEC")]
+    pub stations: Vec<String>,
+
+    /// Hold the particle at least this long at every stop (0 = full speed).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub delay_ms: u64,
+
+    /// Deadline of one station call; a call past it is interrupted.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub station_timeout_ms: u64,
+
+    /// Linear memory limit of one station instance.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub station_memory_mib: usize,
+}
+
+/// Running one node.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// This node's port: picks the member of the ring with that port.
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// This node's member name in the ring (instead of --port).
+    #[arg(long, conflicts_with = "port")]
+    pub name: Option<String>,
+
+    /// The ring enumeration, identical on every node: a range
+    /// (127.0.0.1:3000-3010), a list (a:1,b:2), or a file of
+    /// `name = "host:port"` lines.
+    #[arg(long, value_name = "RING", default_value = DEFAULT_RING)]
+    pub ring: String,
+
+    /// Address to bind the ring port to (default: the member's address).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Exit when standard input closes (used by `ringhost up`, so nodes
+    /// never outlive their supervisor).
+    #[arg(long, hide = true)]
+    pub exit_on_stdin_eof: bool,
+
+    #[command(flatten)]
+    pub stations: StationArgs,
+}
+
+/// `ringhost up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 11)]
+    pub nodes: u16,
+
+    /// Port of the first node; the others follow.
+    #[arg(long, default_value_t = 3000)]
+    pub base_port: u16,
+
+    /// Host all nodes listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// The program to run for each node (default: this executable).
+    #[arg(long, hide = true)]
+    pub node_program: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub stations: StationArgs,
+}
+
+impl StationArgs {
+    /// Parsed station specs (the built-in tick when none is given).
+    ///
+    /// # Errors
+    /// When a spec does not parse or names a missing file.
+    pub fn specs(&self) -> Result<Vec<StationSpec>> {
+        if self.stations.is_empty() {
+            return Ok(vec![StationSpec::builtin("tick")]);
+        }
+        self.stations
+            .iter()
+            .map(|s| StationSpec::parse(s, builtin::NAMES))
+            .collect()
+    }
+
+    /// The flags to give a child node so it runs the same stations.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.stations {
+            out.push("--station".into());
+            out.push(s.clone());
+        }
+        out.extend([
+            "--delay-ms".into(),
+            self.delay_ms.to_string(),
+            "--station-timeout-ms".into(),
+            self.station_timeout_ms.to_string(),
+            "--station-memory-mib".into(),
+            self.station_memory_mib.to_string(),
+        ]);
+        out
+    }
+
+    fn apply(&self, config: &mut NodeConfig) -> Result<()> {
+        config.stations = self.specs()?;
+        config.delay_ms = self.delay_ms;
+        config.station_timeout_ms = self.station_timeout_ms;
+        config.station_memory_bytes = self.station_memory_mib << 20;
+        Ok(())
+    }
+}
+
+impl NodeArgs {
+    /// The validated node config.
+    ///
+    /// # Errors
+    /// When the ring does not parse, the node is not a member, or a
+    /// setting is invalid.
+    pub fn to_config(&self) -> Result<NodeConfig> {
+        let ring = RingLayout::parse(&self.ring)?;
+        let index = match (&self.name, self.port) {
+            (Some(name), _) => ring.index_by_name(name)?,
+            (None, Some(port)) => ring.index_by_port(port)?,
+            (None, None) => bail!(
+                "say which member this node is: --port PORT or --name NAME \
+                 (or run a whole local ring with `ringhost up`)"
+            ),
+        };
+        let mut config = NodeConfig::new(ring, index);
+        self.stations.apply(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl UpArgs {
+    /// The ring `up` starts.
+    ///
+    /// # Errors
+    /// When the port range overflows or is empty.
+    pub fn ring(&self) -> Result<String> {
+        if self.nodes == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        let last = u32::from(self.base_port) + u32::from(self.nodes) - 1;
+        if last > u32::from(u16::MAX) {
+            bail!(
+                "--base-port {} + --nodes {} passes port 65535",
+                self.base_port,
+                self.nodes
+            );
+        }
+        Ok(format!("{}:{}-{}", self.host, self.base_port, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_picks_the_member_and_defaults_to_tick() {
+        let cli = Cli::parse_from(["ringhost", "--port", "3004"]);
+        let cfg = cli.node.to_config().unwrap();
+        assert_eq!(cfg.index, 4);
+        assert_eq!(cfg.ring.len(), 11);
+        assert_eq!(cfg.stations, vec![StationSpec::builtin("tick")]);
+    }
+
+    #[test]
+    fn a_node_must_say_who_it_is() {
+        let cli = Cli::parse_from(["ringhost"]);
+        assert!(cli.node.to_config().is_err());
+    }
+
+    #[test]
+    fn up_takes_its_flags_and_builds_the_ring() {
+        let cli = Cli::parse_from([
+            "ringhost",
+            "up",
+            "--nodes",
+            "3",
+            "--base-port",
+            "4000",
+            "--station",
+            "delay:ms=5",
+            "--delay-ms",
+            "0",
+        ]);
+        let Some(Command::Up(up)) = cli.command else {
+            panic!("up parsed")
+        };
+        assert_eq!(up.ring().unwrap(), "127.0.0.1:4000-4002");
+        assert_eq!(up.stations.delay_ms, 0);
+        assert!(up.stations.to_args().contains(&"delay:ms=5".to_string()));
+    }
+}

@@ -1,0 +1,73 @@
+//! ringhost: a ring of servers with a particle circling through it, where
+//! every stop runs hot-swappable WebAssembly stations.
+//!
+//! # Layout
+//! - [`config`]: the ring enumeration, station specs, node settings.
+//! - [`wire`]: frames and their encoding; knows nothing of rings.
+//! - [`ring`]: the ring protocol as a sans-IO state machine.
+//! - [`station`]: the wasm host (engine, linker, imports, pipeline).
+//! - [`node`]: wires the protocol to sockets, timers and stations.
+//! - [`observe`]: events nodes report, for tests and tools.
+//! - [`up`]: `ringhost up`, a whole local ring of node processes.
+//! - [`cli`]: command-line types and their translation into configs.
+
+pub mod cli;
+pub mod config;
+pub mod node;
+pub mod observe;
+pub mod ring;
+pub mod station;
+pub mod up;
+pub mod wire;
+
+use std::future::Future;
+
+use anyhow::{Context, Result};
+
+/// Runs what the command line asks for until `shutdown` resolves.
+///
+/// # Errors
+/// Whatever stops the node or the ring from starting or running, with
+/// context naming the thing.
+pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<()> {
+    match cli.command {
+        Some(cli::Command::Up(args)) => {
+            up::check(&args)?;
+            up::run(args, shutdown).await
+        }
+        None => run_node(cli.node, shutdown).await,
+    }
+}
+
+async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let config = args.to_config()?;
+    let bind = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.me().addr.clone());
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("binding the ring port on {bind}"))?;
+    let host = station::StationHost::new()?;
+    let handle = node::start(config, listener, host, observe::Observer::none()).await?;
+    let stdin_closed = async {
+        if args.exit_on_stdin_eof {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            tracing::info!("supervisor gone (stdin closed); stopping");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = stdin_closed => {}
+    }
+    handle.shutdown().await
+}

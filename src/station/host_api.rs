@@ -1,0 +1,405 @@
+//! Our implementation of the WIT imports (`host`, `kv`, `inbox`) and the
+//! per-store state they work on, plus the sink that turns guest
+//! stdout/stderr into log lines.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::ringhost::station::{host, inbox, kv, types};
+use crate::observe::{EventKind, Observer};
+
+/// Largest log line a station may write; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+/// Total bytes (keys plus values) one station may keep in the kv store.
+pub const KV_QUOTA_BYTES: usize = 1 << 20;
+/// Pending messages one station's inbox may hold.
+pub const INBOX_CAPACITY: usize = 10_000;
+
+/// The node-local key-value store, namespaced per station. Cloning shares
+/// it. Short critical sections only, never held across an await.
+#[derive(Debug, Clone, Default)]
+pub struct KvStore {
+    inner: Arc<Mutex<BTreeMap<String, Namespace>>>,
+}
+
+/// One station's keys and values.
+type Namespace = BTreeMap<String, Vec<u8>>;
+
+impl KvStore {
+    /// The value of `key` in `station`'s namespace.
+    pub fn get(&self, station: &str, key: &str) -> Option<Vec<u8>> {
+        let map = self.inner.lock().expect("kv lock");
+        map.get(station).and_then(|ns| ns.get(key)).cloned()
+    }
+
+    /// Stores `value` under `key` in `station`'s namespace.
+    ///
+    /// # Errors
+    /// When the namespace would exceed [`KV_QUOTA_BYTES`]; nothing changes.
+    pub fn set(&self, station: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let mut map = self.inner.lock().expect("kv lock");
+        let ns = map.entry(station.to_string()).or_default();
+        let used: usize = ns.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let old = ns.get(key).map_or(0, |v| key.len() + v.len());
+        let new_total = used - old + key.len() + value.len();
+        if new_total > KV_QUOTA_BYTES {
+            return Err(format!(
+                "kv quota exceeded: {new_total} bytes > {KV_QUOTA_BYTES} for station {station}"
+            ));
+        }
+        ns.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// Removes `key`; whether it was there.
+    pub fn delete(&self, station: &str, key: &str) -> bool {
+        let mut map = self.inner.lock().expect("kv lock");
+        map.get_mut(station)
+            .is_some_and(|ns| ns.remove(key).is_some())
+    }
+
+    /// Keys of `station`'s namespace, ascending.
+    pub fn keys(&self, station: &str) -> Vec<String> {
+        let map = self.inner.lock().expect("kv lock");
+        map.get(station)
+            .map(|ns| ns.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A station's queue of local inputs. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Inbox {
+    inner: Arc<Mutex<VecDeque<Vec<u8>>>>,
+}
+
+impl Inbox {
+    /// Appends a message.
+    ///
+    /// # Errors
+    /// When [`INBOX_CAPACITY`] messages are already pending.
+    pub fn push(&self, msg: Vec<u8>) -> Result<(), String> {
+        let mut q = self.inner.lock().expect("inbox lock");
+        if q.len() >= INBOX_CAPACITY {
+            return Err(format!("inbox full ({INBOX_CAPACITY} messages)"));
+        }
+        q.push_back(msg);
+        Ok(())
+    }
+
+    /// Removes up to `max` messages, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Vec<u8>> {
+        let mut q = self.inner.lock().expect("inbox lock");
+        let n = max.min(q.len());
+        q.drain(..n).collect()
+    }
+
+    /// Pending message count.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("inbox lock").len()
+    }
+
+    /// Whether no message is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What every store of one station on one node shares.
+#[derive(Debug, Clone)]
+pub struct StationEnv {
+    /// The station's name (its namespace).
+    pub station: Arc<str>,
+    /// Who this node is.
+    pub node: types::NodeInfo,
+    /// The node's kv store.
+    pub kv: KvStore,
+    /// This station's inbox.
+    pub inbox: Inbox,
+    /// Where events go.
+    pub observer: Observer,
+    /// The node's start, the zero of `monotonic-ns`.
+    pub epoch: Instant,
+}
+
+/// The data of one wasmtime `Store`: one live instance of one station.
+pub struct StationState {
+    pub(super) env: StationEnv,
+    pub(super) limits: StoreLimits,
+    pub(super) call_started: Instant,
+    pub(super) call_budget: std::time::Duration,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl StationState {
+    pub(super) fn new(env: StationEnv, memory_bytes: usize, budget: std::time::Duration) -> Self {
+        let out = |stream: &'static str| GuestOutput {
+            station: env.station.clone(),
+            node: env.node.index,
+            stream,
+            observer: env.observer.clone(),
+        };
+        // WASI is linked because std-built guests import it; it grants no
+        // capability: no args, env, preopened directories or sockets.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(out("stdout"))
+            .stderr(out("stderr"))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .table_elements(1 << 20)
+            .instances(64)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            env,
+            limits,
+            call_started: Instant::now(),
+            call_budget: budget,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for StationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for StationState {}
+
+impl host::Host for StationState {
+    fn log(&mut self, level: types::Level, mut message: String) {
+        truncate_utf8(&mut message, MAX_LOG_LINE);
+        emit_guest_line(
+            &self.env.observer,
+            self.env.node.index,
+            &self.env.station,
+            level,
+            message,
+        );
+    }
+
+    fn now_unix_ms(&mut self) -> u64 {
+        unix_ms()
+    }
+
+    fn monotonic_ns(&mut self) -> u64 {
+        u64::try_from(self.env.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn get_node_info(&mut self) -> types::NodeInfo {
+        self.env.node.clone()
+    }
+}
+
+impl kv::Host for StationState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.env.kv.get(&self.env.station, &key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.env.kv.set(&self.env.station, &key, value)
+    }
+
+    fn delete(&mut self, key: String) -> bool {
+        self.env.kv.delete(&self.env.station, &key)
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        self.env.kv.keys(&self.env.station)
+    }
+}
+
+impl inbox::Host for StationState {
+    fn take(&mut self, max: u32) -> Vec<Vec<u8>> {
+        self.env.inbox.take(max as usize)
+    }
+
+    fn pending(&mut self) -> u32 {
+        u32::try_from(self.env.inbox.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+}
+
+fn emit_guest_line(
+    observer: &Observer,
+    node: u32,
+    station: &str,
+    level: types::Level,
+    message: String,
+) {
+    use types::Level;
+    match level {
+        Level::Trace => tracing::trace!(station, "{message}"),
+        Level::Debug => tracing::debug!(station, "{message}"),
+        Level::Info => tracing::info!(station, "{message}"),
+        Level::Warn => tracing::warn!(station, "{message}"),
+        Level::Error => tracing::error!(station, "{message}"),
+    }
+    observer.emit(
+        node as usize,
+        EventKind::StationLog {
+            station: station.to_string(),
+            level: format!("{level:?}").to_lowercase(),
+            message,
+        },
+    );
+}
+
+/// Guest stdout/stderr: complete lines become log lines of the station.
+struct GuestOutput {
+    station: Arc<str>,
+    node: u32,
+    stream: &'static str,
+    observer: Observer,
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            station: self.station.clone(),
+            node: self.node,
+            level: if self.stream == "stderr" {
+                types::Level::Warn
+            } else {
+                types::Level::Info
+            },
+            observer: self.observer.clone(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+struct LineWriter {
+    station: Arc<str>,
+    node: u32,
+    level: types::Level,
+    observer: Observer,
+    buf: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit_complete_lines(&mut self, flush_all: bool) {
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+        if (flush_all && !self.buf.is_empty()) || self.buf.len() > MAX_LOG_LINE {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        truncate_utf8(&mut text, MAX_LOG_LINE);
+        emit_guest_line(&self.observer, self.node, &self.station, self.level, text);
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.buf.extend_from_slice(data);
+        this.emit_complete_lines(false);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.emit_complete_lines(true);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.emit_complete_lines(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_namespaces_are_separate_and_quota_is_enforced() {
+        let kv = KvStore::default();
+        kv.set("a", "k", b"1".to_vec()).unwrap();
+        assert_eq!(kv.get("a", "k"), Some(b"1".to_vec()));
+        assert_eq!(kv.get("b", "k"), None);
+        assert!(kv.set("a", "big", vec![0; KV_QUOTA_BYTES]).is_err());
+        assert_eq!(kv.keys("a"), vec!["k".to_string()]);
+        assert!(kv.delete("a", "k"));
+        assert!(!kv.delete("a", "k"));
+    }
+
+    #[test]
+    fn inbox_is_fifo_and_bounded() {
+        let inbox = Inbox::default();
+        for i in 0..INBOX_CAPACITY {
+            inbox.push(vec![(i % 256) as u8]).unwrap();
+        }
+        assert!(inbox.push(vec![0]).is_err());
+        assert_eq!(inbox.take(2), vec![vec![0], vec![1]]);
+        assert_eq!(inbox.len(), INBOX_CAPACITY - 2);
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_char_boundary() {
+        let mut s = "é".repeat(MAX_LOG_LINE);
+        truncate_utf8(&mut s, MAX_LOG_LINE);
+        assert!(s.len() <= MAX_LOG_LINE + '…'.len_utf8());
+    }
+}

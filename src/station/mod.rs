@@ -1,0 +1,521 @@
+//! The wasm host: one [`StationHost`] (engine, linker, epoch ticker) per
+//! process, a [`Station`] per loaded component, and the [`Pipeline`] a node
+//! runs at every stop.
+//!
+//! Isolation rules, so a station can end a call but never the node:
+//! - every store has a memory limit (growing past it traps);
+//! - every call has a deadline enforced with epoch interruption: the guest
+//!   yields to tokio at each epoch tick and is interrupted once its budget
+//!   is spent;
+//! - after a trap, the instance (and its store) is thrown away; the next
+//!   visit instantiates afresh from the pre-linked component and runs
+//!   `init` again;
+//! - a failed call leaves the station's slot as it was.
+//!
+//! What this module does not own: when stations run (the ring protocol) and
+//! where components come from on disk (`node.rs`, later the deploy code).
+
+mod host_api;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+
+pub use host_api::{Inbox, KvStore, StationEnv, StationState, unix_ms};
+
+use crate::config::{StationSource, StationSpec};
+use crate::observe::EventKind;
+use crate::ring::token::Particle;
+
+/// Bindings generated from `wit/station.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "station",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::ringhost::station::types::NodeInfo;
+pub use bindings::{StopContext, Visit};
+
+/// How often the epoch advances. A call's deadline is checked at this
+/// granularity, and a long-running guest yields to tokio this often.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Largest slot a station may return; a larger one is a fault.
+pub const MAX_SLOT_BYTES: usize = 1 << 20;
+
+/// Longest hold a station may ask for; longer asks are clamped.
+pub const MAX_HOLD_MS: u32 = 60_000;
+
+/// The components built into the binary.
+pub mod builtin {
+    /// Names of the built-in stations.
+    pub const NAMES: &[&str] = &["tick", "delay", "echo"];
+
+    /// The component bytes of built-in station `name`.
+    pub fn bytes(name: &str) -> Option<&'static [u8]> {
+        match name {
+            "tick" => Some(include_bytes!(concat!(
+                env!("RINGHOST_STATIONS_DIR"),
+                "/tick.wasm"
+            ))),
+            "delay" => Some(include_bytes!(concat!(
+                env!("RINGHOST_STATIONS_DIR"),
+                "/delay.wasm"
+            ))),
+            "echo" => Some(include_bytes!(concat!(
+                env!("RINGHOST_STATIONS_DIR"),
+                "/echo.wasm"
+            ))),
+            _ => None,
+        }
+    }
+}
+
+/// Why one station call failed. In every case the particle goes on with
+/// the station's slot unchanged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StationError {
+    /// The guest trapped (panic, unreachable, bad memory access…). The
+    /// instance is discarded.
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted. The instance is
+    /// discarded.
+    #[error("timeout: call exceeded its {0:?} budget")]
+    Timeout(Duration),
+    /// The guest tried to grow its memory past the limit. The instance is
+    /// discarded.
+    #[error("memory limit: {0}")]
+    Memory(String),
+    /// The guest returned an error. The instance is kept.
+    #[error("station error: {0}")]
+    Guest(String),
+    /// The guest returned something the host refuses (an oversized slot).
+    /// The instance is kept.
+    #[error("bad output: {0}")]
+    BadOutput(String),
+    /// Instantiation or `init` failed; the station is skipped until a later
+    /// retry succeeds.
+    #[error("init failed: {0}")]
+    Init(String),
+}
+
+impl StationError {
+    fn discards_instance(&self) -> bool {
+        matches!(
+            self,
+            Self::Trap(_) | Self::Timeout(_) | Self::Memory(_) | Self::Init(_)
+        )
+    }
+}
+
+/// Process-wide wasm machinery: one engine, one linker, one epoch ticker.
+pub struct StationHost {
+    engine: Engine,
+    linker: Linker<StationState>,
+    /// Compiled components by the sha-256 of their bytes: nodes sharing a
+    /// process (tests, benches) compile each component once.
+    compiled: std::sync::Mutex<std::collections::HashMap<[u8; 32], Component>>,
+}
+
+impl StationHost {
+    /// Builds the engine (component model, async, epoch interruption) and
+    /// the linker (our imports plus WASI p2 granting nothing), and starts
+    /// the epoch ticker thread, which stops once the engine is dropped.
+    ///
+    /// # Errors
+    /// When wasmtime cannot build the engine or link the imports.
+    pub fn new() -> Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = wt(Engine::new(&config)).context("building the wasm engine")?;
+        let mut linker = Linker::new(&engine);
+        wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI")?;
+        wt(bindings::Station::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        ))
+        .context("linking the station imports")?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            compiled: Default::default(),
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles component bytes and checks them against the station world.
+    /// CPU-heavy: call it off the async threads (see [`Self::load`]).
+    ///
+    /// # Errors
+    /// When the bytes are not a component, or it does not fit the world
+    /// (missing exports, imports we do not provide).
+    pub fn compile(&self, bytes: &[u8]) -> Result<bindings::StationPre<StationState>> {
+        use sha2::{Digest, Sha256};
+        let key: [u8; 32] = Sha256::digest(bytes).into();
+        let cached = self.compiled.lock().expect("cache lock").get(&key).cloned();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c =
+                    wt(Component::new(&self.engine, bytes)).context("compiling the component")?;
+                self.compiled
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key, c.clone());
+                c
+            }
+        };
+        let pre = wt(self.linker.instantiate_pre(&component))
+            .context("linking the component (does it target ringhost:station/station@0.1?)")?;
+        wt(bindings::StationPre::new(pre))
+            .context("the component does not export the station world's functions")
+    }
+
+    /// Reads (for files), compiles (on a blocking thread) and instantiates
+    /// a station, running its `init` once to validate it.
+    ///
+    /// # Errors
+    /// When the file cannot be read, the component is invalid, or its
+    /// `init` fails.
+    pub async fn load(
+        self: &Arc<Self>,
+        spec: &StationSpec,
+        env: StationEnv,
+        limits: StationLimits,
+    ) -> Result<Station> {
+        let bytes: Vec<u8> = match &spec.source {
+            StationSource::Builtin(name) => builtin::bytes(name)
+                .with_context(|| format!("no built-in station {name:?}"))?
+                .to_vec(),
+            StationSource::File(path) => tokio::fs::read(path)
+                .await
+                .with_context(|| format!("reading station {}", path.display()))?,
+        };
+        let host = Arc::clone(self);
+        let pre = tokio::task::spawn_blocking(move || host.compile(&bytes))
+            .await
+            .context("compile task")??;
+        let mut station = Station {
+            name: spec.name.clone(),
+            config: spec.config.clone(),
+            host: Arc::clone(self),
+            pre,
+            live: None,
+            env,
+            limits,
+            faults: 0,
+            next_init_retry: None,
+            last_fault_log: None,
+            suppressed_logs: 0,
+        };
+        station
+            .ensure_live()
+            .await
+            .map_err(|e| anyhow!("station {}: {e}", spec.name))?;
+        Ok(station)
+    }
+}
+
+/// Resource bounds of one station.
+#[derive(Debug, Clone, Copy)]
+pub struct StationLimits {
+    /// Bound on one call.
+    pub call_timeout: Duration,
+    /// Linear memory limit of one instance.
+    pub memory_bytes: usize,
+}
+
+struct Live {
+    store: Store<StationState>,
+    bindings: bindings::Station,
+}
+
+/// One loaded station: its pre-linked component and, when healthy, a live
+/// instance.
+pub struct Station {
+    name: String,
+    config: Vec<(String, String)>,
+    host: Arc<StationHost>,
+    pre: bindings::StationPre<StationState>,
+    live: Option<Live>,
+    env: StationEnv,
+    limits: StationLimits,
+    faults: u64,
+    next_init_retry: Option<Instant>,
+    last_fault_log: Option<Instant>,
+    suppressed_logs: u64,
+}
+
+impl Station {
+    /// The station's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Faults since load.
+    pub fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    /// This station's inbox.
+    pub fn inbox(&self) -> &Inbox {
+        &self.env.inbox
+    }
+
+    fn new_store(&self) -> Store<StationState> {
+        let state = StationState::new(
+            self.env.clone(),
+            self.limits.memory_bytes,
+            self.limits.call_timeout,
+        );
+        let mut store = Store::new(&self.host.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Checked at every epoch tick during a call: yield to tokio so the
+        // node's other tasks run, and interrupt once the budget is spent.
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            if s.call_started.elapsed() >= s.call_budget {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    fn begin_call(store: &mut Store<StationState>) {
+        store.data_mut().call_started = Instant::now();
+        // The callback above only runs once a deadline is reached; a
+        // deadline of one tick makes it run from the first tick on.
+        store.set_epoch_deadline(1);
+    }
+
+    async fn ensure_live(&mut self) -> Result<(), StationError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        if let Some(t) = self.next_init_retry
+            && Instant::now() < t
+        {
+            return Err(StationError::Init(
+                "waiting to retry after a failed init".into(),
+            ));
+        }
+        let mut store = self.new_store();
+        Self::begin_call(&mut store);
+        let result = async {
+            let bindings = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify(e, self.limits.call_timeout))?;
+            Self::begin_call(&mut store);
+            match bindings.call_init(&mut store, &self.config).await {
+                Ok(Ok(())) => Ok(bindings),
+                Ok(Err(msg)) => Err(StationError::Init(msg)),
+                Err(e) => Err(StationError::Init(
+                    classify(e, self.limits.call_timeout).to_string(),
+                )),
+            }
+        }
+        .await;
+        match result {
+            Ok(bindings) => {
+                self.live = Some(Live { store, bindings });
+                self.next_init_retry = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.next_init_retry = Some(Instant::now() + Duration::from_secs(1));
+                Err(match e {
+                    StationError::Init(_) => e,
+                    other => StationError::Init(other.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Runs `on-particle` once. On any failure the caller keeps the old
+    /// slot; after a trap, timeout or memory fault the instance is dropped
+    /// and re-made on the next call.
+    ///
+    /// # Errors
+    /// [`StationError`], saying why.
+    pub async fn call(&mut self, ctx: &StopContext, slot: &[u8]) -> Result<Visit, StationError> {
+        self.ensure_live().await?;
+        let timeout = self.limits.call_timeout;
+        let live = self.live.as_mut().expect("ensure_live made an instance");
+        Self::begin_call(&mut live.store);
+        let result = match live
+            .bindings
+            .call_on_particle(&mut live.store, ctx, slot)
+            .await
+        {
+            Ok(Ok(visit)) if visit.slot.len() > MAX_SLOT_BYTES => {
+                Err(StationError::BadOutput(format!(
+                    "slot of {} bytes exceeds the {MAX_SLOT_BYTES} byte limit",
+                    visit.slot.len()
+                )))
+            }
+            Ok(Ok(visit)) => Ok(visit),
+            Ok(Err(msg)) => Err(StationError::Guest(msg)),
+            Err(e) => Err(classify(e, timeout)),
+        };
+        if let Err(e) = &result
+            && e.discards_instance()
+        {
+            // A trapped instance (and its store) cannot be re-entered.
+            self.live = None;
+        }
+        result
+    }
+
+    fn report_fault(&mut self, node: usize, err: &StationError) {
+        self.faults += 1;
+        self.env.observer.emit(
+            node,
+            EventKind::StationFault {
+                station: self.name.clone(),
+                cause: err.to_string(),
+            },
+        );
+        // At full speed a broken station faults thousands of times a
+        // second: log the first, then at most one line a second.
+        let now = Instant::now();
+        let due = self
+            .last_fault_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if due {
+            tracing::warn!(
+                station = %self.name,
+                cause = %err,
+                faults = self.faults,
+                suppressed = self.suppressed_logs,
+                "station call failed; particle passed on with the slot unchanged"
+            );
+            self.last_fault_log = Some(now);
+            self.suppressed_logs = 0;
+        } else {
+            self.suppressed_logs += 1;
+        }
+    }
+}
+
+/// Turns wasmtime's error type into ours (kept inside this module).
+fn wt<T>(r: wasmtime::Result<T>) -> Result<T> {
+    r.map_err(anyhow::Error::from)
+}
+
+fn classify(err: wasmtime::Error, timeout: Duration) -> StationError {
+    // Name the innermost guest function (stations keep their name section),
+    // so a trap says where it happened without the whole backtrace.
+    let place = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name()))
+        .map(|f| format!(" (in {f})"))
+        .unwrap_or_default();
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => StationError::Timeout(timeout),
+            other => StationError::Trap(format!("{other}{place}")),
+        };
+    }
+    let err = anyhow::Error::from(err);
+    let root = err.root_cause().to_string();
+    if root.contains("forcing trap when growing memory") {
+        StationError::Memory(format!("{root}{place}"))
+    } else {
+        StationError::Trap(format!("{root}{place}"))
+    }
+}
+
+/// The stations of one node, run in order at every stop.
+pub struct Pipeline {
+    stations: Vec<Station>,
+    node_index: usize,
+}
+
+/// The stop facts shared by every station of one stop.
+#[derive(Debug, Clone)]
+pub struct StopBase {
+    /// Node name.
+    pub node_name: String,
+    /// Node index.
+    pub node_index: u32,
+    /// Ring size.
+    pub ring_size: u32,
+    /// Time since the previous stop here.
+    pub lap_time: Option<Duration>,
+}
+
+impl Pipeline {
+    /// A pipeline over loaded stations.
+    pub fn new(stations: Vec<Station>, node_index: usize) -> Self {
+        Self {
+            stations,
+            node_index,
+        }
+    }
+
+    /// The stations, in order.
+    pub fn stations(&self) -> &[Station] {
+        &self.stations
+    }
+
+    /// Runs every station on the particle, updating each station's slot in
+    /// place, and returns the longest hold asked for.
+    pub async fn run(&mut self, base: &StopBase, particle: &mut Particle) -> Duration {
+        let ctx = StopContext {
+            node_name: base.node_name.clone(),
+            node_index: base.node_index,
+            ring_size: base.ring_size,
+            generation: particle.generation,
+            lap: particle.lap,
+            hop: particle.hop,
+            now_unix_ms: unix_ms(),
+            last_lap_us: base
+                .lap_time
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        };
+        let mut hold_ms = 0u32;
+        for station in &mut self.stations {
+            let slot = particle.slots.remove(&station.name).unwrap_or_default();
+            match station.call(&ctx, &slot).await {
+                Ok(visit) => {
+                    hold_ms = hold_ms.max(visit.hold_ms.min(MAX_HOLD_MS));
+                    particle.slots.insert(station.name.clone(), visit.slot);
+                }
+                Err(e) => {
+                    station.report_fault(self.node_index, &e);
+                    if !slot.is_empty() {
+                        particle.slots.insert(station.name.clone(), slot);
+                    }
+                }
+            }
+        }
+        Duration::from_millis(u64::from(hold_ms))
+    }
+}

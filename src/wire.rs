@@ -1,0 +1,394 @@
+//! The ring wire: frames, their encoding, the handshake messages, and
+//! framed readers/writers over any `AsyncRead`/`AsyncWrite`.
+//!
+//! Every frame is a 4-byte big-endian length followed by a body whose first
+//! byte is the frame kind. Control frames (hello, welcome, refuse) carry a
+//! JSON body, easy to read in a capture. The particle, the hot path, has a
+//! compact binary body. This module knows frames, not rings: what a frame
+//! means is decided in `ring/` and `node.rs`.
+//!
+//! A peer's bad input (garbage, truncation, an oversized length, an unknown
+//! kind) gives a [`WireError`], never a panic; the caller closes that one
+//! connection.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::ring::token::Particle;
+
+/// Protocol version spoken on the ring port. Peers must match exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const KIND_HELLO: u8 = 0x01;
+const KIND_WELCOME: u8 = 0x02;
+const KIND_REFUSE: u8 = 0x03;
+const KIND_PARTICLE: u8 = 0x10;
+
+/// The first frame a dialing node sends to its successor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// Hex sha-256 of the sender's ring enumeration.
+    pub ring_hash: String,
+    /// The sender's index in the enumeration.
+    pub from_index: u32,
+    /// The sender's name in the enumeration.
+    pub from_name: String,
+}
+
+/// The accepting node's answer when it takes the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// [`PROTOCOL_VERSION`] of the acceptor.
+    pub version: u32,
+    /// The acceptor's index in the enumeration.
+    pub node_index: u32,
+}
+
+/// The accepting node's answer when it refuses the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refuse {
+    /// Why, in words, for the dialer's log.
+    pub reason: String,
+}
+
+/// A frame on the ring port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Dialer → acceptor, first frame.
+    Hello(Hello),
+    /// Acceptor → dialer: link accepted.
+    Welcome(Welcome),
+    /// Acceptor → dialer: link refused; the acceptor closes after it.
+    Refuse(Refuse),
+    /// The particle, predecessor → successor.
+    Particle(Particle),
+}
+
+/// Why bytes from a peer could not be read as a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed or closed in the middle of a frame.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The length prefix exceeds the configured maximum.
+    #[error("frame larger than the {max} byte limit")]
+    TooLarge {
+        /// The limit in force.
+        max: usize,
+    },
+    /// A zero-length frame has no kind byte.
+    #[error("empty frame")]
+    Empty,
+    /// The kind byte names no frame.
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// A control frame's JSON did not parse.
+    #[error("bad control frame: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A binary body is cut short or has trailing bytes.
+    #[error("malformed {what}")]
+    Malformed {
+        /// What was being read.
+        what: &'static str,
+    },
+}
+
+impl Frame {
+    /// Encodes the frame body (without the length prefix).
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Frame::Hello(h) => json_body(out, KIND_HELLO, h),
+            Frame::Welcome(w) => json_body(out, KIND_WELCOME, w),
+            Frame::Refuse(r) => json_body(out, KIND_REFUSE, r),
+            Frame::Particle(p) => {
+                out.reserve(1 + 8 * 3 + 4 + 2 + p.slot_bytes() + 5 * p.slots.len());
+                out.put_u8(KIND_PARTICLE);
+                out.put_u64(p.generation);
+                out.put_u64(p.lap);
+                out.put_u64(p.hop);
+                out.put_u32(p.origin);
+                let n = u16::try_from(p.slots.len()).expect("at most 65535 stations");
+                out.put_u16(n);
+                for (name, data) in &p.slots {
+                    // Station names are validated to at most 64 bytes.
+                    out.put_u8(name.len() as u8);
+                    out.put_slice(name.as_bytes());
+                    out.put_u32(u32::try_from(data.len()).expect("slot below 4 GiB"));
+                    out.put_slice(data);
+                }
+            }
+        }
+    }
+
+    /// Decodes a frame body (without the length prefix).
+    ///
+    /// # Errors
+    /// [`WireError`] on any malformed input; never panics.
+    pub fn decode(mut body: Bytes) -> Result<Frame, WireError> {
+        if body.is_empty() {
+            return Err(WireError::Empty);
+        }
+        let kind = body.get_u8();
+        match kind {
+            KIND_HELLO => Ok(Frame::Hello(serde_json::from_slice(&body)?)),
+            KIND_WELCOME => Ok(Frame::Welcome(serde_json::from_slice(&body)?)),
+            KIND_REFUSE => Ok(Frame::Refuse(serde_json::from_slice(&body)?)),
+            KIND_PARTICLE => decode_particle(body).map(Frame::Particle),
+            other => Err(WireError::UnknownKind(other)),
+        }
+    }
+}
+
+fn json_body<T: Serialize>(out: &mut BytesMut, kind: u8, value: &T) {
+    out.put_u8(kind);
+    let json = serde_json::to_vec(value).expect("control frames serialize");
+    out.put_slice(&json);
+}
+
+fn decode_particle(mut b: Bytes) -> Result<Particle, WireError> {
+    const WHAT: &str = "particle";
+    let bad = || WireError::Malformed { what: WHAT };
+    if b.remaining() < 8 * 3 + 4 + 2 {
+        return Err(bad());
+    }
+    let generation = b.get_u64();
+    let lap = b.get_u64();
+    let hop = b.get_u64();
+    let origin = b.get_u32();
+    let n = b.get_u16();
+    let mut slots = BTreeMap::new();
+    for _ in 0..n {
+        if b.remaining() < 1 {
+            return Err(bad());
+        }
+        let name_len = usize::from(b.get_u8());
+        if b.remaining() < name_len + 4 {
+            return Err(bad());
+        }
+        let name = String::from_utf8(b.split_to(name_len).to_vec()).map_err(|_| bad())?;
+        let len = b.get_u32() as usize;
+        if b.remaining() < len {
+            return Err(bad());
+        }
+        let data = b.split_to(len).to_vec();
+        if slots.insert(name, data).is_some() {
+            return Err(WireError::Malformed {
+                what: "particle (duplicate slot)",
+            });
+        }
+    }
+    if b.has_remaining() {
+        return Err(WireError::Malformed {
+            what: "particle (trailing bytes)",
+        });
+    }
+    Ok(Particle {
+        generation,
+        lap,
+        hop,
+        origin,
+        slots,
+    })
+}
+
+fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(max_frame_bytes)
+        .new_codec()
+}
+
+/// Reads frames from a byte stream. Cancel-safe: the read buffer lives in
+/// the reader, so a cancelled `read_frame` loses nothing.
+pub struct FrameReader<R> {
+    inner: FramedRead<R, LengthDelimitedCodec>,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps `io`, refusing frames longer than `max_frame_bytes`.
+    pub fn new(io: R, max_frame_bytes: usize) -> Self {
+        Self {
+            inner: FramedRead::new(io, codec(max_frame_bytes)),
+            max: max_frame_bytes,
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream.
+    ///
+    /// # Errors
+    /// [`WireError`] when the stream fails or a frame is malformed.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Ok(body)) => Frame::decode(body.freeze()).map(Some),
+            Some(Err(e)) => {
+                let too_large = e.get_ref().is_some_and(|inner| {
+                    inner.is::<tokio_util::codec::LengthDelimitedCodecError>()
+                });
+                if too_large {
+                    Err(WireError::TooLarge { max: self.max })
+                } else {
+                    Err(WireError::Io(e))
+                }
+            }
+        }
+    }
+}
+
+/// Writes frames to a byte stream.
+pub struct FrameWriter<W> {
+    inner: FramedWrite<W, LengthDelimitedCodec>,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps `io`.
+    pub fn new(io: W, max_frame_bytes: usize) -> Self {
+        Self {
+            inner: FramedWrite::new(io, codec(max_frame_bytes)),
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// Encodes and sends one frame, flushing it.
+    ///
+    /// Not cancel-safe: a cancelled write may leave half a frame on the
+    /// stream, so callers bound it with a timeout and drop the link when it
+    /// fires rather than racing it in a `select!`.
+    ///
+    /// # Errors
+    /// When the stream fails or the frame exceeds the maximum size.
+    pub async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
+        self.buf.clear();
+        frame.encode(&mut self.buf);
+        let body = self.buf.split().freeze();
+        self.inner.send(body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn sample_particle() -> Particle {
+        let mut p = Particle::new(7, 3);
+        p.lap = 11;
+        p.hop = 123;
+        p.slots.insert("tick".into(), 42u64.to_le_bytes().to_vec());
+        p.slots.insert("empty".into(), Vec::new());
+        p.slots.insert("big".into(), vec![0xab; 1024]);
+        p
+    }
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                ring_hash: "ab".repeat(32),
+                from_index: 4,
+                from_name: "dc1/prod/0".into(),
+            }),
+            Frame::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                node_index: 5,
+            }),
+            Frame::Refuse(Refuse {
+                reason: "ring mismatch".into(),
+            }),
+            Frame::Particle(sample_particle()),
+            Frame::Particle(Particle::new(1, 0)),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in all_frames() {
+            let mut b = BytesMut::new();
+            f.encode(&mut b);
+            assert_eq!(Frame::decode(b.freeze()).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_particle_is_an_error_not_a_panic() {
+        let mut b = BytesMut::new();
+        Frame::Particle(sample_particle()).encode(&mut b);
+        let full = b.freeze();
+        for cut in 0..full.len() {
+            assert!(Frame::decode(full.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut extra = BytesMut::from(&full[..]);
+        extra.put_u8(0);
+        assert!(matches!(
+            Frame::decode(extra.freeze()),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_gives_decode_errors() {
+        assert!(matches!(Frame::decode(Bytes::new()), Err(WireError::Empty)));
+        assert!(matches!(
+            Frame::decode(Bytes::from_static(b"\xffhello")),
+            Err(WireError::UnknownKind(0xff))
+        ));
+        assert!(matches!(
+            Frame::decode(Bytes::from_static(b"\x01{not json")),
+            Err(WireError::Json(_))
+        ));
+        // Pseudo-random bodies never panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..300 {
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = Frame::decode(Bytes::from(body));
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_cross_a_duplex_stream() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut w = FrameWriter::new(a, 1 << 20);
+        let mut r = FrameReader::new(b, 1 << 20);
+        for f in all_frames() {
+            w.write_frame(&f).await.unwrap();
+            assert_eq!(r.read_frame().await.unwrap(), Some(f));
+        }
+        drop(w);
+        assert_eq!(r.read_frame().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_streams_are_errors() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 1024);
+        a.write_all(&(1_000_000u32).to_be_bytes()).await.unwrap();
+        assert!(matches!(
+            r.read_frame().await,
+            Err(WireError::TooLarge { max: 1024 })
+        ));
+
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 1024);
+        a.write_all(&100u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"\x10short").await.unwrap();
+        drop(a);
+        assert!(matches!(r.read_frame().await, Err(WireError::Io(_))));
+    }
+}

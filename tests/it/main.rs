@@ -1,0 +1,7 @@
+//! The one integration-test binary (see STYLE.md §9).
+
+mod ring;
+mod stations;
+mod support;
+mod up;
+mod wire_faults;

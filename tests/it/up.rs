@@ -1,0 +1,221 @@
+//! `ringhost up` as a real process tree: the ring forms, ticks flow, and
+//! stopping it (SIGTERM, or SIGKILL of the supervisor) leaves no process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// Owns the supervisor and the node pids seen; on drop (also when a test
+/// fails) kills and reaps whatever is left.
+struct Tree {
+    up: Option<Child>,
+    nodes: Vec<i32>,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        for &pid in &self.nodes {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _ = wait_gone(&self.nodes, deadline);
+    }
+}
+
+/// Orphaned nodes are re-parented to us (a subreaper), so we can reap them.
+fn become_subreaper() {
+    nix::sys::prctl::set_child_subreaper(true).expect("set child subreaper");
+}
+
+fn alive(pid: i32) -> bool {
+    // Reap it if it is our (re-parented) zombie child.
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            // Field 3 is the state; a zombie is dead but not yet reaped.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+    }
+}
+
+/// Waits until no pid in `pids` is alive; false at the deadline.
+fn wait_gone(pids: &[i32], deadline: Instant) -> bool {
+    loop {
+        if pids.iter().all(|&p| !alive(p)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let _state = rest.next();
+        if rest.next().and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn spawn_up(nodes: u16, base_port: u16) -> Tree {
+    let mut up = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+        .args(["up", "--nodes", &nodes.to_string(), "--base-port"])
+        .arg(base_port.to_string())
+        .args(["--delay-ms", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringhost up");
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        Box::new(up.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(up.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Tree {
+        up: Some(up),
+        nodes: Vec::new(),
+        lines: rx,
+        log: Vec::new(),
+    }
+}
+
+impl Tree {
+    /// Waits until every node has logged a tick; Err if a port was taken.
+    fn wait_ticks_from_all(&mut self, nodes: usize, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut ticked = vec![false; nodes];
+        while !ticked.iter().all(|&t| t) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!(
+                    "no ticks from every node within {within:?}: {ticked:?}\n{}",
+                    self.log.join("\n")
+                ),
+            };
+            if line.contains("Address already in use") {
+                return Err(line);
+            }
+            if let Some(i) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("index="))
+                .and_then(|v| v.parse::<usize>().ok())
+                && line.contains(" tick seq=")
+            {
+                ticked[i] = true;
+            }
+            self.log.push(line);
+        }
+        Ok(())
+    }
+
+    fn record_nodes(&mut self, expect: usize) {
+        let up = self.up.as_ref().unwrap().id();
+        self.nodes = children_of(up);
+        assert_eq!(self.nodes.len(), expect, "one process per node");
+    }
+
+    fn wait_up_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let up = self.up.as_mut().unwrap();
+        loop {
+            if let Some(status) = up.try_wait().unwrap() {
+                self.up = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ringhost up did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Starts `up` on a free-looking port range, retrying if a port is taken.
+fn start_ring(nodes: u16) -> Tree {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let seed = u64::from(std::process::id()) ^ now;
+    for attempt in 0..4u64 {
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 1237) % 30_000) as u16;
+        let mut tree = spawn_up(nodes, base);
+        match tree.wait_ticks_from_all(nodes as usize, Duration::from_secs(60)) {
+            Ok(()) => return tree,
+            Err(line) => eprintln!("port range {base} busy ({line}); trying another"),
+        }
+    }
+    panic!("no free port range for ringhost up");
+}
+
+#[test]
+fn up_forms_a_ring_and_sigterm_leaves_no_process() {
+    become_subreaper();
+    let mut tree = start_ring(3);
+    tree.record_nodes(3);
+    let up = tree.up.as_ref().unwrap().id();
+    kill(Pid::from_raw(up as i32), Signal::SIGTERM).unwrap();
+    let status = tree.wait_up_exit(Duration::from_secs(20));
+    assert!(status.success(), "up exits cleanly on SIGTERM: {status}");
+    let nodes = tree.nodes.clone();
+    assert!(
+        wait_gone(&nodes, Instant::now() + Duration::from_secs(10)),
+        "node processes left behind: {nodes:?}"
+    );
+}
+
+#[test]
+fn killing_the_supervisor_takes_every_node_down() {
+    become_subreaper();
+    let mut tree = start_ring(3);
+    tree.record_nodes(3);
+    let up = tree.up.as_ref().unwrap().id();
+    kill(Pid::from_raw(up as i32), Signal::SIGKILL).unwrap();
+    tree.wait_up_exit(Duration::from_secs(10));
+    let nodes = tree.nodes.clone();
+    assert!(
+        wait_gone(&nodes, Instant::now() + Duration::from_secs(10)),
+        "orphaned node processes: {nodes:?}"
+    );
+    assert!(!Path::new(&format!("/proc/{}", nodes[0])).exists() || !alive(nodes[0]));
+}

@@ -1,0 +1,156 @@
+//! Bad neighbours and bad bytes on the ring port: they lose their own
+//! connection; the node stays up and the ring keeps going.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ringhost::config::{NodeConfig, RingLayout};
+use ringhost::observe::{EventKind, Observer};
+use ringhost::wire::{Frame, Hello, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{TestRing, assert_single_particle_in_ring_order, host};
+
+/// After a fault, the particle still walks the ring with one generation.
+async fn ring_still_circles(ring: &mut TestRing) {
+    let visits = ring.visits(3 * 4, Duration::from_secs(20)).await;
+    assert_single_particle_in_ring_order(&visits, 3);
+}
+
+/// Waits for node `node` to reject an upstream connection, returning why.
+async fn rejection(ring: &mut TestRing, node: usize) -> String {
+    let ev = ring
+        .wait_for(Duration::from_secs(10), "an upstream rejection", |e| {
+            e.node == node && matches!(e.kind, EventKind::UpstreamRejected { .. })
+        })
+        .await;
+    match ev.kind {
+        EventKind::UpstreamRejected { reason } => reason,
+        _ => unreachable!(),
+    }
+}
+
+/// Reads until the peer closes (bounded): the node hung up on us.
+async fn assert_closed_by_peer(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue, // e.g. a refuse frame before the close
+            Err(_) => panic!("the node did not close the connection"),
+        }
+    }
+}
+
+fn encode(frame: &Frame) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    frame.encode(&mut body);
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbour_with_a_different_enumeration_is_refused() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+
+    // A stranger whose ring is {itself, node 1}: node 1 is its successor.
+    let stranger = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = ring.layout.members()[1].addr.clone();
+    let other =
+        RingLayout::from_addrs([stranger.local_addr().unwrap().to_string(), target]).unwrap();
+    let (observer, mut events) = Observer::channel();
+    let mut config = NodeConfig::new(other, 0);
+    config.delay_ms = 0;
+    let handle = ringhost::node::start(config, stranger, host(), observer)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await.expect("stranger events").kind {
+                EventKind::LinkRefused { reason } => return reason,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the stranger is refused within 10 s");
+    assert!(refused.contains("ring enumeration differs"), "{refused}");
+    let why = rejection(&mut ring, 1).await;
+    assert!(why.contains("ring enumeration differs"), "{why}");
+    handle.shutdown().await.unwrap();
+    ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_close_only_that_connection() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let addr = ring.layout.members()[1].addr.clone();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    // A plausible length, then a kind byte that means nothing.
+    s.write_all(b"\x00\x00\x00\x05\xffjunk").await.unwrap();
+    let why = rejection(&mut ring, 1).await;
+    assert!(why.contains("unknown frame kind"), "{why}");
+    assert_closed_by_peer(&mut s).await;
+    ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_only_that_connection() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let addr = ring.layout.members()[2].addr.clone();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let why = rejection(&mut ring, 2).await;
+    assert!(why.contains("larger than"), "{why}");
+    assert_closed_by_peer(&mut s).await;
+    ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frame_after_a_valid_hello_closes_only_that_connection() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let addr = ring.layout.members()[1].addr.clone();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    // Pose as node 0 (a valid hello), then cut a particle frame short.
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        ring_hash: ring.layout.hash().to_string(),
+        from_index: 0,
+        from_name: ring.layout.members()[0].name.clone(),
+    });
+    s.write_all(&encode(&hello)).await.unwrap();
+    s.write_all(&100u32.to_be_bytes()).await.unwrap();
+    s.write_all(b"\x10only-ten").await.unwrap();
+    s.shutdown().await.unwrap();
+    let why = rejection(&mut ring, 1).await;
+    assert!(why.contains("bad frame"), "{why}");
+    ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_dropped_at_the_handshake_deadline() {
+    let mut ring = TestRing::start(3, |c| {
+        c.delay_ms = 0;
+        c.handshake_timeout_ms = 200;
+    })
+    .await;
+    let addr = ring.layout.members()[0].addr.clone();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let why = rejection(&mut ring, 0).await;
+    assert!(why.contains("no hello"), "{why}");
+    assert_closed_by_peer(&mut s).await;
+    ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
