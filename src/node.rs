@@ -273,7 +273,10 @@ impl Owner {
             let hold = self.hold_until;
             tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => break,
+                () = self.cancel.cancelled() => {
+                    self.leave().await;
+                    break;
+                }
                 () = sleep_until_opt(hold), if hold.is_some() => {
                     self.hold_until = None;
                     events.push_back(Event::HoldElapsed);
@@ -283,6 +286,20 @@ impl Owner {
         }
         info!("node stopped");
         Ok(())
+    }
+
+    /// Leaving the ring: pass on a particle we hold instead of taking it
+    /// down with us.
+    async fn leave(&mut self) {
+        let mut actions = Vec::new();
+        self.state.release(&mut actions);
+        let mut ignored = VecDeque::new();
+        for action in actions {
+            if let Action::Send(_) = action {
+                info!("passing the particle on before stopping");
+                self.execute(action, &mut ignored).await;
+            }
+        }
     }
 
     fn on_msg(&mut self, msg: Msg, events: &mut VecDeque<Event>) {
@@ -296,6 +313,12 @@ impl Owner {
                     info!(successor = self.state.successor(), "linked to successor");
                     self.last_refusal = None;
                     self.downlink = Some((attempt, link));
+                    self.observer.emit(
+                        self.config.index,
+                        EventKind::SuccessorLinked {
+                            successor: self.state.successor(),
+                        },
+                    );
                     events.push_back(Event::DownstreamUp);
                 }
                 Err(DialError::Refused(reason)) => {

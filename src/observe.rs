@@ -48,6 +48,11 @@ pub enum EventKind {
         /// Why, in words.
         cause: String,
     },
+    /// The link to the successor is up.
+    SuccessorLinked {
+        /// The successor's index.
+        successor: usize,
+    },
     /// The successor refused our link.
     LinkRefused {
         /// The successor's reason.

@@ -314,6 +314,17 @@ impl RingState {
         }
     }
 
+    /// Leaving the ring: a particle held here is forwarded at once rather
+    /// than lost with this node (it goes out only if the link is up).
+    pub fn release(&mut self, out: &mut Vec<Action>) {
+        if let Phase::Holding(_) = self.phase {
+            let Phase::Holding(p) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+                unreachable!()
+            };
+            self.forward(p, out);
+        }
+    }
+
     /// Records that the injecting node's own first stop happened at `now`,
     /// so its first lap time is measured like everyone else's.
     pub fn stamp_injection(&mut self, now: Instant) {
@@ -501,6 +512,33 @@ mod tests {
         let acts = step(&mut s, Event::DownstreamUp);
         assert!(matches!(&acts[..], [Action::Send(p)] if p.hop == 1));
         assert!(!s.has_particle());
+    }
+
+    #[test]
+    fn release_forwards_a_held_particle_at_once() {
+        let mut s = RingState::new(params(1, 3));
+        step(&mut s, Event::Start);
+        step(&mut s, Event::DownstreamUp);
+        let acts = step(
+            &mut s,
+            Event::ParticleArrived {
+                particle: Particle::new(1, 0),
+                now: Instant::now(),
+            },
+        );
+        let Action::Visit { particle, .. } = acts.into_iter().next().unwrap() else {
+            panic!()
+        };
+        step(
+            &mut s,
+            Event::VisitDone {
+                particle,
+                hold: Duration::from_secs(60),
+            },
+        );
+        let mut out = Vec::new();
+        s.release(&mut out);
+        assert!(matches!(&out[..], [Action::Send(p)] if p.hop == 1));
     }
 
     #[test]

@@ -152,3 +152,33 @@ async fn delay_station_holds_the_particle_at_one_node() {
     }
     ring.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_passes_on_the_particle_it_holds() {
+    // Node 1 would hold the particle for a minute.
+    let mut ring = TestRing::start(3, |c| c.delay_ms = if c.index == 1 { 60_000 } else { 0 }).await;
+    // Wait until node 1 holds the particle and its successor link is up.
+    let (mut visited, mut linked) = (false, false);
+    while !(visited && linked) {
+        let ev = ring
+            .wait_for(Duration::from_secs(20), "node 1 visited and linked", |e| {
+                e.node == 1
+            })
+            .await;
+        visited |= matches!(ev.kind, EventKind::Visit { .. });
+        linked |= matches!(ev.kind, EventKind::SuccessorLinked { .. });
+    }
+    let node1 = ring.nodes[1].take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), node1.shutdown())
+        .await
+        .expect("node 1 stops")
+        .unwrap();
+    // The particle reaches node 2 long before the minute is up.
+    let ev = ring
+        .wait_for(Duration::from_secs(10), "a visit at node 2", |e| {
+            matches!(e.kind, EventKind::Visit { .. })
+        })
+        .await;
+    assert_eq!(ev.node, 2, "{ev:?}");
+    ring.shutdown().await;
+}

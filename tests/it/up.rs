@@ -150,6 +150,25 @@ impl Tree {
         Ok(())
     }
 
+    /// Waits for an output line containing `needle`.
+    fn wait_line(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no line with {needle:?} within {within:?}:\n{}",
+                    self.log.join("\n")
+                )
+            });
+            let hit = line.contains(needle);
+            self.log.push(line);
+            if hit {
+                return;
+            }
+        }
+    }
+
     fn record_nodes(&mut self, expect: usize) {
         let up = self.up.as_ref().unwrap().id();
         self.nodes = children_of(up);
@@ -193,6 +212,9 @@ fn up_forms_a_ring_and_sigterm_leaves_no_process() {
     become_subreaper();
     let mut tree = start_ring(3);
     tree.record_nodes(3);
+    // One node crashes: the supervisor notices and still cleans up the rest.
+    kill(Pid::from_raw(tree.nodes[2]), Signal::SIGKILL).unwrap();
+    tree.wait_line("node exited", Duration::from_secs(20));
     let up = tree.up.as_ref().unwrap().id();
     kill(Pid::from_raw(up as i32), Signal::SIGTERM).unwrap();
     let status = tree.wait_up_exit(Duration::from_secs(20));
