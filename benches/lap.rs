@@ -33,18 +33,19 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let raw = raw_ring(laps).await?;
+        // Raw before and after, compared against the faster of the two, so
+        // a noisy neighbour cannot flatter the ratio.
+        let raw1 = raw_ring(laps).await?;
         let ring = ringhost_ring(laps).await?;
+        let raw2 = raw_ring(laps).await?;
+        let raw = (raw1.0.min(raw2.0), raw1.1.min(raw2.1));
         let call = station_call(100_000).await?;
         let empty = station_call_empty(100_000).await?;
         println!("lap time, {NODES} nodes on 127.0.0.1, zero delay, {laps} laps each");
         println!("{:<28} {:>10} {:>10}", "", "p50", "p99");
-        println!(
-            "{:<28} {:>10} {:>10}",
-            "raw TCP ring (no wasm)",
-            fmt(raw.0),
-            fmt(raw.1)
-        );
+        for (name, r) in [("raw TCP ring, run 1", raw1), ("raw TCP ring, run 2", raw2)] {
+            println!("{:<28} {:>10} {:>10}", name, fmt(r.0), fmt(r.1));
+        }
         println!(
             "{:<28} {:>10} {:>10}",
             "ringhost + tick station",
@@ -53,7 +54,7 @@ fn main() -> Result<()> {
         );
         println!(
             "{:<28} {:>9.2}x {:>9.2}x   (goal <= 1.5x)",
-            "ratio ringhost / raw",
+            "ratio ringhost / best raw",
             ring.0.as_secs_f64() / raw.0.as_secs_f64(),
             ring.1.as_secs_f64() / raw.1.as_secs_f64()
         );
@@ -115,6 +116,7 @@ async fn raw_ring(laps: usize) -> Result<(Duration, Duration)> {
     let mut ins = ins.into_iter();
     let mut outs = outs.into_iter();
     let mut origin = (ins.next().unwrap(), outs.next().unwrap());
+    let _ = &mut origin;
     for _ in 1..NODES {
         let (mut r, mut w) = (ins.next().unwrap(), outs.next().unwrap());
         tasks.push(tokio::spawn(async move {
@@ -126,20 +128,25 @@ async fn raw_ring(laps: usize) -> Result<(Duration, Duration)> {
             }
         }));
     }
-    let mut buf = [7u8; MSG];
-    let mut times = Vec::with_capacity(laps);
-    let mut last = Instant::now();
-    origin.1.write_all(&buf).await?;
-    for lap in 0..(WARMUP_LAPS + laps) {
-        origin.0.read_exact(&mut buf).await?;
-        let now = Instant::now();
-        if lap >= WARMUP_LAPS {
-            times.push(now - last);
-        }
-        last = now;
+    // The origin runs on a worker like every other member (and like
+    // ringhost's nodes), not on the thread driving `block_on`.
+    let origin = tokio::spawn(async move {
+        let mut buf = [7u8; MSG];
+        let mut times = Vec::with_capacity(laps);
+        let mut last = Instant::now();
         origin.1.write_all(&buf).await?;
-    }
-    drop(origin);
+        for lap in 0..(WARMUP_LAPS + laps) {
+            origin.0.read_exact(&mut buf).await?;
+            let now = Instant::now();
+            if lap >= WARMUP_LAPS {
+                times.push(now - last);
+            }
+            last = now;
+            origin.1.write_all(&buf).await?;
+        }
+        anyhow::Ok(times)
+    });
+    let times = origin.await??;
     for t in tasks {
         t.abort();
     }

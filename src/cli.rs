@@ -31,6 +31,20 @@ pub enum Command {
     /// Start a whole local ring: one node process per member, logs
     /// prefixed by node. Ctrl-C or SIGTERM stops every node.
     Up(UpArgs),
+    /// Ask a node for its view of the ring: members and liveness, lap and
+    /// hop times, the particle's generation.
+    Status(StatusArgs),
+}
+
+/// `ringhost status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The node's ring address (`host:port`).
+    #[arg(long)]
+    pub to: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings shared by a single node and by every node of `up`.
@@ -54,6 +68,15 @@ pub struct StationArgs {
     /// Linear memory limit of one station instance.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub station_memory_mib: usize,
+
+    /// A successor silent this long (no pong, no ack) is declared dead.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub failure_timeout_ms: u64,
+
+    /// Backstop for a lost particle: regenerate after this long without
+    /// one (at least three laps).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub token_timeout_ms: u64,
 }
 
 /// Running one node.
@@ -138,6 +161,10 @@ impl StationArgs {
             self.station_timeout_ms.to_string(),
             "--station-memory-mib".into(),
             self.station_memory_mib.to_string(),
+            "--failure-timeout-ms".into(),
+            self.failure_timeout_ms.to_string(),
+            "--token-timeout-ms".into(),
+            self.token_timeout_ms.to_string(),
         ]);
         out
     }
@@ -147,6 +174,10 @@ impl StationArgs {
         config.delay_ms = self.delay_ms;
         config.station_timeout_ms = self.station_timeout_ms;
         config.station_memory_bytes = self.station_memory_mib << 20;
+        config.failure_timeout_ms = self.failure_timeout_ms;
+        config.handshake_timeout_ms = self.failure_timeout_ms;
+        config.heartbeat_interval_ms = (self.failure_timeout_ms / 5).max(1);
+        config.token_timeout_ms = self.token_timeout_ms;
         Ok(())
     }
 }

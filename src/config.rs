@@ -434,6 +434,15 @@ pub struct NodeConfig {
     pub dial_backoff_max_ms: u64,
     /// Bound on TCP connect plus the hello exchange.
     pub handshake_timeout_ms: u64,
+    /// How often a node pings its successor.
+    pub heartbeat_interval_ms: u64,
+    /// A successor silent this long is declared dead and skipped.
+    pub failure_timeout_ms: u64,
+    /// How often a skipped member is probed for its return.
+    pub probe_interval_ms: u64,
+    /// Backstop for a lost particle: with none seen for this long (at
+    /// least three laps, staggered by rank), one is regenerated.
+    pub token_timeout_ms: u64,
     /// Bound on one write to the successor.
     pub write_timeout_ms: u64,
     /// Bound on one station call (`init` or `on-particle`).
@@ -454,7 +463,11 @@ impl NodeConfig {
             delay_ms: 0,
             dial_backoff_min_ms: 5,
             dial_backoff_max_ms: 50,
-            handshake_timeout_ms: 1000,
+            handshake_timeout_ms: 500,
+            heartbeat_interval_ms: 100,
+            failure_timeout_ms: 500,
+            probe_interval_ms: 100,
+            token_timeout_ms: 1000,
             write_timeout_ms: 1000,
             station_timeout_ms: 100,
             station_memory_bytes: 64 << 20,
@@ -507,6 +520,19 @@ impl NodeConfig {
     /// This node's member entry.
     pub fn me(&self) -> &Member {
         &self.ring.members()[self.index]
+    }
+
+    /// The ring protocol's parameters.
+    pub fn ring_params(&self) -> crate::ring::state::RingParams {
+        crate::ring::state::RingParams {
+            me: self.index,
+            size: self.ring.len(),
+            backoff_min: Duration::from_millis(self.dial_backoff_min_ms),
+            backoff_max: Duration::from_millis(self.dial_backoff_max_ms),
+            failure_timeout: Duration::from_millis(self.failure_timeout_ms),
+            probe_interval: Duration::from_millis(self.probe_interval_ms),
+            token_timeout: Duration::from_millis(self.token_timeout_ms),
+        }
     }
 
     /// Duration helper for `station_timeout_ms`.

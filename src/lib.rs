@@ -8,6 +8,7 @@
 //! - [`station`]: the wasm host (engine, linker, imports, pipeline).
 //! - [`node`]: wires the protocol to sockets, timers and stations.
 //! - [`observe`]: events nodes report, for tests and tools.
+//! - [`status`]: `ringhost status`: the report, its client, its figures.
 //! - [`up`]: `ringhost up`, a whole local ring of node processes.
 //! - [`cli`]: command-line types and their translation into configs.
 
@@ -17,6 +18,7 @@ pub mod node;
 pub mod observe;
 pub mod ring;
 pub mod station;
+pub mod status;
 pub mod up;
 pub mod wire;
 
@@ -34,6 +36,15 @@ pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<()
         Some(cli::Command::Up(args)) => {
             up::check(&args)?;
             up::run(args, shutdown).await
+        }
+        Some(cli::Command::Status(args)) => {
+            let report = status::query(&args.to, std::time::Duration::from_secs(5)).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::render(&report));
+            }
+            Ok(())
         }
         None => run_node(cli.node, shutdown).await,
     }

@@ -2,21 +2,22 @@
 //! ([`crate::ring::state`]) to sockets, timers and the station pipeline.
 //!
 //! Tasks, each owning its piece of state:
-//! - the **owner** task owns the [`RingState`], the [`Pipeline`] and the
-//!   write half of the successor link; it runs the stations inline (the
-//!   particle is at this node, nothing else is waiting on it) and is the
-//!   only writer to the successor;
-//! - the **accept** task takes connections on the ring port and spawns an
-//!   **upstream** task per connection, which checks the hello and forwards
-//!   particles to the owner over a bounded channel;
-//! - a **dial** task per attempt connects to the successor and hands the
-//!   link to the owner; a **downstream reader** watches the link for EOF.
+//! - the **owner** task owns the [`RingState`] and the [`Pipeline`]; it
+//!   runs the stations inline (the particle is at this node, nothing else
+//!   waits on it), ticks the protocol every [`TICK`], and is the only one
+//!   that decides what goes on which link;
+//! - a **downlink** task per successor link (dial or probe) owns that
+//!   socket: it writes what the owner queues, pings every heartbeat
+//!   interval, and reports pongs, custody acks and the link's end;
+//! - the **accept** task spawns an **upstream** task per connection on the
+//!   ring port, which checks the hello (or answers a status request),
+//!   answers pings, forwards particles to the owner and writes its acks.
 //!
 //! A peer's bad input ends that peer's connection, logged once; it never
 //! ends the node. Everything stops when the node's cancellation token is
 //! cancelled ([`NodeHandle::shutdown`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -33,43 +34,67 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
 use crate::observe::{EventKind, Observer};
-use crate::ring::state::{Action, DropReason, Event, RingParams, RingState};
-use crate::ring::token::Particle;
+use crate::ring::state::{
+    Action, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
+};
+use crate::ring::token::{Particle, ParticleId};
 use crate::station::{
     Inbox, KvStore, NodeInfo, Pipeline, StationEnv, StationHost, StationLimits, StopBase,
 };
-use crate::wire::{
-    Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome, WireError,
-};
+use crate::status::{self, Samples};
+use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
 
-/// Messages from the node's helper tasks to its owner task.
-enum Msg {
-    Particle(Particle),
-    Dialed {
-        attempt: u64,
-        result: Result<Downlink, DialError>,
-    },
-    DownstreamClosed {
-        attempt: u64,
-        why: String,
-    },
-}
+/// How often the owner ticks the protocol (deadlines are checked at this
+/// granularity).
+pub const TICK: Duration = Duration::from_millis(20);
 
+/// The write half of a successor link, shared by the owner (particles,
+/// written directly: no task hop on the hot path) and the link's task
+/// (pings). Held only for one frame's write.
+type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>>;
+
+/// The custody acknowledgement an upstream connection owes its sender:
+/// written by the owner, sent by the upstream task with its next pong, so
+/// acks cost no extra wake-up on the particle's path.
+type AckSlot = Arc<std::sync::Mutex<Option<(ParticleId, u64)>>>;
+
+/// An established successor link, as the owner holds it.
 struct Downlink {
-    writer: FrameWriter<OwnedWriteHalf>,
-    reader: JoinHandle<()>,
+    writer: SharedWriter,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Downlink {
     fn drop(&mut self) {
-        self.reader.abort();
+        self.task.abort();
     }
 }
 
-#[derive(Debug)]
-enum DialError {
-    Refused(String),
-    Failed(String),
+/// Messages from the node's helper tasks to its owner task.
+enum Msg {
+    Particle {
+        particle: Particle,
+        from: UpstreamId,
+        ack: AckSlot,
+    },
+    UpstreamAlive,
+    UpstreamClosed(UpstreamId),
+    Dialed {
+        link: LinkId,
+        result: DialResult,
+        downlink: Option<Downlink>,
+    },
+    Heard(LinkId),
+    Forwarded {
+        link: LinkId,
+        id: ParticleId,
+        hop: u64,
+    },
+    LinkLost {
+        link: LinkId,
+        why: String,
+    },
+    Status(oneshot::Sender<String>),
 }
 
 /// A running node. Dropping it cancels the node without waiting; call
@@ -192,7 +217,8 @@ pub async fn start(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(256);
+    let (seen_tx, seen_rx) = watch::channel(None);
     let config = Arc::new(config);
 
     tracker.spawn(
@@ -200,6 +226,7 @@ pub async fn start(
             listener,
             Arc::clone(&config),
             tx.clone(),
+            seen_rx,
             observer.clone(),
             cancel.clone(),
             tracker.clone(),
@@ -207,20 +234,20 @@ pub async fn start(
         .instrument(span.clone()),
     );
     let owner = Owner {
+        state: RingState::new(config.ring_params(), Instant::now()),
         config: Arc::clone(&config),
-        state: RingState::new(RingParams {
-            me: config.index,
-            size: config.ring.len(),
-            backoff_min: Duration::from_millis(config.dial_backoff_min_ms),
-            backoff_max: Duration::from_millis(config.dial_backoff_max_ms),
-        }),
         pipeline,
         observer,
         tx,
-        downlink: None,
-        attempt: 0,
+        links: HashMap::new(),
+        upstreams: HashMap::new(),
         hold_until: None,
+        seen_tx,
         last_refusal: None,
+        linked: None,
+        stats: Stats::default(),
+        started: Instant::now(),
+        addr,
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     };
@@ -245,31 +272,46 @@ pub async fn start(
     })
 }
 
+/// Measurements the owner keeps for `ringhost status`.
+#[derive(Default)]
+struct Stats {
+    laps: Samples,
+    hops: Samples,
+    /// When the particle now here arrived, to time its stay.
+    arrived: Option<Instant>,
+    visits: u64,
+    member_downs: u64,
+}
+
 struct Owner {
     config: Arc<NodeConfig>,
     state: RingState,
     pipeline: Pipeline,
     observer: Observer,
     tx: mpsc::Sender<Msg>,
-    downlink: Option<(u64, Downlink)>,
-    attempt: u64,
+    links: HashMap<LinkId, Downlink>,
+    upstreams: HashMap<UpstreamId, AckSlot>,
     hold_until: Option<tokio::time::Instant>,
+    seen_tx: watch::Sender<Option<ParticleId>>,
     last_refusal: Option<String>,
+    /// The successor last reported linked (to log changes only).
+    linked: Option<usize>,
+    stats: Stats,
+    started: Instant,
+    addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Owner {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Result<()> {
-        let mut events = VecDeque::from([Event::Start]);
-        let mut actions = Vec::new();
+        let mut events = VecDeque::from([Event::Start {
+            now: Instant::now(),
+        }]);
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            while let Some(event) = events.pop_front() {
-                self.state.handle(event, &mut actions);
-                for action in std::mem::take(&mut actions) {
-                    self.execute(action, &mut events).await;
-                }
-            }
+            self.drain(&mut events).await;
             let hold = self.hold_until;
             tokio::select! {
                 biased;
@@ -279,23 +321,52 @@ impl Owner {
                 }
                 () = sleep_until_opt(hold), if hold.is_some() => {
                     self.hold_until = None;
-                    events.push_back(Event::HoldElapsed);
+                    events.push_back(Event::HoldElapsed { now: Instant::now() });
                 }
                 Some(msg) = rx.recv() => self.on_msg(msg, &mut events),
+                _ = ticker.tick() => events.push_back(Event::Tick { now: Instant::now() }),
             }
         }
         info!("node stopped");
         Ok(())
     }
 
+    async fn drain(&mut self, events: &mut VecDeque<Event>) {
+        let mut actions = Vec::new();
+        while let Some(event) = events.pop_front() {
+            self.state.handle(event, &mut actions);
+            for action in std::mem::take(&mut actions) {
+                self.execute(action, events).await;
+            }
+        }
+        let linked = self
+            .state
+            .successor()
+            .filter(|_| self.state.downstream_up());
+        if linked != self.linked {
+            self.linked = linked;
+            if let Some(successor) = linked {
+                info!(successor, "linked to successor");
+                self.observer
+                    .emit(self.config.index, EventKind::SuccessorLinked { successor });
+            }
+        }
+        let seen = self.state.seen();
+        self.seen_tx.send_if_modified(|s| {
+            let changed = *s != seen;
+            *s = seen;
+            changed
+        });
+    }
+
     /// Leaving the ring: pass on a particle we hold instead of taking it
     /// down with us.
     async fn leave(&mut self) {
         let mut actions = Vec::new();
-        self.state.release(&mut actions);
+        self.state.release(Instant::now(), &mut actions);
         let mut ignored = VecDeque::new();
         for action in actions {
-            if let Action::Send(_) = action {
+            if let Action::Send { .. } | Action::Ack { .. } = action {
                 info!("passing the particle on before stopping");
                 self.execute(action, &mut ignored).await;
             }
@@ -303,120 +374,92 @@ impl Owner {
     }
 
     fn on_msg(&mut self, msg: Msg, events: &mut VecDeque<Event>) {
+        let now = Instant::now();
         match msg {
-            Msg::Particle(particle) => events.push_back(Event::ParticleArrived {
+            Msg::Particle {
                 particle,
-                now: Instant::now(),
-            }),
-            Msg::Dialed { attempt, result } if attempt == self.attempt => match result {
-                Ok(link) => {
-                    info!(successor = self.state.successor(), "linked to successor");
-                    self.last_refusal = None;
-                    self.downlink = Some((attempt, link));
-                    self.observer.emit(
-                        self.config.index,
-                        EventKind::SuccessorLinked {
-                            successor: self.state.successor(),
-                        },
-                    );
-                    events.push_back(Event::DownstreamUp);
-                }
-                Err(DialError::Refused(reason)) => {
-                    if self.last_refusal.as_deref() != Some(reason.as_str()) {
-                        error!(
-                            successor = self.state.successor(),
-                            %reason,
-                            "successor refused our link"
-                        );
-                        self.last_refusal = Some(reason.clone());
+                from,
+                ack,
+            } => {
+                self.upstreams.insert(from, ack);
+                events.push_back(Event::ParticleArrived {
+                    particle,
+                    from,
+                    now,
+                });
+            }
+            Msg::UpstreamAlive => events.push_back(Event::UpstreamAlive { now }),
+            Msg::UpstreamClosed(id) => {
+                self.upstreams.remove(&id);
+            }
+            Msg::Dialed {
+                link,
+                result,
+                downlink,
+            } => {
+                match &result {
+                    DialResult::Up { .. } => {
+                        if let Some(d) = downlink {
+                            self.links.insert(link, d);
+                        }
+                        self.last_refusal = None;
                     }
-                    self.observer.emit(
-                        self.config.index,
-                        EventKind::LinkRefused {
-                            reason: reason.clone(),
-                        },
-                    );
-                    events.push_back(Event::DownstreamFailed {
-                        refused: Some(reason),
-                    });
+                    DialResult::Refused(reason) => {
+                        if self.last_refusal.as_deref() != Some(reason.as_str()) {
+                            error!(%reason, "a successor refused our link");
+                            self.last_refusal = Some(reason.clone());
+                        }
+                        self.observer.emit(
+                            self.config.index,
+                            EventKind::LinkRefused {
+                                reason: reason.clone(),
+                            },
+                        );
+                    }
+                    DialResult::Failed(why) => debug!(link, %why, "dial failed"),
                 }
-                Err(DialError::Failed(why)) => {
-                    debug!(successor = self.state.successor(), %why, "dial failed");
-                    events.push_back(Event::DownstreamFailed { refused: None });
+                events.push_back(Event::Dialed { link, result, now });
+            }
+            Msg::Heard(link) => events.push_back(Event::Heard { link, now }),
+            Msg::Forwarded { link, id, hop } => {
+                events.push_back(Event::Forwarded { link, id, hop, now });
+            }
+            Msg::LinkLost { link, why } => {
+                if self.links.remove(&link).is_some() {
+                    debug!(link, %why, "successor link lost");
+                    events.push_back(Event::LinkLost { link, now });
                 }
-            },
-            Msg::Dialed { .. } => {} // a stale attempt; its link drops here
-            Msg::DownstreamClosed { attempt, why } => {
-                if self.downlink.as_ref().is_some_and(|(a, _)| *a == attempt) {
-                    info!(successor = self.state.successor(), %why, "successor link lost");
-                    self.downlink = None;
-                    events.push_back(Event::DownstreamFailed { refused: None });
-                }
+            }
+            Msg::Status(reply) => {
+                let _ = reply.send(self.status_json());
             }
         }
     }
 
     async fn execute(&mut self, action: Action, events: &mut VecDeque<Event>) {
+        let me = self.config.index;
         match action {
-            Action::Dial { peer, after } => {
-                self.downlink = None;
-                self.attempt += 1;
-                let attempt = self.attempt;
-                let addr = self.config.ring.members()[peer].addr.clone();
-                let hello = Hello {
-                    version: PROTOCOL_VERSION,
-                    ring_hash: self.config.ring.hash().to_string(),
-                    from_index: self.config.index as u32,
-                    from_name: self.config.me().name.clone(),
-                };
-                let tx = self.tx.clone();
-                let config = Arc::clone(&self.config);
-                let cancel = self.cancel.clone();
-                let tracker = self.tracker.clone();
-                self.tracker.spawn(
-                    async move {
-                        tokio::select! {
-                            () = cancel.cancelled() => {}
-                            () = async {
-                                tokio::time::sleep(after).await;
-                                let result = dial(&addr, hello, &config)
-                                    .await
-                                    .map(|(writer, reader)| Downlink {
-                                        writer,
-                                        reader: tracker.spawn(watch_downstream(
-                                            reader,
-                                            attempt,
-                                            tx.clone(),
-                                            cancel.clone(),
-                                        ).in_current_span()),
-                                    });
-                                let _ = tx.send(Msg::Dialed { attempt, result }).await;
-                            } => {}
-                        }
-                    }
-                    .in_current_span(),
-                );
+            Action::Dial { link, peer, after } => self.spawn_dial(link, peer, after),
+            Action::Close { link } => {
+                self.links.remove(&link);
             }
             Action::Visit { mut particle, stop } => {
-                if particle.hop == 0 {
-                    self.state.stamp_injection(Instant::now());
-                }
                 let base = StopBase {
                     node_name: self.config.me().name.clone(),
-                    node_index: self.config.index as u32,
+                    node_index: me as u32,
                     ring_size: self.config.ring.len() as u32,
                     lap_time: stop.lap_time,
                 };
                 let hold = self.pipeline.run(&base, &mut particle).await;
                 let hold = hold.max(Duration::from_millis(self.config.delay_ms));
-                debug!(
-                    generation = particle.generation,
-                    lap = particle.lap,
-                    hop = particle.hop,
-                    "particle visited"
-                );
+                if let Some(t) = stop.lap_time {
+                    self.stats.laps.push(t);
+                }
+                self.stats.arrived.get_or_insert_with(Instant::now);
+                self.stats.visits += 1;
+                debug!(id = %particle.id(), lap = particle.lap, hop = particle.hop, "particle visited");
                 self.observer.emit(
-                    self.config.index,
+                    me,
                     EventKind::Visit {
                         generation: particle.generation,
                         lap: particle.lap,
@@ -424,50 +467,166 @@ impl Owner {
                         lap_time: stop.lap_time,
                     },
                 );
-                events.push_back(Event::VisitDone { particle, hold });
+                events.push_back(Event::VisitDone {
+                    particle,
+                    hold,
+                    now: Instant::now(),
+                });
             }
             Action::Hold(d) => {
                 self.hold_until = Some(tokio::time::Instant::now() + d);
             }
-            Action::Send(particle) => {
-                let frame = Frame::Particle(particle);
-                let sent = match self.downlink.as_mut() {
-                    Some((_, link)) => {
-                        let limit = Duration::from_millis(self.config.write_timeout_ms);
-                        match timeout(limit, link.writer.write_frame(&frame)).await {
-                            Ok(Ok(())) => Ok(()),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!("write timed out after {limit:?}")),
-                        }
+            Action::Send { link, particle } => {
+                if let Some(arrived) = self.stats.arrived.take() {
+                    self.stats.hops.push(arrived.elapsed());
+                }
+                let limit = Duration::from_millis(self.config.write_timeout_ms);
+                let sent = match self.links.get(&link) {
+                    Some(d) => {
+                        let frame = Frame::Particle(particle);
+                        let mut w = d.writer.lock().await;
+                        matches!(timeout(limit, w.write_frame(&frame)).await, Ok(Ok(())))
                     }
-                    None => Err("no successor link".to_string()),
+                    None => false,
                 };
-                if let Err(why) = sent {
-                    warn!(%why, "sending the particle failed; it waits for a new link");
-                    self.downlink = None;
-                    let Frame::Particle(particle) = frame else {
-                        unreachable!("built above")
-                    };
-                    events.push_back(Event::SendFailed(particle));
+                if !sent {
+                    // The link is gone or jammed: the protocol still holds a
+                    // copy (in flight) and resends it on the next link.
+                    self.links.remove(&link);
+                    events.push_back(Event::LinkLost {
+                        link,
+                        now: Instant::now(),
+                    });
                 }
             }
-            Action::Injected { generation } => {
-                info!(generation, "particle injected");
+            Action::Ack { to, id, hop } => {
+                if let Some(slot) = self.upstreams.get(&to) {
+                    *slot.lock().expect("ack slot") = Some((id, hop));
+                }
             }
-            Action::Dropped { generation, reason } => {
+            Action::Created { id, why } => match why {
+                Origin::Injected => info!(particle = %id, "particle injected"),
+                Origin::Regenerated => {
+                    warn!(particle = %id, "no particle within the token timeout: regenerated one");
+                }
+            },
+            Action::Dropped { id, reason } => {
                 let reason = match reason {
-                    DropReason::Stale { current } => {
-                        format!("stale generation (current {current})")
-                    }
-                    DropReason::Duplicate => "duplicate: this node already has one".into(),
+                    DropReason::Stale { current } => format!("stale (current {current})"),
+                    DropReason::Duplicate => "duplicate".into(),
+                    DropReason::Superseded { by } => format!("superseded by {by}"),
                 };
-                warn!(generation, %reason, "particle dropped");
+                debug!(particle = %id, %reason, "particle dropped");
                 self.observer.emit(
-                    self.config.index,
-                    EventKind::ParticleDropped { generation, reason },
+                    me,
+                    EventKind::ParticleDropped {
+                        generation: id.generation,
+                        reason,
+                    },
                 );
             }
+            Action::MemberDown { peer, reason } => {
+                self.stats.member_downs += 1;
+                let name = &self.config.ring.members()[peer].name;
+                warn!(member = peer, %name, %reason, "successor declared dead; skipping it");
+                self.observer
+                    .emit(me, EventKind::MemberDown { peer, reason });
+            }
+            Action::MemberUp { peer } => {
+                let name = &self.config.ring.members()[peer].name;
+                info!(member = peer, %name, "member back; spliced into the ring");
+                self.observer.emit(me, EventKind::MemberUp { peer });
+            }
+            Action::ViewChanged { live } => {
+                info!(live = ?live, "membership view changed");
+                self.observer.emit(me, EventKind::ViewChanged { live });
+            }
         }
+    }
+
+    fn spawn_dial(&mut self, link: LinkId, peer: usize, after: Duration) {
+        let addr = self.config.ring.members()[peer].addr.clone();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            ring_hash: self.config.ring.hash().to_string(),
+            from_index: self.config.index as u32,
+            from_name: self.config.me().name.clone(),
+        };
+        let tx = self.tx.clone();
+        let config = Arc::clone(&self.config);
+        let cancel = self.cancel.clone();
+        let tracker = self.tracker.clone();
+        let span = info_span!("link", link, peer);
+        self.tracker.spawn(
+            async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = async {
+                        tokio::time::sleep(after).await;
+                        let (result, downlink) = match dial(&addr, hello, &config).await {
+                            Ok((writer, reader, peer_seen)) => {
+                                let writer = Arc::new(tokio::sync::Mutex::new(writer));
+                                let task = tracker.spawn(
+                                    run_downlink(link, Arc::clone(&writer), reader, tx.clone(), Arc::clone(&config), cancel.clone())
+                                        .in_current_span(),
+                                );
+                                (DialResult::Up { peer_seen }, Some(Downlink { writer, task }))
+                            }
+                            Err(e) => (e, None),
+                        };
+                        let _ = tx.send(Msg::Dialed { link, result, downlink }).await;
+                    } => {}
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn status_json(&self) -> String {
+        let members = self.config.ring.members();
+        let view = self.state.view();
+        let report = status::Report {
+            node: status::NodeRef {
+                index: self.config.index,
+                name: self.config.me().name.clone(),
+                addr: self.addr.to_string(),
+            },
+            ring_size: members.len(),
+            ring_hash: self.config.ring.hash().to_string(),
+            members: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| status::MemberStatus {
+                    index: i,
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
+                    live: view[i],
+                })
+                .collect(),
+            successor: self.state.successor(),
+            successor_up: self.state.downstream_up(),
+            skipped: self.state.skipped(),
+            particle: status::ParticleStatus {
+                generation: self.state.seen().map(|s| s.generation),
+                origin: self.state.seen().map(|s| s.origin),
+                here: self.state.has_particle(),
+            },
+            visits: self.stats.visits,
+            member_downs: self.stats.member_downs,
+            lap_ms: self.stats.laps.summary_ms(),
+            hop_ms: self.stats.hops.summary_ms(),
+            stations: self
+                .pipeline
+                .stations()
+                .iter()
+                .map(|s| status::StationStatus {
+                    name: s.name().to_string(),
+                    faults: s.faults(),
+                })
+                .collect(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+        };
+        serde_json::to_string(&report).expect("status serializes")
     }
 }
 
@@ -478,78 +637,114 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Connects to the successor and exchanges hellos, all within the
-/// handshake timeout.
-async fn dial(
-    addr: &str,
-    hello: Hello,
-    config: &NodeConfig,
-) -> Result<(FrameWriter<OwnedWriteHalf>, FrameReader<OwnedReadHalf>), DialError> {
+type Dialed = (
+    FrameWriter<OwnedWriteHalf>,
+    FrameReader<OwnedReadHalf>,
+    Option<ParticleId>,
+);
+
+/// Connects to a member and exchanges hellos, all within the handshake
+/// timeout.
+async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, DialResult> {
     let limit = Duration::from_millis(config.handshake_timeout_ms);
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| DialError::Failed(format!("connect {addr}: {e}")))?;
+            .map_err(|e| DialResult::Failed(format!("connect {addr}: {e}")))?;
         stream
             .set_nodelay(true)
-            .map_err(|e| DialError::Failed(e.to_string()))?;
+            .map_err(|e| DialResult::Failed(e.to_string()))?;
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r, config.max_frame_bytes);
         let mut writer = FrameWriter::new(w, config.max_frame_bytes);
         writer
             .write_frame(&Frame::Hello(hello))
             .await
-            .map_err(|e| DialError::Failed(format!("sending hello: {e}")))?;
+            .map_err(|e| DialResult::Failed(format!("sending hello: {e}")))?;
         match reader.read_frame().await {
-            Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => Ok((writer, reader)),
-            Ok(Some(Frame::Welcome(w))) => Err(DialError::Refused(format!(
+            Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => {
+                Ok((writer, reader, w.seen))
+            }
+            Ok(Some(Frame::Welcome(w))) => Err(DialResult::Refused(format!(
                 "successor speaks protocol {}, we speak {PROTOCOL_VERSION}",
                 w.version
             ))),
-            Ok(Some(Frame::Refuse(r))) => Err(DialError::Refused(r.reason)),
-            Ok(Some(other)) => Err(DialError::Failed(format!(
-                "unexpected answer to hello: {other:?}"
+            Ok(Some(Frame::Refuse(r))) => Err(DialResult::Refused(r.reason)),
+            Ok(Some(other)) => Err(DialResult::Failed(format!(
+                "unexpected {} in answer to hello",
+                other.kind_name()
             ))),
-            Ok(None) => Err(DialError::Failed("closed during handshake".into())),
-            Err(e) => Err(DialError::Failed(format!("handshake: {e}"))),
+            Ok(None) => Err(DialResult::Failed("closed during handshake".into())),
+            Err(e) => Err(DialResult::Failed(format!("handshake: {e}"))),
         }
     };
     match timeout(limit, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(DialError::Failed(format!(
+        Err(_) => Err(DialResult::Failed(format!(
             "handshake with {addr} timed out after {limit:?}"
         ))),
     }
 }
 
-/// Watches the successor link for its end. The successor sends nothing
-/// after its welcome, so any frame is a protocol error.
-async fn watch_downstream(
+/// Watches one link to a successor: pings it and reports what comes back
+/// (pongs, custody acks) and the link's end. The owner writes particles to
+/// the shared writer itself. Ends when the owner drops the link (aborting
+/// this task), the link fails, or the node stops.
+async fn run_downlink(
+    link: LinkId,
+    writer: SharedWriter,
     mut reader: FrameReader<OwnedReadHalf>,
-    attempt: u64,
     tx: mpsc::Sender<Msg>,
+    config: Arc<NodeConfig>,
     cancel: CancellationToken,
 ) {
-    let why = tokio::select! {
-        () = cancel.cancelled() => return,
-        r = reader.read_frame() => match r {
-            Ok(None) => "closed by the successor".to_string(),
-            Ok(Some(f)) => format!("unexpected frame from the successor: {f:?}"),
-            Err(e) => e.to_string(),
-        },
+    let write_limit = Duration::from_millis(config.write_timeout_ms);
+    let mut ping = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    let why = loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ping.tick() => {
+                // The write happens in the arm's body, never inside the
+                // select, so a frame is never cut in half by a cancelled
+                // branch.
+                n += 1;
+                let mut w = writer.lock().await;
+                match timeout(write_limit, w.write_frame(&Frame::Ping(n))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break format!("write: {e}"),
+                    Err(_) => break format!("write timed out after {write_limit:?}"),
+                }
+            }
+            r = reader.read_frame() => {
+                let msg = match r {
+                    Ok(Some(Frame::Pong(_))) => Msg::Heard(link),
+                    Ok(Some(Frame::Forwarded { id, hop })) => Msg::Forwarded { link, id, hop },
+                    Ok(Some(other)) => break format!("unexpected {} from the successor", other.kind_name()),
+                    Ok(None) => break "closed by the successor".to_string(),
+                    Err(e) => break e.to_string(),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
     };
-    let _ = tx.send(Msg::DownstreamClosed { attempt, why }).await;
+    let _ = tx.send(Msg::LinkLost { link, why }).await;
 }
 
 async fn accept_loop(
     listener: TcpListener,
     config: Arc<NodeConfig>,
     tx: mpsc::Sender<Msg>,
+    seen: watch::Receiver<Option<ParticleId>>,
     observer: Observer,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(1);
+    let mut next_id: UpstreamId = 1;
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -559,11 +754,15 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(1);
                 let span = info_span!("upstream", peer = %peer);
+                let id = next_id;
+                next_id += 1;
                 tracker.spawn(
                     serve_upstream(
+                        id,
                         stream,
                         Arc::clone(&config),
                         tx.clone(),
+                        seen.clone(),
                         observer.clone(),
                         cancel.clone(),
                     )
@@ -583,11 +782,14 @@ async fn accept_loop(
     }
 }
 
-/// Serves one connection on the ring port: hello check, then particles.
+/// Serves one connection on the ring port: a hello (then pings and
+/// particles) or a status request.
 async fn serve_upstream(
+    id: UpstreamId,
     stream: TcpStream,
     config: Arc<NodeConfig>,
     tx: mpsc::Sender<Msg>,
+    seen: watch::Receiver<Option<ParticleId>>,
     observer: Observer,
     cancel: CancellationToken,
 ) {
@@ -607,7 +809,18 @@ async fn serve_upstream(
     };
     let hello = match first {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
-        Ok(Ok(Some(other))) => return reject(format!("expected hello, got {}", kind(&other))),
+        Ok(Ok(Some(Frame::StatusRequest))) => {
+            let (otx, orx) = oneshot::channel();
+            if tx.send(Msg::Status(otx)).await.is_ok()
+                && let Ok(Ok(json)) = timeout(limit, orx).await
+            {
+                let _ = timeout(limit, writer.write_frame(&Frame::Status(json))).await;
+            }
+            return;
+        }
+        Ok(Ok(Some(other))) => {
+            return reject(format!("expected hello, got {}", other.kind_name()));
+        }
         Ok(Ok(None)) => return, // connected and left: a port probe
         Ok(Err(e)) => return reject(format!("bad hello: {e}")),
         Err(_) => return reject(format!("no hello within {limit:?}")),
@@ -625,47 +838,63 @@ async fn serve_upstream(
     let welcome = Frame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         node_index: config.index as u32,
+        seen: *seen.borrow(),
     });
     match timeout(limit, writer.write_frame(&welcome)).await {
         Ok(Ok(())) => {}
         _ => return reject("could not send welcome".into()),
     }
-    info!(predecessor = hello.from_index, "predecessor linked");
-    // Keep the write half alive: dropping it would close our side.
-    let _writer = writer;
-    loop {
+    debug!(predecessor = hello.from_index, "predecessor linked");
+    let ack: AckSlot = Arc::default();
+    let write_limit = Duration::from_millis(config.write_timeout_ms);
+    let end = loop {
         let frame = tokio::select! {
             () = cancel.cancelled() => return,
             r = reader.read_frame() => r,
         };
-        match frame {
-            Ok(Some(Frame::Particle(p))) => {
-                if tx.send(Msg::Particle(p)).await.is_err() {
+        let n = match frame {
+            Ok(Some(Frame::Particle(particle))) => {
+                let msg = Msg::Particle {
+                    particle,
+                    from: id,
+                    ack: Arc::clone(&ack),
+                };
+                if tx.send(msg).await.is_err() {
                     return; // the node is stopping
                 }
+                continue;
             }
+            Ok(Some(Frame::Ping(n))) => n,
             Ok(Some(other)) => {
-                return reject(format!("unexpected {} on an upstream link", kind(&other)));
+                break Some(format!(
+                    "unexpected {} on an upstream link",
+                    other.kind_name()
+                ));
             }
-            Ok(None) => {
-                info!(predecessor = hello.from_index, "predecessor link closed");
-                return;
-            }
-            Err(e) => return reject(wire_reason(&e)),
+            Ok(None) => break None,
+            Err(e) => break Some(format!("bad frame: {e}")),
+        };
+        if tx.send(Msg::UpstreamAlive).await.is_err() {
+            return;
         }
-    }
-}
-
-fn wire_reason(e: &WireError) -> String {
-    format!("bad frame: {e}")
-}
-
-fn kind(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::Hello(_) => "hello",
-        Frame::Welcome(_) => "welcome",
-        Frame::Refuse(_) => "refuse",
-        Frame::Particle(_) => "particle",
+        // Custody acks ride along with the pongs.
+        let owed = ack.lock().expect("ack slot").take();
+        let mut out = Vec::with_capacity(2);
+        if let Some((id, hop)) = owed {
+            out.push(Frame::Forwarded { id, hop });
+        }
+        out.push(Frame::Pong(n));
+        for f in &out {
+            match timeout(write_limit, writer.write_frame(f)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    };
+    let _ = tx.send(Msg::UpstreamClosed(id)).await;
+    match end {
+        Some(reason) => reject(reason),
+        None => debug!(predecessor = hello.from_index, "predecessor link closed"),
     }
 }
 

@@ -53,6 +53,23 @@ pub enum EventKind {
         /// The successor's index.
         successor: usize,
     },
+    /// This node declared its successor `peer` dead and skips it.
+    MemberDown {
+        /// The member.
+        peer: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Member `peer` answered a probe and was spliced back in.
+    MemberUp {
+        /// The member.
+        peer: usize,
+    },
+    /// This node's view of live members changed.
+    ViewChanged {
+        /// Live members, ascending.
+        live: Vec<usize>,
+    },
     /// The successor refused our link.
     LinkRefused {
         /// The successor's reason.

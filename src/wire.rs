@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::ring::token::Particle;
+use crate::ring::token::{Particle, ParticleId};
 
 /// Protocol version spoken on the ring port. Peers must match exactly.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -29,6 +29,11 @@ const KIND_HELLO: u8 = 0x01;
 const KIND_WELCOME: u8 = 0x02;
 const KIND_REFUSE: u8 = 0x03;
 const KIND_PARTICLE: u8 = 0x10;
+const KIND_PING: u8 = 0x20;
+const KIND_PONG: u8 = 0x21;
+const KIND_FORWARDED: u8 = 0x22;
+const KIND_STATUS_REQUEST: u8 = 0x30;
+const KIND_STATUS: u8 = 0x31;
 
 /// The first frame a dialing node sends to its successor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +55,10 @@ pub struct Welcome {
     pub version: u32,
     /// The acceptor's index in the enumeration.
     pub node_index: u32,
+    /// The highest particle the acceptor has seen, if any: a node that
+    /// (re)starts learns that a ring is already running.
+    #[serde(default)]
+    pub seen: Option<ParticleId>,
 }
 
 /// The accepting node's answer when it refuses the link.
@@ -70,6 +79,22 @@ pub enum Frame {
     Refuse(Refuse),
     /// The particle, predecessor → successor.
     Particle(Particle),
+    /// Predecessor → successor, every heartbeat interval.
+    Ping(u64),
+    /// Successor → predecessor, answering a ping with its number.
+    Pong(u64),
+    /// Successor → predecessor: the particle `id` received at `hop` was
+    /// passed on (or dropped as stale): custody moved on.
+    Forwarded {
+        /// The particle.
+        id: ParticleId,
+        /// The hop it was received with.
+        hop: u64,
+    },
+    /// A tool asks for the node's status (instead of a hello).
+    StatusRequest,
+    /// The node's status, as JSON text (see `status.rs`).
+    Status(String),
 }
 
 /// Why bytes from a peer could not be read as a frame.
@@ -108,13 +133,37 @@ impl Frame {
             Frame::Hello(h) => json_body(out, KIND_HELLO, h),
             Frame::Welcome(w) => json_body(out, KIND_WELCOME, w),
             Frame::Refuse(r) => json_body(out, KIND_REFUSE, r),
+            Frame::Ping(n) => {
+                out.put_u8(KIND_PING);
+                out.put_u64(*n);
+            }
+            Frame::Pong(n) => {
+                out.put_u8(KIND_PONG);
+                out.put_u64(*n);
+            }
+            Frame::Forwarded { id, hop } => {
+                out.put_u8(KIND_FORWARDED);
+                out.put_u64(id.generation);
+                out.put_u32(id.origin);
+                out.put_u64(*hop);
+            }
+            Frame::StatusRequest => out.put_u8(KIND_STATUS_REQUEST),
+            Frame::Status(json) => {
+                out.put_u8(KIND_STATUS);
+                out.put_slice(json.as_bytes());
+            }
             Frame::Particle(p) => {
-                out.reserve(1 + 8 * 3 + 4 + 2 + p.slot_bytes() + 5 * p.slots.len());
+                out.reserve(
+                    1 + 8 * 3 + 4 + 2 + p.view.len() + 2 + p.slot_bytes() + 5 * p.slots.len(),
+                );
                 out.put_u8(KIND_PARTICLE);
                 out.put_u64(p.generation);
                 out.put_u64(p.lap);
                 out.put_u64(p.hop);
                 out.put_u32(p.origin);
+                let v = u16::try_from(p.view.len()).expect("view below 64 KiB");
+                out.put_u16(v);
+                out.put_slice(&p.view);
                 let n = u16::try_from(p.slots.len()).expect("at most 65535 stations");
                 out.put_u16(n);
                 for (name, data) in &p.slots {
@@ -142,7 +191,54 @@ impl Frame {
             KIND_WELCOME => Ok(Frame::Welcome(serde_json::from_slice(&body)?)),
             KIND_REFUSE => Ok(Frame::Refuse(serde_json::from_slice(&body)?)),
             KIND_PARTICLE => decode_particle(body).map(Frame::Particle),
+            KIND_PING | KIND_PONG => {
+                if body.len() != 8 {
+                    return Err(WireError::Malformed { what: "ping/pong" });
+                }
+                let n = body.get_u64();
+                Ok(if kind == KIND_PING {
+                    Frame::Ping(n)
+                } else {
+                    Frame::Pong(n)
+                })
+            }
+            KIND_FORWARDED => {
+                if body.len() != 8 + 4 + 8 {
+                    return Err(WireError::Malformed { what: "forwarded" });
+                }
+                let generation = body.get_u64();
+                let origin = body.get_u32();
+                let hop = body.get_u64();
+                Ok(Frame::Forwarded {
+                    id: ParticleId { generation, origin },
+                    hop,
+                })
+            }
+            KIND_STATUS_REQUEST if body.is_empty() => Ok(Frame::StatusRequest),
+            KIND_STATUS_REQUEST => Err(WireError::Malformed {
+                what: "status request",
+            }),
+            KIND_STATUS => String::from_utf8(body.to_vec())
+                .map(Frame::Status)
+                .map_err(|_| WireError::Malformed { what: "status" }),
             other => Err(WireError::UnknownKind(other)),
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's kind, for logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Refuse(_) => "refuse",
+            Frame::Particle(_) => "particle",
+            Frame::Ping(_) => "ping",
+            Frame::Pong(_) => "pong",
+            Frame::Forwarded { .. } => "forwarded",
+            Frame::StatusRequest => "status request",
+            Frame::Status(_) => "status",
         }
     }
 }
@@ -163,6 +259,11 @@ fn decode_particle(mut b: Bytes) -> Result<Particle, WireError> {
     let lap = b.get_u64();
     let hop = b.get_u64();
     let origin = b.get_u32();
+    let v = usize::from(b.get_u16());
+    if b.remaining() < v + 2 {
+        return Err(bad());
+    }
+    let view = b.split_to(v).to_vec();
     let n = b.get_u16();
     let mut slots = BTreeMap::new();
     for _ in 0..n {
@@ -195,6 +296,7 @@ fn decode_particle(mut b: Bytes) -> Result<Particle, WireError> {
         lap,
         hop,
         origin,
+        view,
         slots,
     })
 }
@@ -287,6 +389,7 @@ mod tests {
         p.slots.insert("tick".into(), 42u64.to_le_bytes().to_vec());
         p.slots.insert("empty".into(), Vec::new());
         p.slots.insert("big".into(), vec![0xab; 1024]);
+        p.view = vec![0b1011_0111, 0b0000_0101];
         p
     }
 
@@ -301,7 +404,22 @@ mod tests {
             Frame::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
                 node_index: 5,
+                seen: Some(ParticleId {
+                    generation: 3,
+                    origin: 2,
+                }),
             }),
+            Frame::Ping(77),
+            Frame::Pong(77),
+            Frame::Forwarded {
+                id: ParticleId {
+                    generation: 9,
+                    origin: 4,
+                },
+                hop: 1234,
+            },
+            Frame::StatusRequest,
+            Frame::Status("{\"ok\":true}".into()),
             Frame::Refuse(Refuse {
                 reason: "ring mismatch".into(),
             }),

@@ -3,12 +3,32 @@
 
 use std::collections::BTreeMap;
 
+/// Which particle: compared by generation, then by origin, so two
+/// particles made at once on two sides of a partition still order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct ParticleId {
+    /// Generation: one more than the highest seen where it was made.
+    pub generation: u64,
+    /// Index of the node that made it.
+    pub origin: u32,
+}
+
+impl std::fmt::Display for ParticleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.generation, self.origin)
+    }
+}
+
 /// The particle circling the ring.
 ///
 /// Invariants, kept by [`super::state::RingState`]:
-/// - `generation` never decreases at any node; a particle whose generation
-///   is below the highest one a node has seen is dropped there.
-/// - `hop` increases by one per stop; the injecting stop is hop 0.
+/// - the highest [`ParticleId`] a node has seen never decreases; a particle
+///   with a lower id is dropped where it is met;
+/// - for one id, `hop` only grows: by one per stop, and by one more per
+///   member skipped, so a resent copy and the original carry the same hop
+///   at the same member and the later one is dropped as a duplicate;
 /// - `lap` increases by one each time the particle arrives at `origin`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Particle {
@@ -20,6 +40,9 @@ pub struct Particle {
     pub hop: u64,
     /// Index of the node that injected this particle; laps count at it.
     pub origin: u32,
+    /// Live members as this particle last heard: bit `i` for member `i`
+    /// (empty until the first stop writes it).
+    pub view: Vec<u8>,
     /// One private slot per station name: bytes only that station reads
     /// and writes.
     pub slots: BTreeMap<String, Vec<u8>>,
@@ -32,6 +55,14 @@ impl Particle {
             generation,
             origin,
             ..Self::default()
+        }
+    }
+
+    /// The particle's identity, ordered: a higher id supersedes a lower.
+    pub fn id(&self) -> ParticleId {
+        ParticleId {
+            generation: self.generation,
+            origin: self.origin,
         }
     }
 

@@ -1,0 +1,242 @@
+//! `ringhost status`: what a node reports about itself and the ring, the
+//! client that asks for it, and the small sample buffers behind its
+//! latency figures.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::wire::{Frame, FrameReader, FrameWriter};
+
+/// A node's answer to a status request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Who answered.
+    pub node: NodeRef,
+    /// Members in the enumeration.
+    pub ring_size: usize,
+    /// Hex sha-256 of the enumeration.
+    pub ring_hash: String,
+    /// Every member and whether this node's view holds it live.
+    pub members: Vec<MemberStatus>,
+    /// The member this node sends the particle to.
+    pub successor: Option<usize>,
+    /// Whether that link is up.
+    pub successor_up: bool,
+    /// Members this node skips (declared dead) and probes.
+    pub skipped: Vec<usize>,
+    /// The particle as this node knows it.
+    pub particle: ParticleStatus,
+    /// Stops made at this node.
+    pub visits: u64,
+    /// Successors this node declared dead since it started.
+    pub member_downs: u64,
+    /// Lap times measured here.
+    pub lap_ms: Summary,
+    /// Per-hop times: from sending the particle to the successor's
+    /// acknowledgement that it passed it on (its stations and hold
+    /// included).
+    pub hop_ms: Summary,
+    /// The station pipeline.
+    pub stations: Vec<StationStatus>,
+    /// Seconds since the node started.
+    pub uptime_s: f64,
+}
+
+/// A node's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRef {
+    /// Index in the enumeration.
+    pub index: usize,
+    /// Name in the enumeration.
+    pub name: String,
+    /// Bound ring address.
+    pub addr: String,
+}
+
+/// One member as seen by the reporting node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Index.
+    pub index: usize,
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub addr: String,
+    /// Live in the reporting node's view.
+    pub live: bool,
+}
+
+/// The particle as the reporting node knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParticleStatus {
+    /// Highest generation seen.
+    pub generation: Option<u64>,
+    /// Origin of that particle.
+    pub origin: Option<u32>,
+    /// Whether the particle is at this node now.
+    pub here: bool,
+}
+
+/// A station's health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StationStatus {
+    /// Name.
+    pub name: String,
+    /// Failed calls since load.
+    pub faults: u64,
+}
+
+/// Percentiles of a sample buffer, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// Samples behind the figures (the most recent ones).
+    pub samples: usize,
+    /// The latest sample.
+    pub last: Option<f64>,
+    /// Median.
+    pub p50: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// The most recent [`Samples::CAPACITY`] durations.
+#[derive(Debug, Default)]
+pub struct Samples {
+    buf: VecDeque<Duration>,
+}
+
+impl Samples {
+    /// How many samples are kept.
+    pub const CAPACITY: usize = 1024;
+
+    /// Adds a sample, forgetting the oldest beyond capacity.
+    pub fn push(&mut self, d: Duration) {
+        if self.buf.len() == Self::CAPACITY {
+            self.buf.pop_front();
+        }
+        self.buf.push_back(d);
+    }
+
+    /// Percentiles in milliseconds.
+    pub fn summary_ms(&self) -> Summary {
+        let mut v: Vec<Duration> = self.buf.iter().copied().collect();
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let pick =
+            |q: f64| (!v.is_empty()).then(|| ms(v[((v.len() - 1) as f64 * q).round() as usize]));
+        Summary {
+            samples: v.len(),
+            last: self.buf.back().copied().map(ms),
+            p50: pick(0.5),
+            p99: pick(0.99),
+        }
+    }
+}
+
+/// Asks the node at `addr` for its status.
+///
+/// # Errors
+/// When the node cannot be reached or answers something else.
+pub async fn query(addr: &str, within: Duration) -> Result<Report> {
+    let ask = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let (r, w) = stream.into_split();
+        let mut reader = FrameReader::new(r, 16 << 20);
+        let mut writer = FrameWriter::new(w, 16 << 20);
+        writer.write_frame(&Frame::StatusRequest).await?;
+        match reader.read_frame().await? {
+            Some(Frame::Status(json)) => {
+                serde_json::from_str(&json).context("parsing the status report")
+            }
+            Some(other) => bail!("{addr} answered with a {} frame", other.kind_name()),
+            None => bail!("{addr} closed the connection without answering"),
+        }
+    };
+    timeout(within, ask)
+        .await
+        .with_context(|| format!("{addr} did not answer within {within:?}"))?
+}
+
+/// The report for a person.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    let _ = writeln!(
+        s,
+        "node {} ({}) at {}, up {:.1} s; ring of {} (hash {})",
+        r.node.index,
+        r.node.name,
+        r.node.addr,
+        r.uptime_s,
+        r.ring_size,
+        &r.ring_hash[..r.ring_hash.len().min(12)]
+    );
+    let _ = writeln!(
+        s,
+        "particle: generation {} from node {}{}; visits here {}",
+        r.particle.generation.map_or("-".into(), |g| g.to_string()),
+        r.particle.origin.map_or("-".into(), |o| o.to_string()),
+        if r.particle.here { ", here now" } else { "" },
+        r.visits
+    );
+    let _ = writeln!(
+        s,
+        "successor: {} ({}); skipped: {:?}; successors declared dead: {}",
+        r.successor.map_or("-".into(), |x| x.to_string()),
+        if r.successor_up { "up" } else { "down" },
+        r.skipped,
+        r.member_downs
+    );
+    let _ = writeln!(
+        s,
+        "lap ms: last {} p50 {} p99 {} ({} samples); hop ms: p50 {} p99 {}",
+        f(r.lap_ms.last),
+        f(r.lap_ms.p50),
+        f(r.lap_ms.p99),
+        r.lap_ms.samples,
+        f(r.hop_ms.p50),
+        f(r.hop_ms.p99)
+    );
+    let _ = writeln!(s, "members:");
+    for m in &r.members {
+        let _ = writeln!(
+            s,
+            "  {:>3} {:<24} {:<22} {}",
+            m.index,
+            m.name,
+            m.addr,
+            if m.live { "live" } else { "DEAD" }
+        );
+    }
+    for st in &r.stations {
+        let _ = writeln!(s, "station {}: {} faults", st.name, st.faults);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_keep_the_latest_and_give_percentiles() {
+        let mut s = Samples::default();
+        assert_eq!(s.summary_ms().p50, None);
+        for i in 1..=2000u64 {
+            s.push(Duration::from_millis(i));
+        }
+        let sum = s.summary_ms();
+        assert_eq!(sum.samples, Samples::CAPACITY);
+        assert_eq!(sum.last, Some(2000.0));
+        let p50 = sum.p50.unwrap();
+        assert!((1480.0..=1490.0).contains(&p50), "{p50}");
+    }
+}
