@@ -1,0 +1,251 @@
+//! Ring health with real processes: SIGKILL, SIGSTOP/SIGCONT and restart of
+//! node processes; the survivors re-form the ring, views converge, one
+//! particle goes on. Observed through `ringhost status` and the tick lines.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use ringhost::status::Report;
+
+/// A ring of node processes on 127.0.0.1:base..base+n. Every child is
+/// killed and reaped on drop, also when the test fails.
+struct ProcRing {
+    base: u16,
+    n: usize,
+    children: Vec<Option<Child>>,
+    lines: mpsc::Receiver<(usize, String)>,
+    tx: mpsc::Sender<(usize, String)>,
+    /// Tick sequence numbers seen, with the node that logged them.
+    ticks: Vec<(u64, usize)>,
+}
+
+impl Drop for ProcRing {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            reap(child);
+        }
+    }
+}
+
+fn reap(mut child: Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl ProcRing {
+    fn start(n: usize) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let base = 20_000 + ((now ^ u64::from(std::process::id())) % 30_000) as u16;
+        let (tx, lines) = mpsc::channel();
+        let mut ring = Self {
+            base,
+            n,
+            children: (0..n).map(|_| None).collect(),
+            lines,
+            tx,
+            ticks: Vec::new(),
+        };
+        for i in 0..n {
+            ring.spawn(i);
+        }
+        ring
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.base as usize + i)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let ring = format!(
+            "127.0.0.1:{}-{}",
+            self.base,
+            self.base as usize + self.n - 1
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+            .args([
+                "--port",
+                &(self.base as usize + i).to_string(),
+                "--ring",
+                &ring,
+            ])
+            .args(["--delay-ms", "5", "--failure-timeout-ms", "300"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = self.tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((i, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        if let Some(old) = self.children[i].replace(child) {
+            reap(old);
+        }
+    }
+
+    fn pid(&self, i: usize) -> Pid {
+        Pid::from_raw(self.children[i].as_ref().expect("running").id() as i32)
+    }
+
+    fn sigkill(&mut self, i: usize) {
+        let child = self.children[i].take().expect("running");
+        reap(child);
+    }
+
+    /// Collects output lines (tick sequence numbers) until none is pending.
+    fn drain(&mut self) {
+        while let Ok((node, line)) = self.lines.try_recv() {
+            if line.contains("Address already in use") {
+                panic!("port taken: {line}");
+            }
+            if let Some(seq) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("seq="))
+                .and_then(|v| v.parse::<u64>().ok())
+                && line.contains(" tick ")
+            {
+                self.ticks.push((seq, node));
+            }
+        }
+    }
+
+    fn status(&self, i: usize) -> Option<Report> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(ringhost::status::query(
+            &self.addr(i),
+            Duration::from_secs(2),
+        ))
+        .ok()
+    }
+
+    /// Waits until every node in `live` reports exactly `live` as its live
+    /// members, its successor up, and visits growing.
+    fn wait_converged(&mut self, live: &[usize], within: Duration, what: &str) -> Duration {
+        let start = Instant::now();
+        let deadline = start + within;
+        let mut last_visits: HashMap<usize, u64> = HashMap::new();
+        loop {
+            self.drain();
+            let mut ok = true;
+            for &i in live {
+                match self.status(i) {
+                    Some(r) => {
+                        let members: Vec<usize> = r
+                            .members
+                            .iter()
+                            .filter(|m| m.live)
+                            .map(|m| m.index)
+                            .collect();
+                        let moving = last_visits.get(&i).is_some_and(|&v| r.visits > v);
+                        last_visits.insert(i, r.visits);
+                        ok &= members == live && r.successor_up && moving;
+                    }
+                    None => ok = false,
+                }
+            }
+            if ok {
+                return start.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not converged within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Over the next `window`, every tick sequence number is logged once:
+    /// one particle.
+    fn assert_one_particle(&mut self, window: Duration) {
+        self.drain();
+        let from = self.ticks.len();
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            if let Ok((node, line)) = self.lines.recv_timeout(Duration::from_millis(50))
+                && let Some(seq) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("seq="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                self.ticks.push((seq, node));
+            }
+        }
+        let mut seqs: Vec<u64> = self.ticks[from..].iter().map(|t| t.0).collect();
+        assert!(seqs.len() > 20, "ticks flow: {} in {window:?}", seqs.len());
+        seqs.sort_unstable();
+        let before = seqs.len();
+        seqs.dedup();
+        assert_eq!(
+            seqs.len(),
+            before,
+            "a tick sequence number was logged twice: two particles"
+        );
+    }
+}
+
+#[test]
+fn sigkill_sigstop_and_restart_heal_with_one_particle() {
+    let mut ring = ProcRing::start(5);
+    let all = [0, 1, 2, 3, 4];
+    ring.wait_converged(&all, Duration::from_secs(60), "initial ring");
+    ring.assert_one_particle(Duration::from_millis(500));
+
+    // SIGKILL node 2: the others skip it.
+    ring.sigkill(2);
+    let took = ring.wait_converged(&[0, 1, 3, 4], Duration::from_secs(20), "after SIGKILL");
+    eprintln!("SIGKILL healed (views converged) in {took:?}");
+    ring.assert_one_particle(Duration::from_millis(500));
+
+    // Restart it: spliced back in.
+    ring.spawn(2);
+    let took = ring.wait_converged(&all, Duration::from_secs(20), "after restart");
+    eprintln!("restart rejoined in {took:?}");
+    ring.assert_one_particle(Duration::from_millis(500));
+
+    // SIGSTOP node 3 (its kernel still accepts connections): detected by
+    // missing pongs; then SIGCONT: it comes back.
+    kill(ring.pid(3), Signal::SIGSTOP).unwrap();
+    let took = ring.wait_converged(&[0, 1, 2, 4], Duration::from_secs(20), "after SIGSTOP");
+    eprintln!("SIGSTOP detected and healed in {took:?}");
+    kill(ring.pid(3), Signal::SIGCONT).unwrap();
+    let took = ring.wait_converged(&all, Duration::from_secs(20), "after SIGCONT");
+    eprintln!("SIGCONT rejoined in {took:?}");
+    ring.assert_one_particle(Duration::from_millis(500));
+}
+
+#[test]
+fn killing_two_adjacent_nodes_and_all_but_one_keeps_a_particle_going() {
+    let mut ring = ProcRing::start(5);
+    ring.wait_converged(&[0, 1, 2, 3, 4], Duration::from_secs(60), "initial ring");
+    ring.sigkill(1);
+    ring.sigkill(2);
+    ring.wait_converged(&[0, 3, 4], Duration::from_secs(20), "two adjacent killed");
+    ring.assert_one_particle(Duration::from_millis(500));
+    ring.sigkill(0);
+    ring.sigkill(3);
+    ring.wait_converged(&[4], Duration::from_secs(20), "all but one killed");
+    ring.assert_one_particle(Duration::from_millis(500));
+}
