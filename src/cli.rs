@@ -124,6 +124,10 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
 
+    /// Do not restart nodes that die.
+    #[arg(long)]
+    pub no_respawn: bool,
+
     /// The program to run for each node (default: this executable).
     #[arg(long, hide = true)]
     pub node_program: Option<PathBuf>,

@@ -7,17 +7,21 @@
 //! supervisor: if the supervisor dies, even by SIGKILL, the pipe closes and
 //! every node exits by itself, so no node is ever orphaned.
 //!
-//! Not here yet: respawning crashed nodes (the ring-health work).
+//! A node that dies is restarted with the same command line (unless
+//! `--no-respawn`), with backoff, one start at a time per node, and given up
+//! on loudly after repeated quick failures. The supervisor does it rather
+//! than the dead node's predecessor because it owns every node process:
+//! that way Ctrl-C still reaps them all.
 
 use std::future::Future;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,11 +32,27 @@ use crate::cli::UpArgs;
 /// How long nodes get to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// Respawn policy: first retry delay, cap, and how many failed starts in a
+/// row before giving up on a node.
+pub const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Cap on the respawn delay.
+pub const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Consecutive short-lived starts after which a node is given up on.
+pub const RESPAWN_MAX_FAILURES: u32 = 5;
+/// A node that ran at least this long resets the failure count.
+pub const RESPAWN_HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// What a node keeper reports to the supervisor.
+enum Report {
+    Exited { port: u16, status: String },
+    GaveUp { port: u16 },
+}
+
 /// Runs the ring until `shutdown` resolves, then stops every node.
 ///
 /// # Errors
-/// When the settings are invalid or a node cannot be started (the nodes
-/// already started are stopped first).
+/// When the settings are invalid, a node cannot be started at all, or
+/// every node has been given up on.
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ring = args.ring()?;
     // Check the stations once here rather than failing in every child.
@@ -41,14 +61,11 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
         Some(p) => p.clone(),
         None => std::env::current_exe().context("finding the ringhost executable")?,
     };
-    info!(%ring, nodes = args.nodes, "starting a local ring");
+    info!(%ring, nodes = args.nodes, respawn = !args.no_respawn, "starting a local ring");
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let (exited_tx, mut exited_rx) = mpsc::channel::<(u16, ExitStatus)>(64);
-    // Keep every child's stdin open for as long as we live.
-    let mut stdins: Vec<ChildStdin> = Vec::new();
-    let mut started = 0usize;
+    let (report_tx, mut report_rx) = mpsc::channel::<Report>(64);
     let mut failure = None;
     for i in 0..args.nodes {
         let port = args.base_port + i;
@@ -63,7 +80,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
+        // The first start must work; later ones are the keeper's business.
+        let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 failure = Some(
@@ -73,37 +91,39 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
                 break;
             }
         };
-        if let Some(stdin) = child.stdin.take() {
-            stdins.push(stdin);
-        }
-        if let Some(out) = child.stdout.take() {
-            tracker.spawn(pump(out, port));
-        }
-        if let Some(err) = child.stderr.take() {
-            tracker.spawn(pump(err, port));
-        }
-        tracker.spawn(supervise(child, port, stop.clone(), exited_tx.clone()));
-        started += 1;
+        let keeper = Keeper {
+            port,
+            cmd,
+            respawn: !args.no_respawn,
+            stop: stop.clone(),
+            tracker: tracker.clone(),
+            report: report_tx.clone(),
+        };
+        tracker.spawn(keeper.run(child));
     }
-    drop(exited_tx);
+    drop(report_tx);
 
     if failure.is_none() {
         tokio::pin!(shutdown);
-        let mut alive = started;
+        let mut given_up = 0u16;
         loop {
             tokio::select! {
                 () = &mut shutdown => {
                     info!("stopping the ring");
                     break;
                 }
-                Some((port, status)) = exited_rx.recv() => {
-                    error!(port, %status, "node exited");
-                    alive -= 1;
-                    if alive == 0 {
-                        failure = Some(anyhow::anyhow!("every node has exited"));
-                        break;
+                r = report_rx.recv() => match r {
+                    Some(Report::Exited { port, status }) => error!(port, %status, "node exited"),
+                    Some(Report::GaveUp { port }) => {
+                        error!(port, "node keeps failing; gave up respawning it");
+                        given_up += 1;
+                        if given_up == args.nodes {
+                            failure = Some(anyhow::anyhow!("every node has exited"));
+                            break;
+                        }
                     }
-                }
+                    None => break,
+                },
             }
         }
     }
@@ -116,42 +136,98 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
     {
         warn!("some node output was still open after stopping");
     }
-    drop(stdins);
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
-/// Waits for one child; on `stop`, sends SIGTERM, then SIGKILL after
-/// [`STOP_GRACE`]. Always reaps the child.
-async fn supervise(
-    mut child: Child,
+/// Keeps one node running: waits for it, restarts it with backoff when it
+/// dies (never two at once: one keeper per node, one child at a time), and
+/// stops it on `stop`. Every child it starts, it reaps.
+struct Keeper {
     port: u16,
+    cmd: Command,
+    respawn: bool,
     stop: CancellationToken,
-    exited: mpsc::Sender<(u16, ExitStatus)>,
-) {
-    tokio::select! {
-        status = child.wait() => {
-            match status {
-                Ok(status) => { let _ = exited.send((port, status)).await; }
-                Err(e) => error!(port, cause = %e, "waiting for node failed"),
+    tracker: TaskTracker,
+    report: mpsc::Sender<Report>,
+}
+
+impl Keeper {
+    async fn run(mut self, first: Child) {
+        let mut child = first;
+        let mut failures = 0u32;
+        let mut backoff = RESPAWN_BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            // Keep the child's stdin open for as long as it should live.
+            let stdin = child.stdin.take();
+            if let Some(out) = child.stdout.take() {
+                self.tracker.spawn(pump(out, self.port));
             }
-        }
-        () = stop.cancelled() => {
-            if let Some(pid) = child.id() {
-                let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-                let _ = kill(pid, Signal::SIGTERM);
+            if let Some(err) = child.stderr.take() {
+                self.tracker.spawn(pump(err, self.port));
             }
-            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    warn!(port, "node ignored SIGTERM; killing it");
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = self.stop.cancelled() => {
+                    terminate(&mut child, self.port).await;
+                    return;
                 }
+            };
+            drop(stdin);
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            let _ = self
+                .report
+                .send(Report::Exited {
+                    port: self.port,
+                    status,
+                })
+                .await;
+            if !self.respawn {
+                return;
             }
+            if started.elapsed() >= RESPAWN_HEALTHY_AFTER {
+                failures = 0;
+                backoff = RESPAWN_BACKOFF_MIN;
+            }
+            failures += 1;
+            if failures > RESPAWN_MAX_FAILURES {
+                let _ = self.report.send(Report::GaveUp { port: self.port }).await;
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+            warn!(port = self.port, attempt = failures, "respawning node");
+            child = match self.cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(port = self.port, cause = %e, "respawn failed");
+                    let _ = self.report.send(Report::GaveUp { port: self.port }).await;
+                    return;
+                }
+            };
         }
+    }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`]; always reaps.
+async fn terminate(child: &mut Child, port: u16) {
+    if let Some(pid) = child.id() {
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let _ = kill(pid, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        warn!(port, "node ignored SIGTERM; killing it");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
     }
 }
 

@@ -249,3 +249,46 @@ fn killing_two_adjacent_nodes_and_all_but_one_keeps_a_particle_going() {
     ring.wait_converged(&[4], Duration::from_secs(20), "all but one killed");
     ring.assert_one_particle(Duration::from_millis(500));
 }
+
+#[test]
+fn no_false_failure_while_both_cpus_are_saturated() {
+    let mut ring = ProcRing::start(5);
+    let all = [0, 1, 2, 3, 4];
+    ring.wait_converged(&all, Duration::from_secs(60), "initial ring");
+    let downs_before: u64 = all
+        .iter()
+        .map(|&i| ring.status(i).expect("status").member_downs)
+        .sum();
+    // Two busy loops, one per core, for three seconds (bounded in time).
+    let hogs: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new("timeout")
+                .args(["3", "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .expect("spawn cpu hog")
+        })
+        .collect();
+    let mut false_failures = Vec::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok((node, line)) = ring.lines.recv_timeout(Duration::from_millis(50))
+            && line.contains("declared dead")
+        {
+            false_failures.push((node, line));
+        }
+    }
+    for mut h in hogs {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    assert!(
+        false_failures.is_empty(),
+        "false failures under CPU load: {false_failures:#?}"
+    );
+    let downs_after: u64 = all
+        .iter()
+        .map(|&i| ring.status(i).expect("status").member_downs)
+        .sum();
+    assert_eq!(downs_before, downs_after, "no member was declared dead");
+    ring.wait_converged(&all, Duration::from_secs(10), "after the load");
+}

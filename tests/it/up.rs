@@ -212,17 +212,25 @@ fn up_forms_a_ring_and_sigterm_leaves_no_process() {
     become_subreaper();
     let mut tree = start_ring(3);
     tree.record_nodes(3);
-    // One node crashes: the supervisor notices and still cleans up the rest.
+    // One node crashes: the supervisor respawns it, and the new process
+    // ticks again.
     kill(Pid::from_raw(tree.nodes[2]), Signal::SIGKILL).unwrap();
     tree.wait_line("node exited", Duration::from_secs(20));
+    tree.wait_line("respawning node", Duration::from_secs(20));
+    tree.wait_ticks_from_all(3, Duration::from_secs(30))
+        .unwrap();
+    let before = tree.nodes.clone();
+    tree.record_nodes(3);
+    assert_ne!(before, tree.nodes, "node 2 is a new process");
+    let mut all_pids = before;
+    all_pids.extend(tree.nodes.iter().copied());
     let up = tree.up.as_ref().unwrap().id();
     kill(Pid::from_raw(up as i32), Signal::SIGTERM).unwrap();
     let status = tree.wait_up_exit(Duration::from_secs(20));
     assert!(status.success(), "up exits cleanly on SIGTERM: {status}");
-    let nodes = tree.nodes.clone();
     assert!(
-        wait_gone(&nodes, Instant::now() + Duration::from_secs(10)),
-        "node processes left behind: {nodes:?}"
+        wait_gone(&all_pids, Instant::now() + Duration::from_secs(10)),
+        "node processes left behind: {all_pids:?}"
     );
 }
 
