@@ -77,6 +77,11 @@ pub struct StationArgs {
     /// one (at least three laps).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub token_timeout_ms: u64,
+
+    /// Where compiled stations are cached between runs (default:
+    /// $XDG_CACHE_HOME/ringhost or ~/.cache/ringhost; `none` disables).
+    #[arg(long, value_name = "DIR", env = "RINGHOST_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Running one node.
@@ -137,6 +142,18 @@ pub struct UpArgs {
 }
 
 impl StationArgs {
+    /// The compile cache directory to use, if any.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            Some(d) if d.as_os_str() == "none" => None,
+            Some(d) => Some(d.clone()),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|base| base.join("ringhost")),
+        }
+    }
+
     /// Parsed station specs (the built-in tick when none is given).
     ///
     /// # Errors
@@ -170,6 +187,12 @@ impl StationArgs {
             "--token-timeout-ms".into(),
             self.token_timeout_ms.to_string(),
         ]);
+        if let Some(dir) = self.cache_dir() {
+            out.push("--cache-dir".into());
+            out.push(dir.display().to_string());
+        } else {
+            out.extend(["--cache-dir".into(), "none".into()]);
+        }
         out
     }
 

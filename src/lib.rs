@@ -59,7 +59,7 @@ async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Re
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("binding the ring port on {bind}"))?;
-    let host = station::StationHost::new()?;
+    let host = station::StationHost::with_cache(args.stations.cache_dir())?;
     let handle = node::start(config, listener, host, observe::Observer::none()).await?;
     let stdin_closed = async {
         if args.exit_on_stdin_eof {

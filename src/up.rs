@@ -55,8 +55,20 @@ enum Report {
 /// every node has been given up on.
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ring = args.ring()?;
-    // Check the stations once here rather than failing in every child.
-    args.stations.specs()?;
+    // Check the stations once here rather than failing in every child, and
+    // compile them once into the cache, so the nodes start in milliseconds
+    // instead of each compiling the same code.
+    let specs = args.stations.specs()?;
+    let host = crate::station::StationHost::with_cache(args.stations.cache_dir())?;
+    for spec in &specs {
+        let bytes = crate::station::read_source(&spec.source).await?;
+        let host = std::sync::Arc::clone(&host);
+        tokio::task::spawn_blocking(move || host.compile(&bytes))
+            .await
+            .context("compile task")?
+            .with_context(|| format!("station {}", spec.name))?;
+    }
+    drop(host);
     let program = match &args.node_program {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("finding the ringhost executable")?,

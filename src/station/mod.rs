@@ -122,6 +122,8 @@ pub struct StationHost {
     /// Compiled components by the sha-256 of their bytes: nodes sharing a
     /// process (tests, benches) compile each component once.
     compiled: std::sync::Mutex<std::collections::HashMap<[u8; 32], Component>>,
+    /// Where compiled components are kept between runs, if anywhere.
+    cache: Option<std::path::PathBuf>,
 }
 
 impl StationHost {
@@ -132,6 +134,16 @@ impl StationHost {
     /// # Errors
     /// When wasmtime cannot build the engine or link the imports.
     pub fn new() -> Result<Arc<Self>> {
+        Self::with_cache(None)
+    }
+
+    /// Like [`StationHost::new`], keeping compiled components in
+    /// `cache_dir` so a restart (or the next node process) skips compiling.
+    ///
+    /// # Errors
+    /// As [`StationHost::new`]; an unusable cache directory only disables
+    /// the cache.
+    pub fn with_cache(cache_dir: Option<std::path::PathBuf>) -> Result<Arc<Self>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -154,10 +166,18 @@ impl StationHost {
                 }
             })
             .context("starting the epoch ticker")?;
+        let cache = cache_dir.and_then(|dir| match std::fs::create_dir_all(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), cause = %e, "compile cache disabled");
+                None
+            }
+        });
         Ok(Arc::new(Self {
             engine,
             linker,
             compiled: Default::default(),
+            cache,
         }))
     }
 
@@ -179,8 +199,7 @@ impl StationHost {
         let component = match cached {
             Some(c) => c,
             None => {
-                let c =
-                    wt(Component::new(&self.engine, bytes)).context("compiling the component")?;
+                let c = self.compile_or_load(&key, bytes)?;
                 self.compiled
                     .lock()
                     .expect("cache lock")
@@ -192,6 +211,41 @@ impl StationHost {
             .context("linking the component (does it target ringhost:station/station@0.1?)")?;
         wt(bindings::StationPre::new(pre))
             .context("the component does not export the station world's functions")
+    }
+
+    /// Compiles `bytes`, or loads the compiled code from the disk cache.
+    /// A cache entry is keyed by the module's hash and the engine's
+    /// compatibility hash; one that fails to load is a miss (and removed).
+    fn compile_or_load(&self, key: &[u8; 32], bytes: &[u8]) -> Result<Component> {
+        use std::hash::{Hash, Hasher};
+        let Some(dir) = &self.cache else {
+            return wt(Component::new(&self.engine, bytes)).context("compiling the component");
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let path = dir.join(format!(
+            "{}-{:016x}.cwasm",
+            crate::config::hex(key),
+            h.finish()
+        ));
+        if path.is_file() {
+            match load_compiled(&self.engine, &path) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), cause = %e, "bad compile cache entry; recompiling");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let c = wt(Component::new(&self.engine, bytes)).context("compiling the component")?;
+        if let Ok(code) = c.serialize() {
+            // Write then rename, so a reader never sees half a file.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, code).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok(c)
     }
 
     /// Reads (for files), compiles (on a blocking thread) and instantiates
@@ -206,14 +260,7 @@ impl StationHost {
         env: StationEnv,
         limits: StationLimits,
     ) -> Result<Station> {
-        let bytes: Vec<u8> = match &spec.source {
-            StationSource::Builtin(name) => builtin::bytes(name)
-                .with_context(|| format!("no built-in station {name:?}"))?
-                .to_vec(),
-            StationSource::File(path) => tokio::fs::read(path)
-                .await
-                .with_context(|| format!("reading station {}", path.display()))?,
-        };
+        let bytes = read_source(&spec.source).await?;
         let host = Arc::clone(self);
         let pre = tokio::task::spawn_blocking(move || host.compile(&bytes))
             .await
@@ -236,6 +283,21 @@ impl StationHost {
             .await
             .map_err(|e| anyhow!("station {}: {e}", spec.name))?;
         Ok(station)
+    }
+}
+
+/// The component bytes of a station source.
+///
+/// # Errors
+/// When the file cannot be read or the built-in does not exist.
+pub async fn read_source(source: &StationSource) -> Result<Vec<u8>> {
+    match source {
+        StationSource::Builtin(name) => Ok(builtin::bytes(name)
+            .with_context(|| format!("no built-in station {name:?}"))?
+            .to_vec()),
+        StationSource::File(path) => tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading station {}", path.display())),
     }
 }
 
@@ -424,6 +486,21 @@ impl Station {
     }
 }
 
+/// Loads compiled code from this node's own cache directory.
+///
+/// The only unsafe code in ringhost. `deserialize_file` is unsafe because
+/// the file is trusted to hold code this wasmtime compiled: ours does (we
+/// wrote it, keyed by the module hash and the engine's compatibility hash),
+/// wasmtime still checks its header, version and engine settings (a
+/// mismatch is an error, treated as a miss), and compiled code never comes
+/// from another machine. Whoever can write our cache directory can already
+/// replace our binary.
+#[allow(unsafe_code)]
+fn load_compiled(engine: &Engine, path: &std::path::Path) -> Result<Component> {
+    // SAFETY: see above; the file is ours and wasmtime validates it.
+    wt(unsafe { Component::deserialize_file(engine, path) })
+}
+
 /// Turns wasmtime's error type into ours (kept inside this module).
 fn wt<T>(r: wasmtime::Result<T>) -> Result<T> {
     r.map_err(anyhow::Error::from)
@@ -517,5 +594,40 @@ impl Pipeline {
             }
         }
         Duration::from_millis(u64::from(hold_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compile_cache_is_reused_and_a_corrupt_entry_is_a_miss() {
+        let dir = std::env::temp_dir().join(format!("ringhost-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let echo = builtin::bytes("echo").expect("built in");
+        StationHost::with_cache(Some(dir.clone()))
+            .unwrap()
+            .compile(echo)
+            .unwrap();
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "one entry: {entries:?}");
+        // A fresh host (a restart) loads it.
+        StationHost::with_cache(Some(dir.clone()))
+            .unwrap()
+            .compile(echo)
+            .unwrap();
+        // Corrupt it: the next host recompiles and rewrites it.
+        std::fs::write(&entries[0], b"not compiled code").unwrap();
+        StationHost::with_cache(Some(dir.clone()))
+            .unwrap()
+            .compile(echo)
+            .unwrap();
+        let len = std::fs::metadata(&entries[0]).unwrap().len();
+        assert!(len > 1000, "entry rewritten ({len} bytes)");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
