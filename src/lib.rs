@@ -39,11 +39,14 @@ pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<()
         }
         Some(cli::Command::Status(args)) => {
             let report = status::query(&args.to, std::time::Duration::from_secs(5)).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if args.json {
+                serde_json::to_string_pretty(&report)? + "\n"
             } else {
-                print!("{}", status::render(&report));
-            }
+                status::render(&report)
+            };
+            // A closed pipe (`| head`) is not an error worth a panic.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             Ok(())
         }
         None => run_node(cli.node, shutdown).await,

@@ -38,9 +38,8 @@ pub struct Report {
     pub member_downs: u64,
     /// Lap times measured here.
     pub lap_ms: Summary,
-    /// Per-hop times: from sending the particle to the successor's
-    /// acknowledgement that it passed it on (its stations and hold
-    /// included).
+    /// Per-hop times at this node: from the particle's arrival to its
+    /// departure (stations and hold).
     pub hop_ms: Summary,
     /// The station pipeline.
     pub stations: Vec<StationStatus>,
