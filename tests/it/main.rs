@@ -1,5 +1,6 @@
 //! The one integration-test binary (see STYLE.md §9).
 
+mod cut_link;
 mod health;
 mod ring;
 mod stations;
