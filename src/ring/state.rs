@@ -336,6 +336,7 @@ pub struct RingState {
     last_visit: Option<Instant>,
     last_lap: Option<Duration>,
     upstream_heard: Option<Instant>,
+    last_tick: Option<Instant>,
     view: Vec<bool>,
     created: bool,
 }
@@ -364,6 +365,7 @@ impl RingState {
             last_visit: None,
             last_lap: None,
             upstream_heard: None,
+            last_tick: None,
             created: false,
         }
     }
@@ -714,6 +716,24 @@ impl RingState {
     // ----- time --------------------------------------------------------
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // A long gap since our previous tick means *we* were paused
+        // (SIGSTOP, a starved CPU): the silence we see is ours, so blame
+        // nobody this time; restart the clocks instead.
+        let gap = now.saturating_duration_since(self.last_tick.unwrap_or(now));
+        self.last_tick = Some(now);
+        if gap > self.p.failure_timeout / 2 {
+            for l in self
+                .primary
+                .iter_mut()
+                .chain(self.pending_switch.iter_mut())
+            {
+                if let LinkState::Up { last_heard } = &mut l.state {
+                    *last_heard = now;
+                }
+            }
+            self.last_particle_at = (self.last_particle_at + gap).min(now);
+            return;
+        }
         // Failure detection on the successor link.
         if let Some(l) = &self.primary
             && let LinkState::Up { last_heard } = l.state
@@ -1092,10 +1112,17 @@ mod tests {
         let live: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
         settled(&mut net, &live, 500 * MS);
         // SIGCONT: the node wakes with a stale copy; one lap later there is
-        // one particle again, and the node is spliced back in.
+        // one particle again, and the node is spliced back in. Waking, it
+        // does not blame its own successor for the silence it slept through.
+        let downs_before = net.member_downs.len();
         net.resume(victim);
         net.run(600 * MS);
         settled(&mut net, &[0, 1, 2, 3, 4], 600 * MS);
+        let woke: Vec<_> = net.member_downs[downs_before..]
+            .iter()
+            .filter(|(by, _)| *by == victim)
+            .collect();
+        assert!(woke.is_empty(), "false failures after waking: {woke:?}");
     }
 
     #[test]

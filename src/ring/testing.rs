@@ -82,6 +82,8 @@ pub struct Net {
     pub faults: Faults,
     /// Every stop so far.
     pub stops: Vec<Stop>,
+    /// Every "member down" declared: (by node, member).
+    pub member_downs: Vec<(usize, usize)>,
     /// Hold at every stop.
     pub hold: Duration,
     latency: Duration,
@@ -117,6 +119,7 @@ impl Net {
             cut: BTreeSet::new(),
             faults: Faults::default(),
             stops: Vec::new(),
+            member_downs: Vec::new(),
             hold: Duration::from_millis(1),
             latency: Duration::from_micros(200),
             last_ping: Duration::ZERO,
@@ -280,10 +283,8 @@ impl Net {
                 }
             }
             Action::Created { .. } => self.created += 1,
-            Action::Dropped { .. }
-            | Action::MemberDown { .. }
-            | Action::MemberUp { .. }
-            | Action::ViewChanged { .. } => {}
+            Action::MemberDown { peer, .. } => self.member_downs.push((i, peer)),
+            Action::Dropped { .. } | Action::MemberUp { .. } | Action::ViewChanged { .. } => {}
         }
     }
 
