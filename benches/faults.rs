@@ -203,7 +203,8 @@ fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(10);
     let seed = u64::from(std::process::id()) ^ (now_of_day() * 1e6) as u64;
-    let base = 20_000 + (seed % 20_000) as u16;
+    // Below the kernel's ephemeral range (32768+).
+    let base = 20_000 + (seed % 10_000) as u16;
     let ports: Vec<u16> = (0..NODES as u16).map(|i| base + i).collect();
     // Member 5 sits behind a proxy on its ring port; it listens on another.
     let proxied = 5;

@@ -105,6 +105,11 @@ pub struct NodeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
+    /// Restart a dead successor that lives on this machine, with this
+    /// node's command line (under `ringhost up` the supervisor does it).
+    #[arg(long)]
+    pub respawn: bool,
+
     /// Exit when standard input closes (used by `ringhost up`, so nodes
     /// never outlive their supervisor).
     #[arg(long, hide = true)]

@@ -10,12 +10,14 @@
 //! - [`observe`]: events nodes report, for tests and tools.
 //! - [`status`]: `ringhost status`: the report, its client, its figures.
 //! - [`up`]: `ringhost up`, a whole local ring of node processes.
+//! - [`respawn`]: `--respawn`, a node restarting its dead local successor.
 //! - [`cli`]: command-line types and their translation into configs.
 
 pub mod cli;
 pub mod config;
 pub mod node;
 pub mod observe;
+pub mod respawn;
 pub mod ring;
 pub mod station;
 pub mod status;
@@ -63,7 +65,19 @@ async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Re
         .await
         .with_context(|| format!("binding the ring port on {bind}"))?;
     let host = station::StationHost::with_cache(args.stations.cache_dir())?;
-    let handle = node::start(config, listener, host, observe::Observer::none()).await?;
+    let ring = config.ring.clone();
+    let (observer, events) = if args.respawn {
+        let (o, e) = observe::Observer::channel();
+        (o, Some(e))
+    } else {
+        (observe::Observer::none(), None)
+    };
+    let handle = node::start(config, listener, host, observer).await?;
+    if let Some(events) = events {
+        let launcher = respawn::Launcher::from_current_process()
+            .context("finding this program to respawn members")?;
+        tokio::spawn(respawn::run(ring, launcher, events, handle.cancel_token()));
+    }
     let stdin_closed = async {
         if args.exit_on_stdin_eof {
             use tokio::io::AsyncReadExt;

@@ -590,6 +590,7 @@ impl Owner {
                 index: self.config.index,
                 name: self.config.me().name.clone(),
                 addr: self.addr.to_string(),
+                pid: std::process::id(),
             },
             ring_size: members.len(),
             ring_hash: self.config.ring.hash().to_string(),

@@ -56,6 +56,9 @@ pub struct NodeRef {
     pub name: String,
     /// Bound ring address.
     pub addr: String,
+    /// The node's process id.
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// One member as seen by the reporting node.

@@ -22,14 +22,78 @@ struct ProcRing {
     tx: mpsc::Sender<(usize, String)>,
     /// Tick sequence numbers seen, with the node that logged them.
     ticks: Vec<(u64, usize)>,
+    /// Extra flags for every node.
+    extra: Vec<String>,
+    /// Processes the nodes started themselves (respawns), to end on drop.
+    strays: Vec<i32>,
 }
 
 impl Drop for ProcRing {
     fn drop(&mut self) {
+        // Freeze every process of this ring first, so no survivor respawns
+        // a member while we kill them; then kill and reap them all. Our
+        // ring's port range is unique, so its command line names our
+        // processes only (respawned ones too).
+        let ours = processes_with(&self.ring_spec());
+        for &pid in &ours {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+        }
+        for &pid in &ours {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         for child in self.children.iter_mut().filter_map(Option::take) {
             reap(child);
         }
+        // Respawned processes were re-parented to us (a subreaper) when
+        // their parent died: reap them, with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for &pid in ours.iter().chain(&self.strays) {
+            while Instant::now() < deadline {
+                use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+                match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
+        }
     }
+}
+
+/// A block of `n` ports no other ring of this test binary uses: the first
+/// block is picked at random per process, later ones follow it.
+fn port_block(n: usize) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u32;
+        // Below the kernel's ephemeral range (32768+), where outgoing
+        // connections would take our ports.
+        20_000 + (now ^ std::process::id()) % 10_000
+    };
+    let _ = NEXT.compare_exchange(0, start(), Ordering::SeqCst, Ordering::SeqCst);
+    let base = NEXT.fetch_add(n as u32 + 8, Ordering::SeqCst);
+    u16::try_from(base).expect("ports below 65536")
+}
+
+/// Pids of the processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 fn reap(mut child: Child) {
@@ -40,11 +104,14 @@ fn reap(mut child: Child) {
 
 impl ProcRing {
     fn start(n: usize) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        let base = 20_000 + ((now ^ u64::from(std::process::id())) % 30_000) as u16;
+        Self::start_with(n, &[])
+    }
+
+    fn start_with(n: usize, extra: &[&str]) -> Self {
+        // Processes our nodes start (respawns) are re-parented to us when
+        // their parent dies, so we can reap them.
+        nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+        let base = port_block(n);
         let (tx, lines) = mpsc::channel();
         let mut ring = Self {
             base,
@@ -53,11 +120,21 @@ impl ProcRing {
             lines,
             tx,
             ticks: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            strays: Vec::new(),
         };
         for i in 0..n {
             ring.spawn(i);
         }
         ring
+    }
+
+    fn ring_spec(&self) -> String {
+        format!(
+            "127.0.0.1:{}-{}",
+            self.base,
+            self.base as usize + self.n - 1
+        )
     }
 
     fn addr(&self, i: usize) -> String {
@@ -78,6 +155,7 @@ impl ProcRing {
                 &ring,
             ])
             .args(["--delay-ms", "5", "--failure-timeout-ms", "300"])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -169,10 +247,28 @@ impl ProcRing {
             if ok {
                 return start.elapsed();
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not converged within {within:?}"
-            );
+            if Instant::now() >= deadline {
+                let reports: Vec<String> = live
+                    .iter()
+                    .map(|&i| match self.status(i) {
+                        Some(r) => format!(
+                            "node {i}: live {:?} successor {:?} up {} skipped {:?} particle {:?} here {} visits {}",
+                            r.members.iter().filter(|m| m.live).map(|m| m.index).collect::<Vec<_>>(),
+                            r.successor,
+                            r.successor_up,
+                            r.skipped,
+                            r.particle.generation,
+                            r.particle.here,
+                            r.visits
+                        ),
+                        None => format!("node {i}: no status"),
+                    })
+                    .collect();
+                panic!(
+                    "{what}: not converged within {within:?}\n{}",
+                    reports.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -259,15 +355,27 @@ fn no_false_failure_while_both_cpus_are_saturated() {
         .iter()
         .map(|&i| ring.status(i).expect("status").member_downs)
         .sum();
-    // Two busy loops, one per core, for three seconds (bounded in time).
-    let hogs: Vec<Child> = (0..2)
-        .map(|_| {
-            Command::new("timeout")
-                .args(["3", "sh", "-c", "while :; do :; done"])
-                .spawn()
-                .expect("spawn cpu hog")
-        })
-        .collect();
+    // Two busy loops, one per core, for three seconds. The guard kills and
+    // reaps them (the shell itself, by pid) even if the test fails.
+    struct Hogs(Vec<Child>);
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            for h in &mut self.0 {
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+        }
+    }
+    let hogs = Hogs(
+        (0..2)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("spawn cpu hog")
+            })
+            .collect(),
+    );
     let mut false_failures = Vec::new();
     let end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < end {
@@ -277,10 +385,7 @@ fn no_false_failure_while_both_cpus_are_saturated() {
             false_failures.push((node, line));
         }
     }
-    for mut h in hogs {
-        let _ = h.kill();
-        let _ = h.wait();
-    }
+    drop(hogs);
     assert!(
         false_failures.is_empty(),
         "false failures under CPU load: {false_failures:#?}"
@@ -291,4 +396,24 @@ fn no_false_failure_while_both_cpus_are_saturated() {
         .sum();
     assert_eq!(downs_before, downs_after, "no member was declared dead");
     ring.wait_converged(&all, Duration::from_secs(10), "after the load");
+}
+
+#[test]
+fn a_standalone_node_respawns_its_dead_successor() {
+    let mut ring = ProcRing::start_with(4, &["--respawn"]);
+    let all = [0, 1, 2, 3];
+    ring.wait_converged(&all, Duration::from_secs(60), "initial ring");
+    let old = ring.status(2).expect("status").node.pid;
+    ring.sigkill(2);
+    // Node 1 restarts member 2; the ring takes it back.
+    let took = ring.wait_converged(&all, Duration::from_secs(30), "after respawn");
+    eprintln!("respawned and rejoined in {took:?}");
+    let new = ring
+        .status(2)
+        .expect("status of the respawned node")
+        .node
+        .pid;
+    ring.strays.push(new as i32);
+    assert_ne!(old, new, "a new process serves member 2");
+    ring.assert_one_particle(Duration::from_millis(500));
 }

@@ -197,7 +197,8 @@ fn start_ring(nodes: u16) -> Tree {
         .as_nanos() as u64;
     let seed = u64::from(std::process::id()) ^ now;
     for attempt in 0..4u64 {
-        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 1237) % 30_000) as u16;
+        // Below the kernel's ephemeral range (32768+).
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 1237) % 10_000) as u16;
         let mut tree = spawn_up(nodes, base);
         match tree.wait_ticks_from_all(nodes as usize, Duration::from_secs(60)) {
             Ok(()) => return tree,
