@@ -537,6 +537,7 @@ impl RingState {
                     };
                     if let Some(old) = self.pending_switch.replace(probe_link) {
                         out.push(Action::Close { link: old.id });
+                        self.reprobe(old.peer, now);
                     }
                     self.maybe_switch(now, out);
                 }
@@ -582,7 +583,8 @@ impl RingState {
 
     fn on_link_lost(&mut self, link: LinkId, now: Instant, out: &mut Vec<Action>) {
         if self.pending_switch.as_ref().is_some_and(|l| l.id == link) {
-            self.pending_switch = None;
+            let lost = self.pending_switch.take().expect("checked");
+            self.reprobe(lost.peer, now);
             return;
         }
         let Some(primary) = self.primary.as_ref().filter(|l| l.id == link) else {
@@ -624,6 +626,15 @@ impl RingState {
             {
                 *last_heard = now;
             }
+        }
+    }
+
+    /// A probe's link went away before the switch: probe that member
+    /// again later (else it would stay skipped for good).
+    fn reprobe(&mut self, peer: usize, now: Instant) {
+        if let Some(p) = self.skipped.get_mut(&peer) {
+            p.link = None;
+            p.next_at = now + self.p.probe_interval;
         }
     }
 
@@ -749,6 +760,16 @@ impl RingState {
                 out,
             );
             self.dial_next_candidate(peer, now, out);
+        }
+        // A probed link that went silent before the switch: drop it, probe
+        // again later.
+        if let Some(l) = &self.pending_switch
+            && let LinkState::Up { last_heard } = l.state
+            && now.saturating_duration_since(last_heard) > self.p.failure_timeout
+        {
+            let l = self.pending_switch.take().expect("checked");
+            out.push(Action::Close { link: l.id });
+            self.reprobe(l.peer, now);
         }
         // Probes of skipped members.
         let due: Vec<usize> = self
@@ -1046,6 +1067,105 @@ mod tests {
         net.run(200 * MS);
         settled(&mut net, &[0, 1, 2, 3, 4], 500 * MS);
         assert_eq!(net.created(), 1, "one injection, no regeneration");
+    }
+
+    #[test]
+    fn a_probe_link_lost_before_the_switch_is_probed_again() {
+        let mut s = RingState::new(RingParams::for_test(1, 4), Instant::now());
+        let t = Instant::now();
+        let mut out = Vec::new();
+        s.handle(Event::Start { now: t }, &mut out);
+        let Some(Action::Dial { link: first, .. }) = out.pop() else {
+            panic!()
+        };
+        // Member 2 refuses: skipped; member 3 answers.
+        out.clear();
+        s.handle(
+            Event::Dialed {
+                link: first,
+                result: DialResult::Failed("refused".into()),
+                now: t,
+            },
+            &mut out,
+        );
+        let Some(Action::Dial {
+            link: to3, peer: 3, ..
+        }) = out.pop()
+        else {
+            panic!("{out:?}")
+        };
+        s.handle(
+            Event::Dialed {
+                link: to3,
+                result: DialResult::Up { peer_seen: None },
+                now: t,
+            },
+            &mut out,
+        );
+        // A particle goes out (custody pending), then the probe of 2 works.
+        s.handle(
+            Event::ParticleArrived {
+                particle: Particle::new(1, 0),
+                from: 9,
+                now: t,
+            },
+            &mut out,
+        );
+        s.handle(
+            Event::VisitDone {
+                particle: Particle::new(1, 0),
+                hold: Duration::ZERO,
+                now: t,
+            },
+            &mut out,
+        );
+        out.clear();
+        let t1 = t + Duration::from_millis(60);
+        s.handle(Event::Tick { now: t1 }, &mut out);
+        let Some(Action::Dial {
+            link: probe,
+            peer: 2,
+            ..
+        }) = out.pop()
+        else {
+            panic!("{out:?}")
+        };
+        s.handle(
+            Event::Dialed {
+                link: probe,
+                result: DialResult::Up { peer_seen: None },
+                now: t1,
+            },
+            &mut out,
+        );
+        assert_eq!(s.successor(), Some(3), "switch waits for custody");
+        // The probe link dies before the switch: member 2 is probed again.
+        s.handle(
+            Event::LinkLost {
+                link: probe,
+                now: t1,
+            },
+            &mut out,
+        );
+        out.clear();
+        s.handle(
+            Event::Heard {
+                link: to3,
+                now: t1 + Duration::from_millis(100),
+            },
+            &mut out,
+        );
+        s.handle(
+            Event::Tick {
+                now: t1 + Duration::from_millis(120),
+            },
+            &mut out,
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Dial { peer: 2, .. })),
+            "member 2 probed again: {out:?}"
+        );
     }
 
     #[test]

@@ -189,3 +189,187 @@ async fn black_holed_link_is_skipped_without_a_second_particle_and_heals() {
     crate::support::assert_single_particle_in_ring_order(&after[n..], n);
     ring.shutdown().await;
 }
+
+/// Which side of a partition each member is on; `None`: no partition.
+type Sides = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
+/// A ring-aware fault proxy in front of member `me`: it reads the dialer's
+/// hello to learn who is calling, and black-holes the connection while a
+/// partition puts the two on different sides.
+async fn partition_proxy(listener: TcpListener, me: usize, target: String, sides: Sides) {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        let target = target.clone();
+        let sides = sides.clone();
+        tokio::spawn(async move {
+            // The first frame: a hello names the dialer.
+            let mut len = [0u8; 4];
+            if client.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            if body.len() > 1 << 20 || client.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let from = match ringhost::wire::Frame::decode(body.clone().into()) {
+                Ok(ringhost::wire::Frame::Hello(h)) => Some(h.from_index as usize),
+                _ => None,
+            };
+            let Ok(mut server) = TcpStream::connect(&target).await else {
+                return;
+            };
+            let blocked = move || {
+                let s = sides.lock().unwrap();
+                match (s.as_ref(), from) {
+                    (Some(s), Some(f)) => s[f] != s[me],
+                    _ => false,
+                }
+            };
+            if blocked() {
+                // Hold the connection open and silent: a black hole.
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = client.read(&mut sink).await {
+                    if n == 0 || !blocked() {
+                        return; // healed: let the dialer reconnect cleanly
+                    }
+                }
+                return;
+            }
+            if server.write_all(&len).await.is_err() || server.write_all(&body).await.is_err() {
+                return;
+            }
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let b1 = blocked.clone();
+            let up = async move {
+                let mut buf = vec![0u8; 16 << 10];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || (!b1() && sw.write_all(&buf[..n]).await.is_err()) {
+                        return;
+                    }
+                }
+            };
+            let down = async move {
+                let mut buf = vec![0u8; 16 << 10];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 || (!blocked() && cw.write_all(&buf[..n]).await.is_err()) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = up => {}
+                () = down => {}
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_keeps_both_sides_circulating_and_heals_into_one_particle() {
+    init_tracing();
+    let n = 6;
+    let mut real = Vec::new();
+    let mut proxies = Vec::new();
+    for _ in 0..n {
+        real.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        proxies.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let layout = RingLayout::from_addrs(
+        proxies
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let sides: Sides = Arc::default();
+    let mut proxy_tasks = Vec::new();
+    for (m, p) in proxies.into_iter().enumerate() {
+        let target = real[m].local_addr().unwrap().to_string();
+        proxy_tasks.push(tokio::spawn(partition_proxy(p, m, target, sides.clone())));
+    }
+    let (observer, events) = Observer::channel();
+    let mut nodes = Vec::new();
+    for (i, l) in real.into_iter().enumerate() {
+        let mut c = NodeConfig::new(layout.clone(), i);
+        c.delay_ms = 2;
+        c.failure_timeout_ms = 300;
+        c.heartbeat_interval_ms = 50;
+        c.handshake_timeout_ms = 300;
+        c.token_timeout_ms = 600;
+        nodes.push(Some(
+            ringhost::node::start(c, l, host(), observer.clone())
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut ring = TestRing {
+        layout,
+        nodes,
+        events,
+        seen: Vec::new(),
+        all_started: Instant::now(),
+    };
+    ring.visits(3 * n, Duration::from_secs(20)).await;
+
+    // Partition {0,1,2} | {3,4,5}.
+    *sides.lock().unwrap() = Some(vec![0, 0, 0, 1, 1, 1]);
+    // Give both sides time to notice and regenerate where needed, then
+    // check both circulate.
+    let settle = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle {
+        ring.next_event(Instant::now() + Duration::from_secs(5), "events")
+            .await;
+    }
+    let mut per_side = [0usize; 2];
+    let window = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < window {
+        let ev = ring
+            .next_event(Instant::now() + Duration::from_secs(5), "visits")
+            .await;
+        if let EventKind::Visit { .. } = ev.kind {
+            per_side[usize::from(ev.node >= 3)] += 1;
+        }
+    }
+    assert!(
+        per_side[0] > 10 && per_side[1] > 10,
+        "both sides circulate during the partition: {per_side:?}"
+    );
+
+    // Heal: one ring, one particle, everyone live again.
+    *sides.lock().unwrap() = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let visits = ring.visits(3 * n, Duration::from_secs(20)).await;
+        let one = visits.windows(2).all(|w| {
+            w[1].generation == w[0].generation
+                && w[1].hop > w[0].hop
+                && w[1].node == (w[0].node + 1) % n
+        });
+        if one {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single ring within 20 s of healing"
+        );
+    }
+    // Every node's latest view (views change only with events) is whole.
+    for i in 0..n {
+        let last = ring.seen.iter().rev().find_map(|e| match &e.kind {
+            EventKind::ViewChanged { live } if e.node == i => Some(live.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            last.map(|l| l.len()),
+            Some(n),
+            "node {i}'s view after healing"
+        );
+    }
+    ring.shutdown().await;
+    for t in proxy_tasks {
+        t.abort();
+    }
+}

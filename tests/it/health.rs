@@ -417,3 +417,41 @@ fn a_standalone_node_respawns_its_dead_successor() {
     assert_ne!(old, new, "a new process serves member 2");
     ring.assert_one_particle(Duration::from_millis(500));
 }
+
+#[test]
+fn killing_the_particle_holder_resends_the_same_particle() {
+    // Node 2 holds the particle for 2 s, so we know where it is when we
+    // kill it; the token timeout is longer than that hold.
+    let mut ring = ProcRing::start_with(
+        5,
+        &[
+            "--station",
+            "tick",
+            "--station",
+            "delay:ms@2=2000",
+            "--token-timeout-ms",
+            "20000",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let generation = loop {
+        if let Some(r) = ring.status(2)
+            && r.particle.here
+        {
+            break r.particle.generation;
+        }
+        assert!(Instant::now() < deadline, "node 2 never held the particle");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ring.sigkill(2);
+    let took = ring.wait_converged(&[0, 1, 3, 4], Duration::from_secs(20), "holder killed");
+    eprintln!("holder killed: ring re-formed and moving in {took:?}");
+    for i in [0, 1, 3, 4] {
+        let r = ring.status(i).expect("status");
+        assert_eq!(
+            r.particle.generation, generation,
+            "node {i}: the same particle goes on (resent, not regenerated)"
+        );
+    }
+    ring.assert_one_particle(Duration::from_millis(500));
+}
