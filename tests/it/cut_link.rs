@@ -90,6 +90,34 @@ impl Drop for Proxy {
     }
 }
 
+/// Starts a node on each listener with short failure timers, all
+/// reporting to one observer.
+async fn fast_ring(
+    layout: RingLayout,
+    listeners: Vec<TcpListener>,
+    configure: impl Fn(&mut NodeConfig),
+) -> TestRing {
+    let (observer, events) = Observer::channel();
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let mut c = NodeConfig::new(layout.clone(), i);
+        c.delay_ms = 2;
+        c.failure_timeout_ms = 300;
+        c.heartbeat_interval_ms = 50;
+        c.handshake_timeout_ms = 300;
+        configure(&mut c);
+        let node = ringhost::node::start(c, l, host(), observer.clone()).await;
+        nodes.push(Some(node.expect("node starts")));
+    }
+    TestRing {
+        layout,
+        nodes,
+        events,
+        seen: Vec::new(),
+        all_started: Instant::now(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_holed_link_is_skipped_without_a_second_particle_and_heals() {
     init_tracing();
@@ -110,27 +138,7 @@ async fn black_holed_link_is_skipped_without_a_second_particle_and_heals() {
     addrs[behind] = proxy_listener.local_addr().unwrap().to_string();
     let proxy = Proxy::start(proxy_listener, real).await;
     let layout = RingLayout::from_addrs(addrs).unwrap();
-    let (observer, events) = Observer::channel();
-    let mut nodes = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        let mut c = NodeConfig::new(layout.clone(), i);
-        c.delay_ms = 2;
-        c.failure_timeout_ms = 300;
-        c.heartbeat_interval_ms = 50;
-        c.handshake_timeout_ms = 300;
-        nodes.push(Some(
-            ringhost::node::start(c, l, host(), observer.clone())
-                .await
-                .unwrap(),
-        ));
-    }
-    let mut ring = TestRing {
-        layout,
-        nodes,
-        events,
-        seen: Vec::new(),
-        all_started: Instant::now(),
-    };
+    let mut ring = fast_ring(layout, listeners, |_| {}).await;
     let first = ring.visits(3 * n, Duration::from_secs(20)).await;
     let generation = first[0].generation;
 
@@ -290,28 +298,7 @@ async fn partition_keeps_both_sides_circulating_and_heals_into_one_particle() {
         let target = real[m].local_addr().unwrap().to_string();
         proxy_tasks.push(tokio::spawn(partition_proxy(p, m, target, sides.clone())));
     }
-    let (observer, events) = Observer::channel();
-    let mut nodes = Vec::new();
-    for (i, l) in real.into_iter().enumerate() {
-        let mut c = NodeConfig::new(layout.clone(), i);
-        c.delay_ms = 2;
-        c.failure_timeout_ms = 300;
-        c.heartbeat_interval_ms = 50;
-        c.handshake_timeout_ms = 300;
-        c.token_timeout_ms = 600;
-        nodes.push(Some(
-            ringhost::node::start(c, l, host(), observer.clone())
-                .await
-                .unwrap(),
-        ));
-    }
-    let mut ring = TestRing {
-        layout,
-        nodes,
-        events,
-        seen: Vec::new(),
-        all_started: Instant::now(),
-    };
+    let mut ring = fast_ring(layout, real, |c| c.token_timeout_ms = 600).await;
     ring.visits(3 * n, Duration::from_secs(20)).await;
 
     // Partition {0,1,2} | {3,4,5}.
