@@ -250,3 +250,40 @@ fn killing_the_supervisor_takes_every_node_down() {
     );
     assert!(!Path::new(&format!("/proc/{}", nodes[0])).exists() || !alive(nodes[0]));
 }
+
+#[test]
+fn a_node_that_keeps_dying_is_respawned_with_backoff_then_given_up_loudly() {
+    // A "node" that exits at once: the supervisor restarts it five times,
+    // backing off, then gives up; with every node given up, `up` fails.
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+        .args(["up", "--nodes", "1", "--base-port", "29999"])
+        .args(["--node-program", "/bin/false"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringhost up");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(out.wait_with_output());
+    });
+    let output = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("up gives up within 60 s")
+        .expect("up's output");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "up fails when every node is given up"
+    );
+    assert_eq!(text.matches("respawning node").count(), 5, "{text}");
+    assert!(text.contains("gave up respawning"), "{text}");
+    // Backoff 200 + 400 + 800 + 1600 + 3200 ms between the six starts.
+    assert!(
+        started.elapsed() >= Duration::from_millis(6000),
+        "{:?}",
+        started.elapsed()
+    );
+}
