@@ -417,7 +417,7 @@ impl RingState {
         match event {
             Event::Start { now } => {
                 self.last_particle_at = now;
-                self.dial_next_candidate(self.p.me, now, out);
+                self.dial_next_candidate(self.p.me, out);
             }
             Event::Tick { now } => self.tick(now, out),
             Event::Dialed { link, result, now } => self.on_dialed(link, result, now, out),
@@ -494,25 +494,17 @@ impl RingState {
 
     /// Dials the first member after `from` that is not skipped (this node
     /// itself when every other member is skipped: a ring of one).
-    fn dial_next_candidate(&mut self, from: usize, now: Instant, out: &mut Vec<Action>) {
+    fn dial_next_candidate(&mut self, from: usize, out: &mut Vec<Action>) {
         let me = self.p.me;
-        let mut peer = me;
-        for c in self.after(from) {
-            if c == me || !self.skipped.contains_key(&c) {
-                peer = c;
-                break;
-            }
-        }
-        // Passing `me` while searching means everything after `from` is
-        // skipped; the search wraps to `me` itself.
-        let after = if peer == me && self.primary.as_ref().is_some_and(|l| l.peer == me) {
-            let d = self.backoff;
-            self.backoff = (self.backoff * 2).min(self.p.backoff_max);
-            d
-        } else {
-            Duration::ZERO
-        };
-        let _ = now;
+        let peer = self
+            .after(from)
+            .find(|&c| c == me || !self.skipped.contains_key(&c))
+            .unwrap_or(me);
+        self.dial(peer, Duration::ZERO, out);
+    }
+
+    /// Makes `peer` the successor being dialed.
+    fn dial(&mut self, peer: usize, after: Duration, out: &mut Vec<Action>) {
         let link = self.new_link();
         self.primary = Some(Link {
             id: link,
@@ -567,16 +559,16 @@ impl RingState {
             }
             DialResult::Refused(reason) | DialResult::Failed(reason) => {
                 let peer = primary.peer;
-                let redial = primary.redial;
                 if peer == self.p.me {
-                    // Cannot even reach ourselves: retry later.
-                    self.primary = None;
-                    self.dial_next_candidate(self.p.me, now, out);
+                    // Cannot even reach ourselves: retry with a capped
+                    // backoff rather than spin.
+                    let after = self.backoff;
+                    self.backoff = (self.backoff * 2).min(self.p.backoff_max);
+                    self.dial(peer, after, out);
                     return;
                 }
-                let _ = redial;
                 self.skip(peer, reason, now, out);
-                self.dial_next_candidate(peer, now, out);
+                self.dial_next_candidate(peer, out);
             }
         }
     }
@@ -596,7 +588,7 @@ impl RingState {
             if peer != self.p.me {
                 self.skip(peer, "link lost again".into(), now, out);
             }
-            self.dial_next_candidate(peer, now, out);
+            self.dial_next_candidate(peer, out);
             return;
         }
         // Lost once: the peer may live (a dropped connection); redial it
@@ -759,7 +751,7 @@ impl RingState {
                 now,
                 out,
             );
-            self.dial_next_candidate(peer, now, out);
+            self.dial_next_candidate(peer, out);
         }
         // A probed link that went silent before the switch: drop it, probe
         // again later.
