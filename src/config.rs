@@ -229,7 +229,8 @@ impl RingLayout {
     }
 }
 
-fn is_local_host(addr: &str) -> bool {
+/// Whether `host:port` names this machine (`localhost` or a loopback IP).
+pub fn is_local_host(addr: &str) -> bool {
     split_host_port(addr).is_ok_and(|(h, _)| {
         h == "localhost"
             || h.parse::<std::net::IpAddr>()

@@ -35,10 +35,7 @@ use anyhow::{Context, Result};
 /// context naming the thing.
 pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<()> {
     match cli.command {
-        Some(cli::Command::Up(args)) => {
-            up::check(&args)?;
-            up::run(args, shutdown).await
-        }
+        Some(cli::Command::Up(args)) => up::run(args, shutdown).await,
         Some(cli::Command::Status(args)) => {
             let report = status::query(&args.to, std::time::Duration::from_secs(5)).await?;
             let text = if args.json {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{RingLayout, split_host_port};
+use crate::config::{RingLayout, is_local_host};
 use crate::observe::{EventKind, NodeEvent};
 
 /// Failed starts in a row before a member is given up on.
@@ -123,10 +123,7 @@ pub async fn run(
                     continue;
                 }
                 let m = &ring.members()[member];
-                let local = split_host_port(&m.addr).is_ok_and(|(h, _)| {
-                    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-                });
-                if !local {
+                if !is_local_host(&m.addr) {
                     warn!(member, name = %m.name, "cannot respawn a member on another machine");
                     slot.given_up = true;
                     continue;

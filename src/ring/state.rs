@@ -593,18 +593,10 @@ impl RingState {
         }
         // Lost once: the peer may live (a dropped connection); redial it
         // once before skipping it.
-        let link = self.new_link();
-        self.primary = Some(Link {
-            id: link,
-            peer,
-            state: LinkState::Connecting,
-            redial: true,
-        });
-        out.push(Action::Dial {
-            link,
-            peer,
-            after: Duration::ZERO,
-        });
+        self.dial(peer, Duration::ZERO, out);
+        if let Some(l) = self.primary.as_mut() {
+            l.redial = true;
+        }
     }
 
     fn on_heard(&mut self, link: LinkId, now: Instant) {

@@ -59,6 +59,16 @@ impl Drop for ProcRing {
     }
 }
 
+/// The ring-wide sequence number of a tick line.
+fn tick_seq(line: &str) -> Option<u64> {
+    if !line.contains(" tick ") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("seq="))
+        .and_then(|v| v.parse().ok())
+}
+
 /// A block of `n` ports no other ring of this test binary uses: the first
 /// block is picked at random per process, later ones follow it.
 fn port_block(n: usize) -> u16 {
@@ -196,12 +206,7 @@ impl ProcRing {
             if line.contains("Address already in use") {
                 panic!("port taken: {line}");
             }
-            if let Some(seq) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("seq="))
-                .and_then(|v| v.parse::<u64>().ok())
-                && line.contains(" tick ")
-            {
+            if let Some(seq) = tick_seq(&line) {
                 self.ticks.push((seq, node));
             }
         }
@@ -281,10 +286,7 @@ impl ProcRing {
         let end = Instant::now() + window;
         while Instant::now() < end {
             if let Ok((node, line)) = self.lines.recv_timeout(Duration::from_millis(50))
-                && let Some(seq) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("seq="))
-                    .and_then(|v| v.parse::<u64>().ok())
+                && let Some(seq) = tick_seq(&line)
             {
                 self.ticks.push((seq, node));
             }
