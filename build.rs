@@ -8,7 +8,18 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const STATIONS: &[&str] = &["tick", "delay", "echo", "trap", "spin", "hog", "badinit"];
+const STATIONS: &[&str] = &[
+    "tick",
+    "delay",
+    "echo",
+    "deploy_delta",
+    "trap",
+    "spin",
+    "hog",
+    "badinit",
+    "marker",
+    "marker2",
+];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));

@@ -224,6 +224,8 @@ async fn echo_station() -> Result<ringhost::station::Station> {
     let limits = StationLimits {
         call_timeout: Duration::from_millis(100),
         memory_bytes: 64 << 20,
+        rollback_after: 0,
+        rollback_window: Duration::ZERO,
     };
     host.load(&StationSpec::builtin("echo"), env, limits).await
 }

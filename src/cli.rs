@@ -34,6 +34,100 @@ pub enum Command {
     /// Ask a node for its view of the ring: members and liveness, lap and
     /// hop times, the particle's generation.
     Status(StatusArgs),
+    /// Push a station module to the whole ring: the node at --to validates
+    /// it (compiles it, checks the station world, runs init), then it
+    /// travels the ring as a delta and every node hot-swaps it. Waits until
+    /// every live node runs it; exits non-zero naming nodes that failed.
+    Push(PushArgs),
+    /// Bring back the previous version of a station, ring-wide.
+    Rollback(RollbackArgs),
+    /// Read and write the ring's replicated config (the deploy-delta
+    /// station must run on the nodes).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Make an ed25519 key pair for signing pushes (KEY and KEY.pub).
+    Keygen(KeygenArgs),
+}
+
+/// `ringhost push`.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// The component (`.wasm`) to push.
+    pub file: PathBuf,
+    /// A node of the ring (`host:port`).
+    #[arg(long)]
+    pub to: String,
+    /// Station name (default: the file name without `.wasm`).
+    #[arg(long = "as", value_name = "NAME")]
+    pub name: Option<String>,
+    /// `init` config, `key=value`; repeatable.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Sign the module with this secret key (see `ringhost keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<PathBuf>,
+    /// Give up waiting after this long.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout_s: u64,
+    /// Return once the first node has accepted it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `ringhost rollback`.
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// Station name.
+    pub name: String,
+    /// A node of the ring (`host:port`).
+    #[arg(long)]
+    pub to: String,
+    /// Give up waiting after this long.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout_s: u64,
+}
+
+/// `ringhost config`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigCmd {
+    /// Set KEY to VALUE; returns once the write has left the node on the
+    /// particle (it then reaches every node within a lap).
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// A node of the ring (`host:port`).
+        #[arg(long)]
+        to: String,
+    },
+    /// Delete KEY ring-wide.
+    Delete {
+        /// Key.
+        key: String,
+        /// A node of the ring (`host:port`).
+        #[arg(long)]
+        to: String,
+    },
+    /// Print KEY's value as the node has applied it (exit 1 if unset).
+    Get {
+        /// Key.
+        key: String,
+        /// A node of the ring (`host:port`).
+        #[arg(long)]
+        to: String,
+        /// Print the entry's version and writer too, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `ringhost keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (the public key goes to KEY.pub).
+    #[arg(long, value_name = "KEY", default_value = "ringhost.key")]
+    pub out: PathBuf,
 }
 
 /// `ringhost status`.
@@ -82,6 +176,39 @@ pub struct StationArgs {
     /// $XDG_CACHE_HOME/ringhost or ~/.cache/ringhost; `none` disables).
     #[arg(long, value_name = "DIR", env = "RINGHOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Keep deployed modules and release records here, so a restarted
+    /// node runs the latest version it had (`up`: one subdirectory per
+    /// node). Default: in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Accept only modules signed by this public key (hex, or a file
+    /// holding it); repeatable.
+    #[arg(long, value_name = "PUBKEY")]
+    pub trust: Vec<String>,
+
+    /// Sign modules dropped into watched station files with this key.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<PathBuf>,
+
+    /// Do not watch station files for changes.
+    #[arg(long)]
+    pub no_watch: bool,
+
+    /// Apply a changed station file on this node only, instead of pushing
+    /// it to the whole ring.
+    #[arg(long)]
+    pub no_push_on_change: bool,
+
+    /// Roll a station back on this node after this many traps, timeouts or
+    /// failed inits within --rollback-window-ms (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub rollback_after: u32,
+
+    /// The window for --rollback-after.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub rollback_window_ms: u64,
 }
 
 /// Running one node.
@@ -192,6 +319,24 @@ impl StationArgs {
             "--token-timeout-ms".into(),
             self.token_timeout_ms.to_string(),
         ]);
+        for t in &self.trust {
+            out.extend(["--trust".into(), t.clone()]);
+        }
+        if let Some(k) = &self.key {
+            out.extend(["--key".into(), k.display().to_string()]);
+        }
+        if self.no_watch {
+            out.push("--no-watch".into());
+        }
+        if self.no_push_on_change {
+            out.push("--no-push-on-change".into());
+        }
+        out.extend([
+            "--rollback-after".into(),
+            self.rollback_after.to_string(),
+            "--rollback-window-ms".into(),
+            self.rollback_window_ms.to_string(),
+        ]);
         if let Some(dir) = self.cache_dir() {
             out.push("--cache-dir".into());
             out.push(dir.display().to_string());
@@ -210,6 +355,18 @@ impl StationArgs {
         config.handshake_timeout_ms = self.failure_timeout_ms;
         config.heartbeat_interval_ms = (self.failure_timeout_ms / 5).max(1);
         config.token_timeout_ms = self.token_timeout_ms;
+        let d = &mut config.deploy;
+        d.data_dir.clone_from(&self.data_dir);
+        d.trust = self
+            .trust
+            .iter()
+            .map(|t| crate::deploy::sign::parse_public(t))
+            .collect::<Result<_>>()?;
+        d.sign_key.clone_from(&self.key);
+        d.watch = !self.no_watch;
+        d.push_on_change = !self.no_push_on_change;
+        d.rollback_after = self.rollback_after;
+        d.rollback_window_ms = self.rollback_window_ms;
         Ok(())
     }
 }

@@ -452,6 +452,45 @@ pub struct NodeConfig {
     pub station_memory_bytes: usize,
     /// Largest frame accepted on the ring port.
     pub max_frame_bytes: usize,
+    /// Deploy settings.
+    pub deploy: DeployConfig,
+}
+
+/// How a node takes new station versions.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    /// Where modules and release records are kept (none: in memory).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Keys whose signatures this node accepts; empty: accept unsigned.
+    pub trust: Vec<ed25519_dalek::VerifyingKey>,
+    /// Key to sign modules dropped into watched files with.
+    pub sign_key: Option<std::path::PathBuf>,
+    /// Watch station files and reload them on change.
+    pub watch: bool,
+    /// Push a reloaded file to the whole ring (else: this node only).
+    pub push_on_change: bool,
+    /// Instance-ending faults within `rollback_window_ms` that roll a
+    /// station back on this node; 0 never does.
+    pub rollback_after: u32,
+    /// The window for `rollback_after`.
+    pub rollback_window_ms: u64,
+    /// How long a file must stay unchanged before it is loaded.
+    pub settle_ms: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            trust: Vec::new(),
+            sign_key: None,
+            watch: true,
+            push_on_change: true,
+            rollback_after: 3,
+            rollback_window_ms: 10_000,
+            settle_ms: 200,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -473,6 +512,7 @@ impl NodeConfig {
             station_timeout_ms: 100,
             station_memory_bytes: 64 << 20,
             max_frame_bytes: 16 << 20,
+            deploy: DeployConfig::default(),
         }
     }
 

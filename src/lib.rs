@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod node;
 pub mod observe;
 pub mod respawn;
@@ -48,6 +49,10 @@ pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<()
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             Ok(())
         }
+        Some(cli::Command::Push(args)) => deploy::client::push(&args).await,
+        Some(cli::Command::Rollback(args)) => deploy::client::rollback(&args).await,
+        Some(cli::Command::Config(cmd)) => deploy::client::config(&cmd).await,
+        Some(cli::Command::Keygen(args)) => deploy::client::keygen(&args),
         None => run_node(cli.node, shutdown).await,
     }
 }

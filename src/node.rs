@@ -33,14 +33,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
+use crate::deploy::agent::{self as deploy, DeployMsg, DeployView, OwnerCmd};
 use crate::observe::{EventKind, Observer};
 use crate::ring::state::{
     Action, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
 };
 use crate::ring::token::{Particle, ParticleId};
-use crate::station::{
-    Inbox, KvStore, NodeInfo, Pipeline, StationEnv, StationHost, StationLimits, StopBase,
-};
+use crate::station::{Inbox, KvStore, NodeInfo, Pipeline, StationHost, StationLimits, StopBase};
 use crate::status::{self, Samples};
 use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
 
@@ -107,9 +106,15 @@ pub struct NodeHandle {
     owner: Option<JoinHandle<Result<()>>>,
     kv: KvStore,
     inboxes: Vec<(String, Inbox)>,
+    deploy_view: watch::Receiver<DeployView>,
 }
 
 impl NodeHandle {
+    /// The node's deploy state (releases, what runs), as it changes.
+    pub fn deploy_view(&self) -> watch::Receiver<DeployView> {
+        self.deploy_view.clone()
+    }
+
     /// The address the ring port is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -189,46 +194,55 @@ pub async fn start(
     };
     let span = info_span!("node", idx = config.index);
     let kv = KvStore::default();
-    let epoch = Instant::now();
     let limits = StationLimits {
         call_timeout: config.station_timeout(),
         memory_bytes: config.station_memory_bytes,
+        rollback_after: config.deploy.rollback_after,
+        rollback_window: Duration::from_millis(config.deploy.rollback_window_ms),
     };
-    let mut stations = Vec::new();
-    let mut inboxes = Vec::new();
-    for spec in &config.stations {
-        let env = StationEnv {
-            station: spec.name.as_str().into(),
-            node: node_info.clone(),
-            kv: kv.clone(),
-            inbox: Inbox::default(),
-            observer: observer.clone(),
-            epoch,
-        };
-        inboxes.push((spec.name.clone(), env.inbox.clone()));
-        let station = host
-            .load(spec, env, limits)
-            .instrument(span.clone())
-            .await
-            .with_context(|| format!("loading station {:?}", spec.name))?;
-        stations.push(station);
-    }
-    let pipeline = Pipeline::new(stations, config.index);
+    let config = Arc::new(config);
+    let started = deploy::start(
+        Arc::clone(&config),
+        Arc::clone(&host),
+        node_info,
+        kv.clone(),
+        observer.clone(),
+        limits,
+    )
+    .instrument(span.clone())
+    .await?;
+    let pipeline = Pipeline::new(started.stations, config.index);
+    let inboxes = started.inboxes;
+    let deploy_tx = started.handle.tx.clone();
+    let deploy_view = started.handle.view.clone();
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (tx, rx) = mpsc::channel(256);
     let (seen_tx, seen_rx) = watch::channel(None);
-    let config = Arc::new(config);
+    tracker.spawn(started.agent.run(cancel.clone()).instrument(span.clone()));
+    if config.deploy.watch {
+        let _entered = span.enter();
+        crate::deploy::watch::spawn(
+            deploy::watched_files(&config),
+            Duration::from_millis(config.deploy.settle_ms),
+            deploy_tx.clone(),
+            cancel.clone(),
+        )?;
+    }
 
     tracker.spawn(
         accept_loop(
             listener,
-            Arc::clone(&config),
-            tx.clone(),
-            seen_rx,
-            observer.clone(),
-            cancel.clone(),
+            Upstreams {
+                config: Arc::clone(&config),
+                tx: tx.clone(),
+                seen: seen_rx,
+                observer: observer.clone(),
+                cancel: cancel.clone(),
+                deploy_tx: deploy_tx.clone(),
+                deploy_view: deploy_view.clone(),
+            },
             tracker.clone(),
         )
         .instrument(span.clone()),
@@ -239,6 +253,8 @@ pub async fn start(
         pipeline,
         observer,
         tx,
+        deploy_tx,
+        deploy_view: deploy_view.clone(),
         links: HashMap::new(),
         upstreams: HashMap::new(),
         hold_until: None,
@@ -260,7 +276,7 @@ pub async fn start(
         stations = ?config.stations.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
         "node started"
     );
-    let owner = tracker.spawn(owner.run(rx).instrument(span));
+    let owner = tracker.spawn(owner.run(rx, started.owner_rx).instrument(span));
     Ok(NodeHandle {
         addr,
         index: config.index,
@@ -269,6 +285,7 @@ pub async fn start(
         owner: Some(owner),
         kv,
         inboxes,
+        deploy_view,
     })
 }
 
@@ -289,6 +306,8 @@ struct Owner {
     pipeline: Pipeline,
     observer: Observer,
     tx: mpsc::Sender<Msg>,
+    deploy_tx: mpsc::Sender<DeployMsg>,
+    deploy_view: watch::Receiver<DeployView>,
     links: HashMap<LinkId, Downlink>,
     upstreams: HashMap<UpstreamId, AckSlot>,
     hold_until: Option<tokio::time::Instant>,
@@ -304,7 +323,11 @@ struct Owner {
 }
 
 impl Owner {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Result<()> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut deploy_rx: mpsc::Receiver<OwnerCmd>,
+    ) -> Result<()> {
         let mut events = VecDeque::from([Event::Start {
             now: Instant::now(),
         }]);
@@ -324,6 +347,7 @@ impl Owner {
                     events.push_back(Event::HoldElapsed { now: Instant::now() });
                 }
                 Some(msg) = rx.recv() => self.on_msg(msg, &mut events),
+                Some(cmd) = deploy_rx.recv() => self.on_deploy(cmd).await,
                 _ = ticker.tick() => events.push_back(Event::Tick { now: Instant::now() }),
             }
         }
@@ -369,6 +393,44 @@ impl Owner {
             if let Action::Send { .. } | Action::Ack { .. } = action {
                 info!("passing the particle on before stopping");
                 self.execute(action, &mut ignored).await;
+            }
+        }
+    }
+
+    /// Runs a command of the deploy agent. Only ever between two visits:
+    /// the owner runs stations inline, so no call is in progress here.
+    async fn on_deploy(&mut self, cmd: OwnerCmd) {
+        match cmd {
+            OwnerCmd::Swap { station, version } => {
+                let name = station.name().to_string();
+                let hash = station.hash();
+                let started = Instant::now();
+                let old = self.pipeline.swap(*station);
+                drop(old);
+                let pause = started.elapsed();
+                info!(station = %name, ?version, hash = %hash.short(), ?pause, "station swapped in");
+                self.observer.emit(
+                    self.config.index,
+                    EventKind::StationSwapped {
+                        station: name,
+                        version,
+                        hash: hash.to_string(),
+                        pause,
+                    },
+                );
+            }
+            OwnerCmd::Announce(releases) => {
+                let Some(d) = self.state.successor_link().and_then(|l| self.links.get(&l)) else {
+                    return; // the handshake of the next link carries them
+                };
+                let limit = Duration::from_millis(self.config.write_timeout_ms);
+                let mut w = d.writer.lock().await;
+                if !matches!(
+                    timeout(limit, w.write_frame(&Frame::Announce(releases))).await,
+                    Ok(Ok(()))
+                ) {
+                    debug!("announce not written; the next handshake carries it");
+                }
             }
         }
     }
@@ -451,6 +513,9 @@ impl Owner {
                     lap_time: stop.lap_time,
                 };
                 let hold = self.pipeline.run(&base, &mut particle).await;
+                for (name, cause) in self.pipeline.take_faulty() {
+                    let _ = self.deploy_tx.try_send(DeployMsg::Faulty { name, cause });
+                }
                 let hold = hold.max(Duration::from_millis(self.config.delay_ms));
                 if let Some(t) = stop.lap_time {
                     self.stats.laps.push(t);
@@ -551,8 +616,10 @@ impl Owner {
             ring_hash: self.config.ring.hash().to_string(),
             from_index: self.config.index as u32,
             from_name: self.config.me().name.clone(),
+            releases: self.deploy_view.borrow().releases.clone(),
         };
         let tx = self.tx.clone();
+        let deploy_tx = self.deploy_tx.clone();
         let config = Arc::clone(&self.config);
         let cancel = self.cancel.clone();
         let tracker = self.tracker.clone();
@@ -564,7 +631,8 @@ impl Owner {
                     () = async {
                         tokio::time::sleep(after).await;
                         let (result, downlink) = match dial(&addr, hello, &config).await {
-                            Ok((writer, reader, peer_seen)) => {
+                            Ok((writer, reader, peer_seen, releases)) => {
+                                let _ = deploy_tx.send(DeployMsg::PeerReleases { peer, releases }).await;
                                 let writer = Arc::new(tokio::sync::Mutex::new(writer));
                                 let task = tracker.spawn(
                                     run_downlink(link, Arc::clone(&writer), reader, tx.clone(), Arc::clone(&config), cancel.clone())
@@ -626,6 +694,7 @@ impl Owner {
                 })
                 .collect(),
             uptime_s: self.started.elapsed().as_secs_f64(),
+            deploy: self.deploy_view.borrow().clone(),
         };
         serde_json::to_string(&report).expect("status serializes")
     }
@@ -642,6 +711,7 @@ type Dialed = (
     FrameWriter<OwnedWriteHalf>,
     FrameReader<OwnedReadHalf>,
     Option<ParticleId>,
+    Vec<crate::deploy::release::Release>,
 );
 
 /// Connects to a member and exchanges hellos, all within the handshake
@@ -664,7 +734,7 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
             .map_err(|e| DialResult::Failed(format!("sending hello: {e}")))?;
         match reader.read_frame().await {
             Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => {
-                Ok((writer, reader, w.seen))
+                Ok((writer, reader, w.seen, w.releases))
             }
             Ok(Some(Frame::Welcome(w))) => Err(DialResult::Refused(format!(
                 "successor speaks protocol {}, we speak {PROTOCOL_VERSION}",
@@ -735,20 +805,24 @@ async fn run_downlink(
     let _ = tx.send(Msg::LinkLost { link, why }).await;
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every upstream connection task needs.
+#[derive(Clone)]
+struct Upstreams {
     config: Arc<NodeConfig>,
     tx: mpsc::Sender<Msg>,
     seen: watch::Receiver<Option<ParticleId>>,
     observer: Observer,
     cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
+    deploy_tx: mpsc::Sender<DeployMsg>,
+    deploy_view: watch::Receiver<DeployView>,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(1);
     let mut next_id: UpstreamId = 1;
     loop {
         let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = ctx.cancel.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -757,24 +831,13 @@ async fn accept_loop(
                 let span = info_span!("upstream", peer = %peer);
                 let id = next_id;
                 next_id += 1;
-                tracker.spawn(
-                    serve_upstream(
-                        id,
-                        stream,
-                        Arc::clone(&config),
-                        tx.clone(),
-                        seen.clone(),
-                        observer.clone(),
-                        cancel.clone(),
-                    )
-                    .instrument(span),
-                );
+                tracker.spawn(serve_upstream(id, stream, ctx.clone()).instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, then go on.
                 warn!(cause = %e, "accept failed");
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = ctx.cancel.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -783,17 +846,18 @@ async fn accept_loop(
     }
 }
 
-/// Serves one connection on the ring port: a hello (then pings and
-/// particles) or a status request.
-async fn serve_upstream(
-    id: UpstreamId,
-    stream: TcpStream,
-    config: Arc<NodeConfig>,
-    tx: mpsc::Sender<Msg>,
-    seen: watch::Receiver<Option<ParticleId>>,
-    observer: Observer,
-    cancel: CancellationToken,
-) {
+/// Serves one connection on the ring port: a hello (then pings, particles
+/// and announces), a status request, or a request (push, fetch, config…).
+async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
+    let Upstreams {
+        config,
+        tx,
+        seen,
+        observer,
+        cancel,
+        deploy_tx,
+        deploy_view,
+    } = ctx;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, config.max_frame_bytes);
@@ -819,6 +883,35 @@ async fn serve_upstream(
             }
             return;
         }
+        Ok(Ok(Some(Frame::Request(req, blob)))) => {
+            // Pushes compile and run init before answering; fetches of big
+            // modules compute a delta: allow them time, bounded.
+            let answer_limit = Duration::from_secs(60);
+            let (otx, orx) = oneshot::channel();
+            let msg = DeployMsg::Request {
+                req,
+                blob,
+                reply: otx,
+            };
+            let (reply, blob) = if deploy_tx.send(msg).await.is_err() {
+                (
+                    crate::deploy::release::Reply::error("node stopping"),
+                    bytes::Bytes::new(),
+                )
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = timeout(answer_limit, orx) => match r {
+                        Ok(Ok(answer)) => answer,
+                        Ok(Err(_)) => (crate::deploy::release::Reply::error("request dropped"), bytes::Bytes::new()),
+                        Err(_) => (crate::deploy::release::Reply::error("request timed out"), bytes::Bytes::new()),
+                    },
+                }
+            };
+            let write_limit = Duration::from_millis(config.write_timeout_ms).max(limit) * 10;
+            let _ = timeout(write_limit, writer.write_frame(&Frame::Reply(reply, blob))).await;
+            return;
+        }
         Ok(Ok(Some(other))) => {
             return reject(format!("expected hello, got {}", other.kind_name()));
         }
@@ -840,12 +933,20 @@ async fn serve_upstream(
         version: PROTOCOL_VERSION,
         node_index: config.index as u32,
         seen: *seen.borrow(),
+        releases: deploy_view.borrow().releases.clone(),
     });
     match timeout(limit, writer.write_frame(&welcome)).await {
         Ok(Ok(())) => {}
         _ => return reject("could not send welcome".into()),
     }
     debug!(predecessor = hello.from_index, "predecessor linked");
+    let predecessor = hello.from_index as usize;
+    let _ = deploy_tx
+        .send(DeployMsg::PeerReleases {
+            peer: predecessor,
+            releases: hello.releases,
+        })
+        .await;
     let ack: AckSlot = Arc::default();
     let write_limit = Duration::from_millis(config.write_timeout_ms);
     let end = loop {
@@ -862,6 +963,16 @@ async fn serve_upstream(
                 };
                 if tx.send(msg).await.is_err() {
                     return; // the node is stopping
+                }
+                continue;
+            }
+            Ok(Some(Frame::Announce(releases))) => {
+                let msg = DeployMsg::PeerReleases {
+                    peer: predecessor,
+                    releases,
+                };
+                if deploy_tx.send(msg).await.is_err() {
+                    return;
                 }
                 continue;
             }

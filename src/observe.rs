@@ -70,6 +70,33 @@ pub enum EventKind {
         /// Live members, ascending.
         live: Vec<usize>,
     },
+    /// A station version started running here (pushed, fetched, rolled
+    /// back or dropped in).
+    StationSwapped {
+        /// Station name.
+        station: String,
+        /// Its release version (`None`: a local change, not a release).
+        version: Option<u64>,
+        /// sha-256 of the module, hex.
+        hash: String,
+        /// How long the owner task paused to swap it in.
+        pause: Duration,
+    },
+    /// A release was refused or failed here; the old version keeps running.
+    DeployFailed {
+        /// Station name.
+        station: String,
+        /// Why.
+        reason: String,
+    },
+    /// A station that kept faulting was rolled back to its previous
+    /// version on this node.
+    RolledBack {
+        /// Station name.
+        station: String,
+        /// What happened.
+        cause: String,
+    },
     /// The successor refused our link.
     LinkRefused {
         /// The successor's reason.

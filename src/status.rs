@@ -45,6 +45,9 @@ pub struct Report {
     pub stations: Vec<StationStatus>,
     /// Seconds since the node started.
     pub uptime_s: f64,
+    /// Releases and what runs (see `deploy`).
+    #[serde(default)]
+    pub deploy: crate::deploy::agent::DeployView,
 }
 
 /// A node's identity.
@@ -219,7 +222,26 @@ pub fn render(r: &Report) -> String {
         );
     }
     for st in &r.stations {
-        let _ = writeln!(s, "station {}: {} faults", st.name, st.faults);
+        let d = r.deploy.stations.iter().find(|d| d.name == st.name);
+        let version = d.map_or(String::new(), |d| {
+            let mut v = format!(" v{} ({})", d.version, d.hash.short());
+            if d.running != d.hash {
+                v += &format!(", running {}", d.running.short());
+            }
+            v
+        });
+        let _ = writeln!(s, "station {}{version}: {} faults", st.name, st.faults);
+        for note in d.iter().flat_map(|d| d.error.iter().chain(&d.rolled_back)) {
+            let _ = writeln!(s, "  {note}");
+        }
+    }
+    let d = &r.deploy;
+    if d.fetched_full + d.fetched_delta > 0 {
+        let _ = writeln!(
+            s,
+            "fetched modules: {} whole, {} as deltas, {} bytes",
+            d.fetched_full, d.fetched_delta, d.fetched_bytes
+        );
     }
     s
 }

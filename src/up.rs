@@ -87,8 +87,16 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
             .arg("--ring")
             .arg(&ring)
             .arg("--exit-on-stdin-eof")
-            .args(args.stations.to_args())
-            .stdin(Stdio::piped())
+            .args(args.stations.to_args());
+        if let Some(dir) = &args.stations.data_dir {
+            cmd.arg("--data-dir").arg(dir.join(port.to_string()));
+        }
+        // One watcher is enough: the first node pushes a changed station
+        // file to the others.
+        if i > 0 && !args.stations.no_watch {
+            cmd.arg("--no-watch");
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use crate::deploy::release::{Release, Reply, Request};
 use crate::ring::token::{Particle, ParticleId};
 
 /// Protocol version spoken on the ring port. Peers must match exactly.
@@ -34,6 +35,9 @@ const KIND_PONG: u8 = 0x21;
 const KIND_FORWARDED: u8 = 0x22;
 const KIND_STATUS_REQUEST: u8 = 0x30;
 const KIND_STATUS: u8 = 0x31;
+const KIND_ANNOUNCE: u8 = 0x40;
+const KIND_REQUEST: u8 = 0x41;
+const KIND_REPLY: u8 = 0x42;
 
 /// The first frame a dialing node sends to its successor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,10 @@ pub struct Hello {
     pub from_index: u32,
     /// The sender's name in the enumeration.
     pub from_name: String,
+    /// The sender's current station releases (deployed ones), so a node
+    /// that missed a deploy catches up.
+    #[serde(default)]
+    pub releases: Vec<Release>,
 }
 
 /// The accepting node's answer when it takes the link.
@@ -59,6 +67,9 @@ pub struct Welcome {
     /// (re)starts learns that a ring is already running.
     #[serde(default)]
     pub seen: Option<ParticleId>,
+    /// The acceptor's current station releases, as in [`Hello`].
+    #[serde(default)]
+    pub releases: Vec<Release>,
 }
 
 /// The accepting node's answer when it refuses the link.
@@ -95,6 +106,14 @@ pub enum Frame {
     StatusRequest,
     /// The node's status, as JSON text (see `status.rs`).
     Status(String),
+    /// Predecessor → successor: the sender's current releases changed.
+    Announce(Vec<Release>),
+    /// A tool's or a node's request (instead of a hello), with a binary
+    /// blob (a module for a push).
+    Request(Request, Bytes),
+    /// The answer to a request, with a blob (a module or delta for a
+    /// fetch).
+    Reply(Reply, Bytes),
 }
 
 /// Why bytes from a peer could not be read as a frame.
@@ -147,6 +166,9 @@ impl Frame {
                 out.put_u32(id.origin);
                 out.put_u64(*hop);
             }
+            Frame::Announce(list) => json_body(out, KIND_ANNOUNCE, list),
+            Frame::Request(req, blob) => json_blob(out, KIND_REQUEST, req, blob),
+            Frame::Reply(reply, blob) => json_blob(out, KIND_REPLY, reply, blob),
             Frame::StatusRequest => out.put_u8(KIND_STATUS_REQUEST),
             Frame::Status(json) => {
                 out.put_u8(KIND_STATUS);
@@ -214,6 +236,15 @@ impl Frame {
                     hop,
                 })
             }
+            KIND_ANNOUNCE => Ok(Frame::Announce(serde_json::from_slice(&body)?)),
+            KIND_REQUEST => {
+                let (head, blob) = split_json_blob(body)?;
+                Ok(Frame::Request(serde_json::from_slice(&head)?, blob))
+            }
+            KIND_REPLY => {
+                let (head, blob) = split_json_blob(body)?;
+                Ok(Frame::Reply(serde_json::from_slice(&head)?, blob))
+            }
             KIND_STATUS_REQUEST if body.is_empty() => Ok(Frame::StatusRequest),
             KIND_STATUS_REQUEST => Err(WireError::Malformed {
                 what: "status request",
@@ -239,6 +270,9 @@ impl Frame {
             Frame::Forwarded { .. } => "forwarded",
             Frame::StatusRequest => "status request",
             Frame::Status(_) => "status",
+            Frame::Announce(_) => "announce",
+            Frame::Request(..) => "request",
+            Frame::Reply(..) => "reply",
         }
     }
 }
@@ -247,6 +281,31 @@ fn json_body<T: Serialize>(out: &mut BytesMut, kind: u8, value: &T) {
     out.put_u8(kind);
     let json = serde_json::to_vec(value).expect("control frames serialize");
     out.put_slice(&json);
+}
+
+/// A JSON head (length-prefixed) followed by a binary blob.
+fn json_blob<T: Serialize>(out: &mut BytesMut, kind: u8, head: &T, blob: &[u8]) {
+    let json = serde_json::to_vec(head).expect("control frames serialize");
+    out.reserve(1 + 4 + json.len() + blob.len());
+    out.put_u8(kind);
+    out.put_u32(u32::try_from(json.len()).expect("head below 4 GiB"));
+    out.put_slice(&json);
+    out.put_slice(blob);
+}
+
+fn split_json_blob(mut body: Bytes) -> Result<(Bytes, Bytes), WireError> {
+    let bad = || WireError::Malformed {
+        what: "request/reply",
+    };
+    if body.remaining() < 4 {
+        return Err(bad());
+    }
+    let n = body.get_u32() as usize;
+    if body.remaining() < n {
+        return Err(bad());
+    }
+    let head = body.split_to(n);
+    Ok((head, body))
 }
 
 fn decode_particle(mut b: Bytes) -> Result<Particle, WireError> {
@@ -393,6 +452,19 @@ mod tests {
         p
     }
 
+    fn sample_release() -> Release {
+        Release {
+            name: "tick".into(),
+            version: 3,
+            origin: 1,
+            hash: crate::deploy::release::Hash([0xcd; 32]),
+            size: 1234,
+            config: vec![],
+            signer: None,
+            signature: None,
+        }
+    }
+
     fn all_frames() -> Vec<Frame> {
         vec![
             Frame::Hello(Hello {
@@ -400,6 +472,7 @@ mod tests {
                 ring_hash: "ab".repeat(32),
                 from_index: 4,
                 from_name: "dc1/prod/0".into(),
+                releases: vec![sample_release()],
             }),
             Frame::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
@@ -408,7 +481,20 @@ mod tests {
                     generation: 3,
                     origin: 2,
                 }),
+                releases: vec![],
             }),
+            Frame::Announce(vec![sample_release()]),
+            Frame::Request(
+                Request::Push {
+                    name: "tick".into(),
+                    config: vec![("quiet".into(), "true".into())],
+                    signer: None,
+                    signature: None,
+                    local: false,
+                },
+                Bytes::from_static(b"\0asm module bytes"),
+            ),
+            Frame::Reply(Reply::error("nope"), Bytes::new()),
             Frame::Ping(77),
             Frame::Pong(77),
             Frame::Forwarded {

@@ -11,8 +11,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
-stations=(tick delay echo)
-testing=(trap spin hog badinit)
+stations=(tick delay echo deploy_delta)
+testing=(trap spin hog badinit marker marker2)
 
 cargo build --release --target wasm32-wasip2 "$@"
 
@@ -39,4 +39,14 @@ for name in "${stations[@]}"; do
 done
 for name in "${testing[@]}"; do
     copy "$name" "$here/testing/$name.wasm"
+done
+
+# The hot-deploy tests patch the marker stations' 16-byte constant in place:
+# it must appear exactly once in each file.
+for name in marker marker2; do
+    n="$(grep -aoF RINGHOST-MARK-00 "$here/testing/$name.wasm" | wc -l)"
+    if [[ "$n" != 1 ]]; then
+        echo "build.sh: RINGHOST-MARK-00 appears $n times in testing/$name.wasm (want 1)" >&2
+        exit 1
+    fi
 done

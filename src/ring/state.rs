@@ -382,6 +382,14 @@ impl RingState {
             .is_some_and(|l| matches!(l.state, LinkState::Up { .. }))
     }
 
+    /// The link to the successor, when it is up.
+    pub fn successor_link(&self) -> Option<LinkId> {
+        self.primary
+            .as_ref()
+            .filter(|l| matches!(l.state, LinkState::Up { .. }))
+            .map(|l| l.id)
+    }
+
     /// The highest particle id seen here.
     pub fn seen(&self) -> Option<ParticleId> {
         self.seen

@@ -17,6 +17,7 @@
 
 mod host_api;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,13 +50,16 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Largest slot a station may return; a larger one is a fault.
 pub const MAX_SLOT_BYTES: usize = 1 << 20;
 
+/// Largest component a node loads.
+pub const MAX_MODULE_BYTES: usize = 8 << 20;
+
 /// Longest hold a station may ask for; longer asks are clamped.
 pub const MAX_HOLD_MS: u32 = 60_000;
 
 /// The components built into the binary.
 pub mod builtin {
     /// Names of the built-in stations.
-    pub const NAMES: &[&str] = &["tick", "delay", "echo"];
+    pub const NAMES: &[&str] = &["tick", "delay", "echo", crate::deploy::CONFIG_STATION];
 
     /// The component bytes of built-in station `name`.
     pub fn bytes(name: &str) -> Option<&'static [u8]> {
@@ -71,6 +75,10 @@ pub mod builtin {
             "echo" => Some(include_bytes!(concat!(
                 env!("RINGHOST_STATIONS_DIR"),
                 "/echo.wasm"
+            ))),
+            crate::deploy::CONFIG_STATION => Some(include_bytes!(concat!(
+                env!("RINGHOST_STATIONS_DIR"),
+                "/deploy_delta.wasm"
             ))),
             _ => None,
         }
@@ -261,19 +269,48 @@ impl StationHost {
         limits: StationLimits,
     ) -> Result<Station> {
         let bytes = read_source(&spec.source).await?;
+        self.load_bytes(&spec.name, &spec.config, Arc::new(bytes), env, limits)
+            .await
+    }
+
+    /// Compiles (on a blocking thread) and instantiates component `bytes`
+    /// as station `name`, running its `init` once to validate it. Nothing
+    /// of the node changes: the caller decides whether to run the result.
+    ///
+    /// # Errors
+    /// When the bytes are too large, not a component of the station world,
+    /// or `init` fails.
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        name: &str,
+        config: &[(String, String)],
+        bytes: Arc<Vec<u8>>,
+        env: StationEnv,
+        limits: StationLimits,
+    ) -> Result<Station> {
+        if bytes.len() > MAX_MODULE_BYTES {
+            anyhow::bail!(
+                "station {name}: module of {} bytes exceeds the {MAX_MODULE_BYTES} byte limit",
+                bytes.len()
+            );
+        }
         let host = Arc::clone(self);
+        let hash = crate::deploy::release::Hash::of(&bytes);
         let pre = tokio::task::spawn_blocking(move || host.compile(&bytes))
             .await
-            .context("compile task")??;
+            .context("compile task")?
+            .map_err(|e| anyhow!("station {name}: {e:#}"))?;
         let mut station = Station {
-            name: spec.name.clone(),
-            config: spec.config.clone(),
+            name: name.to_string(),
+            config: config.to_vec(),
+            hash,
             host: Arc::clone(self),
             pre,
             live: None,
             env,
             limits,
             faults: 0,
+            recent_faults: VecDeque::new(),
             next_init_retry: None,
             last_fault_log: None,
             suppressed_logs: 0,
@@ -281,7 +318,7 @@ impl StationHost {
         station
             .ensure_live()
             .await
-            .map_err(|e| anyhow!("station {}: {e}", spec.name))?;
+            .map_err(|e| anyhow!("station {name}: {e}"))?;
         Ok(station)
     }
 }
@@ -308,6 +345,11 @@ pub struct StationLimits {
     pub call_timeout: Duration,
     /// Linear memory limit of one instance.
     pub memory_bytes: usize,
+    /// Faults (traps, timeouts, memory, init) within `rollback_window`
+    /// that make the node roll this station back; 0 never does.
+    pub rollback_after: u32,
+    /// The window for `rollback_after`.
+    pub rollback_window: Duration,
 }
 
 struct Live {
@@ -320,12 +362,15 @@ struct Live {
 pub struct Station {
     name: String,
     config: Vec<(String, String)>,
+    hash: crate::deploy::release::Hash,
     host: Arc<StationHost>,
     pre: bindings::StationPre<StationState>,
     live: Option<Live>,
     env: StationEnv,
     limits: StationLimits,
     faults: u64,
+    /// When the recent instance-ending faults happened (auto-rollback).
+    recent_faults: VecDeque<Instant>,
     next_init_retry: Option<Instant>,
     last_fault_log: Option<Instant>,
     suppressed_logs: u64,
@@ -340,6 +385,17 @@ impl Station {
     /// Faults since load.
     pub fn faults(&self) -> u64 {
         self.faults
+    }
+
+    /// sha-256 of the component.
+    pub fn hash(&self) -> crate::deploy::release::Hash {
+        self.hash
+    }
+
+    /// The station's environment (kv, inbox…), to build a successor
+    /// version sharing it.
+    pub fn env(&self) -> &StationEnv {
+        &self.env
     }
 
     /// This station's inbox.
@@ -455,8 +511,23 @@ impl Station {
         result
     }
 
-    fn report_fault(&mut self, node: usize, err: &StationError) {
+    /// Counts a fault, logs it (rate-limited) and says whether the
+    /// station is now due for an automatic rollback.
+    fn report_fault(&mut self, node: usize, err: &StationError) -> bool {
         self.faults += 1;
+        let mut rollback_due = false;
+        if err.discards_instance() && self.limits.rollback_after > 0 {
+            let now = Instant::now();
+            self.recent_faults.push_back(now);
+            while self
+                .recent_faults
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > self.limits.rollback_window)
+            {
+                self.recent_faults.pop_front();
+            }
+            rollback_due = self.recent_faults.len() >= self.limits.rollback_after as usize;
+        }
         self.env.observer.emit(
             node,
             EventKind::StationFault {
@@ -483,6 +554,7 @@ impl Station {
         } else {
             self.suppressed_logs += 1;
         }
+        rollback_due
     }
 }
 
@@ -533,6 +605,8 @@ fn classify(err: wasmtime::Error, timeout: Duration) -> StationError {
 pub struct Pipeline {
     stations: Vec<Station>,
     node_index: usize,
+    /// Stations due for an automatic rollback, with the last fault.
+    faulty: Vec<(String, String)>,
 }
 
 /// The stop facts shared by every station of one stop.
@@ -554,7 +628,25 @@ impl Pipeline {
         Self {
             stations,
             node_index,
+            faulty: Vec::new(),
         }
+    }
+
+    /// Puts `station` in place of the one with its name (returning the old
+    /// one), or appends it. Called between visits, never during a call.
+    pub fn swap(&mut self, station: Station) -> Option<Station> {
+        match self.stations.iter_mut().find(|s| s.name == station.name) {
+            Some(slot) => Some(std::mem::replace(slot, station)),
+            None => {
+                self.stations.push(station);
+                None
+            }
+        }
+    }
+
+    /// Stations that faulted often enough to be rolled back, each once.
+    pub fn take_faulty(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.faulty)
     }
 
     /// The stations, in order.
@@ -586,7 +678,10 @@ impl Pipeline {
                     particle.slots.insert(station.name.clone(), visit.slot);
                 }
                 Err(e) => {
-                    station.report_fault(self.node_index, &e);
+                    if station.report_fault(self.node_index, &e) {
+                        station.recent_faults.clear();
+                        self.faulty.push((station.name.clone(), e.to_string()));
+                    }
                     if !slot.is_empty() {
                         particle.slots.insert(station.name.clone(), slot);
                     }

@@ -128,6 +128,7 @@ async fn truncated_frame_after_a_valid_hello_closes_only_that_connection() {
         ring_hash: ring.layout.hash().to_string(),
         from_index: 0,
         from_name: ring.layout.members()[0].name.clone(),
+        releases: vec![],
     });
     s.write_all(&encode(&hello)).await.unwrap();
     s.write_all(&100u32.to_be_bytes()).await.unwrap();

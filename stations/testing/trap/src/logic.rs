@@ -32,7 +32,7 @@ pub enum Action {
 pub fn decide(every: u64, hop: u64, slot: &[u8]) -> Result<Action, String> {
     let ok_calls = decode_u64("slot", slot).map_err(|e| format!("trap: {e}"))?;
     let stop = hop.wrapping_add(1);
-    if stop % every.max(1) == 0 {
+    if stop.is_multiple_of(every.max(1)) {
         Ok(Action::Panic { stop })
     } else {
         Ok(Action::Return(encode_u64(ok_calls.wrapping_add(1))))

@@ -1,0 +1,1117 @@
+//! The deploy agent: one task per node that owns the node's deploy state
+//! (module store, release records, what runs) and does every slow thing
+//! off the particle's path: fetching, checking, compiling, running `init`.
+//! The node's owner task only ever receives a ready [`Station`] and swaps
+//! it in between two visits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::release::{ConfigEntry, Hash, Payload, Release, Reply, Request};
+use super::store::Store;
+use super::{CONFIG_STATION, delta, sign};
+use crate::config::{NodeConfig, StationSource};
+use crate::observe::{EventKind, Observer};
+use crate::station::{
+    Inbox, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv, StationHost, StationLimits,
+    read_source,
+};
+use crate::wire::{Frame, FrameReader, FrameWriter};
+
+/// Bound on one fetch (connect, request, reply).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often releases seen at neighbours are looked at again (a fetch
+/// that failed is retried this often).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// What the agent asks of the node's owner task.
+pub enum OwnerCmd {
+    /// Run `station` in place of the one with its name.
+    Swap {
+        /// The loaded, initialised station.
+        station: Box<Station>,
+        /// Its release version, if it is one.
+        version: Option<u64>,
+    },
+    /// Tell the successor about our current releases.
+    Announce(Vec<Release>),
+}
+
+/// Messages to the agent.
+pub enum DeployMsg {
+    /// A neighbour (`peer`) has these releases (hello, welcome, announce).
+    PeerReleases {
+        /// The neighbour's ring index.
+        peer: usize,
+        /// Its current releases.
+        releases: Vec<Release>,
+    },
+    /// A request from a tool or a node, to answer on `reply`.
+    Request {
+        /// The request.
+        req: Request,
+        /// Its blob.
+        blob: Bytes,
+        /// Where the answer goes.
+        reply: oneshot::Sender<(Reply, Bytes)>,
+    },
+    /// Station `name` faulted often enough to be rolled back here.
+    Faulty {
+        /// Station name.
+        name: String,
+        /// The last fault.
+        cause: String,
+    },
+    /// A watched station file settled with new contents.
+    FileChanged {
+        /// Station name.
+        name: String,
+        /// The file's bytes.
+        bytes: Vec<u8>,
+    },
+    Fetched {
+        release: Release,
+        result: Result<(Arc<Vec<u8>>, Payload, usize), String>,
+    },
+    Loaded {
+        job: Job,
+        result: Result<Box<Station>, String>,
+    },
+}
+
+/// Why a station is being loaded.
+pub enum Job {
+    /// A release received from a neighbour.
+    Install(Release),
+    /// A new release made here (push, rollback, file drop), published once
+    /// it loads.
+    Publish {
+        name: String,
+        config: Vec<(String, String)>,
+        bytes: Arc<Vec<u8>>,
+        signer: Option<Hash>,
+        signature: Option<String>,
+        reply: Option<oneshot::Sender<(Reply, Bytes)>>,
+    },
+    /// A change kept to this node (a file with --no-push-on-change, a
+    /// local push).
+    Local {
+        name: String,
+        reply: Option<oneshot::Sender<(Reply, Bytes)>>,
+    },
+    /// An automatic rollback on this node.
+    LocalRollback { to: Release, cause: String },
+}
+
+/// One station's deploy state, as `ringhost status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationDeploy {
+    /// Station name.
+    pub name: String,
+    /// Current release version (0: as started).
+    pub version: u64,
+    /// The node that published it.
+    pub origin: u32,
+    /// The current release's module hash.
+    pub hash: Hash,
+    /// The module actually running.
+    pub running: Hash,
+    /// Why the last release tried here is not running, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The version `error` is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<u64>,
+    /// An automatic rollback in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
+}
+
+/// The agent's state as others read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployView {
+    /// Current releases of version >= 1 (what neighbours compare).
+    pub releases: Vec<Release>,
+    /// Per station.
+    pub stations: Vec<StationDeploy>,
+    /// Modules fetched whole.
+    pub fetched_full: u64,
+    /// Modules fetched as deltas.
+    pub fetched_delta: u64,
+    /// Bytes received by fetches.
+    pub fetched_bytes: u64,
+}
+
+/// The node's side of the agent.
+pub struct DeployHandle {
+    /// Messages to the agent.
+    pub tx: mpsc::Sender<DeployMsg>,
+    /// Its published state.
+    pub view: watch::Receiver<DeployView>,
+}
+
+/// What a node starts with: its stations and the agent to run.
+pub struct Started {
+    /// The stations to run, in order.
+    pub stations: Vec<Station>,
+    /// The inboxes of those stations.
+    pub inboxes: Vec<(String, Inbox)>,
+    /// The agent, to be run with [`Agent::run`].
+    pub agent: Agent,
+    /// The node's handle on it.
+    pub handle: DeployHandle,
+    /// Commands for the owner task.
+    pub owner_rx: mpsc::Receiver<OwnerCmd>,
+}
+
+/// Shared pieces every station of this node is built with.
+#[derive(Clone)]
+struct EnvBase {
+    node: NodeInfo,
+    kv: KvStore,
+    observer: Observer,
+    epoch: Instant,
+}
+
+impl EnvBase {
+    fn env(&self, name: &str, inbox: Inbox) -> StationEnv {
+        StationEnv {
+            station: name.into(),
+            node: self.node.clone(),
+            kv: self.kv.clone(),
+            inbox,
+            observer: self.observer.clone(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// The deploy agent of one node.
+pub struct Agent {
+    config: Arc<NodeConfig>,
+    host: Arc<StationHost>,
+    store: Store,
+    base: EnvBase,
+    limits: StationLimits,
+    inboxes: HashMap<String, Inbox>,
+    running: HashMap<String, Hash>,
+    errors: HashMap<String, (Option<u64>, String)>,
+    rolled_back: HashMap<String, String>,
+    /// Releases being fetched or loaded, by name.
+    pending: HashMap<String, Release>,
+    /// The last releases each neighbour told us of.
+    peers: HashMap<usize, Vec<Release>>,
+    /// Modules this node was started with: trusted without a signature.
+    local: Vec<Hash>,
+    sign_key: Option<SigningKey>,
+    counters: (u64, u64, u64),
+    tx: mpsc::Sender<DeployMsg>,
+    rx: mpsc::Receiver<DeployMsg>,
+    owner: mpsc::Sender<OwnerCmd>,
+    view: watch::Sender<DeployView>,
+}
+
+/// Loads a node's stations — the latest release it recorded for each name
+/// (when it has a data dir), else what it was started with — and builds
+/// its agent.
+///
+/// # Errors
+/// When a configured station fails to load, or the data dir is unusable.
+pub async fn start(
+    config: Arc<NodeConfig>,
+    host: Arc<StationHost>,
+    node: NodeInfo,
+    kv: KvStore,
+    observer: Observer,
+    limits: StationLimits,
+) -> Result<Started> {
+    let mut store = Store::open(config.deploy.data_dir.as_deref())?;
+    let sign_key = match &config.deploy.sign_key {
+        Some(p) => Some(sign::read_key(p)?),
+        None => None,
+    };
+    let base = EnvBase {
+        node,
+        kv,
+        observer,
+        epoch: Instant::now(),
+    };
+    let mut stations = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut local = Vec::new();
+    let mut names: Vec<String> = config.stations.iter().map(|s| s.name.clone()).collect();
+    for name in store.records().keys() {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    for name in names {
+        let inbox = Inbox::default();
+        let spec = config.stations.iter().find(|s| s.name == name);
+        // The configured module, recorded as version 0 if nothing newer.
+        if let Some(spec) = spec {
+            let bytes = Arc::new(read_source(&spec.source).await?);
+            let hash = store.put_module(Arc::clone(&bytes))?;
+            local.push(hash);
+            if store.record(&name).is_none() {
+                store.set_current(Release {
+                    name: name.clone(),
+                    version: 0,
+                    origin: config.index as u32,
+                    hash,
+                    size: bytes.len() as u64,
+                    config: spec.config.clone(),
+                    signer: None,
+                    signature: None,
+                })?;
+            }
+        }
+        let current = store.record(&name).map(|r| r.current.clone());
+        let mut loaded = None;
+        if let Some(rel) = current.filter(|r| r.version > 0) {
+            match store.module(&rel.hash) {
+                Some(bytes) => {
+                    let env = base.env(&name, inbox.clone());
+                    match host
+                        .load_bytes(&name, &rel.config, bytes, env, limits)
+                        .await
+                    {
+                        Ok(s) => {
+                            info!(release = %rel.label(), "running the recorded release");
+                            loaded = Some(s);
+                        }
+                        Err(e) => {
+                            warn!(release = %rel.label(), cause = %e, "recorded release does not load; running the configured one")
+                        }
+                    }
+                }
+                None => warn!(release = %rel.label(), "module of the recorded release missing"),
+            }
+        }
+        let station = match (loaded, spec) {
+            (Some(s), _) => s,
+            (None, Some(spec)) => {
+                let env = base.env(&name, inbox.clone());
+                host.load(spec, env, limits)
+                    .await
+                    .with_context(|| format!("loading station {name:?}"))?
+            }
+            (None, None) => continue,
+        };
+        inboxes.push((name.clone(), inbox));
+        stations.push(station);
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let (owner_tx, owner_rx) = mpsc::channel(16);
+    let (view_tx, view_rx) = watch::channel(DeployView::default());
+    let mut agent = Agent {
+        config,
+        host,
+        store,
+        base,
+        limits,
+        inboxes: inboxes.iter().cloned().collect(),
+        running: stations
+            .iter()
+            .map(|s| (s.name().to_string(), s.hash()))
+            .collect(),
+        errors: HashMap::new(),
+        rolled_back: HashMap::new(),
+        pending: HashMap::new(),
+        peers: HashMap::new(),
+        local,
+        sign_key,
+        counters: (0, 0, 0),
+        tx: tx.clone(),
+        rx,
+        owner: owner_tx,
+        view: view_tx,
+    };
+    agent.publish_view();
+    Ok(Started {
+        stations,
+        inboxes,
+        agent,
+        handle: DeployHandle { tx, view: view_rx },
+        owner_rx,
+    })
+}
+
+impl Agent {
+    /// Runs until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                Some(msg) = self.rx.recv() => self.on_msg(msg).await,
+                _ = recheck.tick() => {
+                    let peers: Vec<_> = self.peers.keys().copied().collect();
+                    for peer in peers {
+                        self.consider(peer);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_msg(&mut self, msg: DeployMsg) {
+        match msg {
+            DeployMsg::PeerReleases { peer, releases } => {
+                self.peers.insert(peer, releases);
+                self.consider(peer);
+            }
+            DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
+            DeployMsg::Faulty { name, cause } => self.on_faulty(name, cause),
+            DeployMsg::FileChanged { name, bytes } => self.on_file(name, bytes),
+            DeployMsg::Fetched { release, result } => self.on_fetched(release, result),
+            DeployMsg::Loaded { job, result } => self.on_loaded(job, result).await,
+        }
+        self.publish_view();
+    }
+
+    fn me(&self) -> u32 {
+        self.config.index as u32
+    }
+
+    fn current(&self, name: &str) -> Option<&Release> {
+        self.store.record(name).map(|r| &r.current)
+    }
+
+    /// Starts fetching every release `peer` has that is newer than ours.
+    fn consider(&mut self, peer: usize) {
+        let Some(list) = self.peers.get(&peer).cloned() else {
+            return;
+        };
+        for rel in list {
+            if rel.version == 0 {
+                continue;
+            }
+            let newer = self.current(&rel.name).is_none_or(|c| rel.newer_than(c))
+                && self
+                    .pending
+                    .get(&rel.name)
+                    .is_none_or(|p| rel.newer_than(p));
+            if !newer {
+                continue;
+            }
+            debug!(release = %rel.label(), peer, "neighbour has a newer release");
+            self.pending.insert(rel.name.clone(), rel.clone());
+            if let Some(bytes) = self.store.module(&rel.hash) {
+                let _ = self.tx.try_send(DeployMsg::Fetched {
+                    release: rel,
+                    result: Ok((bytes, Payload::Full, 0)),
+                });
+                continue;
+            }
+            let have = self
+                .store
+                .record(&rel.name)
+                .map(|r| r.hashes())
+                .unwrap_or_default();
+            let mut have: Vec<Hash> = have
+                .into_iter()
+                .filter(|h| self.store.module(h).is_some())
+                .collect();
+            if let Some(running) = self.running.get(&rel.name)
+                && !have.contains(running)
+            {
+                have.insert(0, *running);
+            }
+            let addr = self.config.ring.members()[peer].addr.clone();
+            let max_frame = self.config.max_frame_bytes;
+            let tx = self.tx.clone();
+            let bases: HashMap<Hash, Arc<Vec<u8>>> = have
+                .iter()
+                .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
+                .collect();
+            tokio::spawn(
+                async move {
+                    let result = fetch(&addr, &rel, have, &bases, max_frame)
+                        .await
+                        .map_err(|e| format!("fetching from {addr}: {e:#}"));
+                    let _ = tx
+                        .send(DeployMsg::Fetched {
+                            release: rel,
+                            result,
+                        })
+                        .await;
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    fn on_fetched(
+        &mut self,
+        release: Release,
+        result: Result<(Arc<Vec<u8>>, Payload, usize), String>,
+    ) {
+        if self.pending.get(&release.name) != Some(&release) {
+            return; // overtaken by a newer release
+        }
+        let checked = result.and_then(|(bytes, payload, wire_bytes)| {
+            self.check_signature(&release, &bytes)
+                .map_err(|e| format!("{e:#}"))?;
+            if wire_bytes > 0 {
+                match payload {
+                    Payload::Full => self.counters.0 += 1,
+                    Payload::Delta { .. } => self.counters.1 += 1,
+                }
+                self.counters.2 += wire_bytes as u64;
+                info!(release = %release.label(), ?payload, bytes = wire_bytes, "module fetched");
+            }
+            Ok(bytes)
+        });
+        let bytes = match checked {
+            Ok(b) => b,
+            Err(e) => {
+                self.pending.remove(&release.name);
+                self.fail(
+                    &release.name,
+                    Some(release.version),
+                    format!("{}: {e}", release.label()),
+                );
+                return;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .put_module(Arc::clone(&bytes))
+            .and_then(|_| self.store.set_current(release.clone()))
+        {
+            self.pending.remove(&release.name);
+            self.fail(
+                &release.name,
+                Some(release.version),
+                format!("recording {}: {e:#}", release.label()),
+            );
+            return;
+        }
+        // Pass it on before compiling: the next node fetches while we
+        // compile.
+        self.announce();
+        self.spawn_load(
+            release.name.clone(),
+            release.config.clone(),
+            bytes,
+            Job::Install(release),
+        );
+    }
+
+    fn check_signature(&self, release: &Release, bytes: &[u8]) -> Result<()> {
+        if Hash::of(bytes) != release.hash {
+            bail!("module does not match the release hash");
+        }
+        if self.config.deploy.trust.is_empty() || self.local.contains(&release.hash) {
+            return Ok(());
+        }
+        let (Some(signer), Some(sig)) = (&release.signer, &release.signature) else {
+            bail!("unsigned, and this node only runs modules signed by a trusted key");
+        };
+        let sig = sign::parse_hex::<64>(sig).context("signature")?;
+        sign::verify(&self.config.deploy.trust, &signer.0, &sig, &release.hash.0)
+    }
+
+    fn spawn_load(
+        &self,
+        name: String,
+        config: Vec<(String, String)>,
+        bytes: Arc<Vec<u8>>,
+        job: Job,
+    ) {
+        let host = Arc::clone(&self.host);
+        let inbox = self.inboxes.get(&name).cloned().unwrap_or_default();
+        let env = self.base.env(&name, inbox);
+        let limits = self.limits;
+        let tx = self.tx.clone();
+        tokio::spawn(
+            async move {
+                let result = host
+                    .load_bytes(&name, &config, bytes, env, limits)
+                    .await
+                    .map(Box::new)
+                    .map_err(|e| format!("{e:#}"));
+                let _ = tx.send(DeployMsg::Loaded { job, result }).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn on_loaded(&mut self, job: Job, result: Result<Box<Station>, String>) {
+        match job {
+            Job::Install(release) => {
+                if self.pending.get(&release.name) == Some(&release) {
+                    self.pending.remove(&release.name);
+                }
+                if self.current(&release.name) != Some(&release) {
+                    return; // a newer one arrived meanwhile
+                }
+                match result {
+                    Ok(station) => self.swap(station, Some(release.version)).await,
+                    Err(e) => self.fail(
+                        &release.name,
+                        Some(release.version),
+                        format!("{} does not load: {e}", release.label()),
+                    ),
+                }
+            }
+            Job::Publish {
+                name,
+                config,
+                bytes,
+                signer,
+                signature,
+                reply,
+            } => {
+                let station = match result {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let e = format!("refused, nothing propagates: {e}");
+                        match reply {
+                            Some(r) => {
+                                warn!(station = %name, cause = %e, "push refused");
+                                self.base.observer.emit(
+                                    self.config.index,
+                                    EventKind::DeployFailed {
+                                        station: name.clone(),
+                                        reason: e.clone(),
+                                    },
+                                );
+                                let _ = r.send((Reply::error(e), Bytes::new()));
+                            }
+                            None => self.fail(&name, None, e),
+                        }
+                        return;
+                    }
+                };
+                let version = [
+                    self.current(&name).map(|c| c.version),
+                    self.pending.get(&name).map(|p| p.version),
+                ]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(0)
+                    + 1;
+                let release = Release {
+                    name: name.clone(),
+                    version,
+                    origin: self.me(),
+                    hash: station.hash(),
+                    size: bytes.len() as u64,
+                    config,
+                    signer,
+                    signature,
+                };
+                let recorded = self
+                    .store
+                    .put_module(bytes)
+                    .and_then(|_| self.store.set_current(release.clone()));
+                if let Err(e) = recorded {
+                    if let Some(r) = reply {
+                        let _ = r.send((Reply::error(format!("{e:#}")), Bytes::new()));
+                    }
+                    return;
+                }
+                self.pending.remove(&name);
+                info!(release = %release.label(), "published a release");
+                self.swap(station, Some(version)).await;
+                self.announce();
+                if let Some(r) = reply {
+                    let _ = r.send((
+                        Reply {
+                            release: Some(release),
+                            ..Reply::default()
+                        },
+                        Bytes::new(),
+                    ));
+                }
+            }
+            Job::Local { name, reply } => match result {
+                Ok(station) => {
+                    info!(station = %name, "new version running on this node only");
+                    self.swap(station, None).await;
+                    if let Some(r) = reply {
+                        let _ = r.send((Reply::default(), Bytes::new()));
+                    }
+                }
+                Err(e) => {
+                    let e = format!("refused: {e}");
+                    match reply {
+                        Some(r) => {
+                            let _ = r.send((Reply::error(e), Bytes::new()));
+                        }
+                        None => self.fail(&name, None, e),
+                    }
+                }
+            },
+            Job::LocalRollback { to, cause } => match result {
+                Ok(station) => {
+                    let what = format!(
+                        "rolled back to v{} ({}) after repeated faults: {cause}",
+                        to.version,
+                        to.hash.short()
+                    );
+                    warn!(station = %to.name, "{what}");
+                    self.base.observer.emit(
+                        self.config.index,
+                        EventKind::RolledBack {
+                            station: to.name.clone(),
+                            cause: what.clone(),
+                        },
+                    );
+                    self.rolled_back.insert(to.name.clone(), what);
+                    self.swap(station, Some(to.version)).await;
+                }
+                Err(e) => self.fail(
+                    &to.name,
+                    None,
+                    format!("rollback to v{} failed: {e}", to.version),
+                ),
+            },
+        }
+    }
+
+    async fn swap(&mut self, station: Box<Station>, version: Option<u64>) {
+        let name = station.name().to_string();
+        self.running.insert(name.clone(), station.hash());
+        self.errors.remove(&name);
+        if version.is_some_and(|v| self.current(&name).is_some_and(|c| c.version == v)) {
+            self.rolled_back.remove(&name);
+        }
+        self.inboxes
+            .entry(name)
+            .or_insert_with(|| station.inbox().clone());
+        let _ = self.owner.send(OwnerCmd::Swap { station, version }).await;
+    }
+
+    fn fail(&mut self, name: &str, version: Option<u64>, reason: String) {
+        warn!(station = %name, %reason, "deploy failed here; the running version stays");
+        self.base.observer.emit(
+            self.config.index,
+            EventKind::DeployFailed {
+                station: name.to_string(),
+                reason: reason.clone(),
+            },
+        );
+        self.errors.insert(name.to_string(), (version, reason));
+    }
+
+    fn announce(&self) {
+        let list = self.releases();
+        let _ = self.owner.try_send(OwnerCmd::Announce(list));
+    }
+
+    fn releases(&self) -> Vec<Release> {
+        self.store
+            .records()
+            .values()
+            .filter(|r| r.current.version > 0)
+            .map(|r| r.current.clone())
+            .collect()
+    }
+
+    fn publish_view(&mut self) {
+        let stations = self
+            .store
+            .records()
+            .iter()
+            .filter_map(|(name, rec)| {
+                let running = *self.running.get(name)?;
+                Some(StationDeploy {
+                    name: name.clone(),
+                    version: rec.current.version,
+                    origin: rec.current.origin,
+                    hash: rec.current.hash,
+                    running,
+                    error: self.errors.get(name).map(|e| e.1.clone()),
+                    failed_version: self.errors.get(name).and_then(|e| e.0),
+                    rolled_back: self.rolled_back.get(name).cloned(),
+                })
+            })
+            .collect();
+        let view = DeployView {
+            releases: self.releases(),
+            stations,
+            fetched_full: self.counters.0,
+            fetched_delta: self.counters.1,
+            fetched_bytes: self.counters.2,
+        };
+        self.view.send_if_modified(|v| {
+            let changed = *v != view;
+            *v = view;
+            changed
+        });
+    }
+
+    fn on_request(&mut self, req: Request, blob: Bytes, reply: oneshot::Sender<(Reply, Bytes)>) {
+        match req {
+            Request::Push {
+                name,
+                config,
+                signer,
+                signature,
+                local,
+            } => {
+                let bytes = Arc::new(blob.to_vec());
+                let fake = Release {
+                    name: name.clone(),
+                    version: 1,
+                    origin: self.me(),
+                    hash: Hash::of(&bytes),
+                    size: bytes.len() as u64,
+                    config: config.clone(),
+                    signer,
+                    signature: signature.clone(),
+                };
+                let check = check_name(&name)
+                    .and_then(|()| self.check_signature(&fake, &bytes))
+                    .map_err(|e| format!("push of {name} refused: {e:#}"));
+                if let Err(e) = check {
+                    warn!(station = %name, reason = %e, "push refused");
+                    let _ = reply.send((Reply::error(e), Bytes::new()));
+                    return;
+                }
+                info!(station = %name, bytes = bytes.len(), local, "validating a pushed module");
+                if local {
+                    let job = Job::Local {
+                        name: name.clone(),
+                        reply: Some(reply),
+                    };
+                    self.spawn_load(name, config, bytes, job);
+                    return;
+                }
+                self.spawn_load(
+                    name.clone(),
+                    config.clone(),
+                    Arc::clone(&bytes),
+                    Job::Publish {
+                        name,
+                        config,
+                        bytes,
+                        signer,
+                        signature,
+                        reply: Some(reply),
+                    },
+                );
+            }
+            Request::Rollback { name } => {
+                let prev = self.store.record(&name).map(|r| r.previous().cloned());
+                let prev = match prev {
+                    None => Err(format!("this node runs no station named {name:?}")),
+                    Some(None) => Err(format!("{name} has no previous version to roll back to")),
+                    Some(Some(p)) => self
+                        .store
+                        .module(&p.hash)
+                        .map(|b| (p, b))
+                        .ok_or_else(|| format!("{name}: the previous module is not kept here")),
+                };
+                match prev {
+                    Ok((p, bytes)) => {
+                        info!(station = %name, to = %p.label(), "rolling back ring-wide");
+                        self.spawn_load(
+                            name.clone(),
+                            p.config.clone(),
+                            Arc::clone(&bytes),
+                            Job::Publish {
+                                name,
+                                config: p.config,
+                                bytes,
+                                signer: p.signer,
+                                signature: p.signature,
+                                reply: Some(reply),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send((Reply::error(e), Bytes::new()));
+                    }
+                }
+            }
+            Request::Fetch { release, have } => {
+                let Some(target) = self.store.module(&release.hash) else {
+                    let _ = reply.send((
+                        Reply::error(format!("{} is not kept here", release.label())),
+                        Bytes::new(),
+                    ));
+                    return;
+                };
+                let base = have
+                    .iter()
+                    .filter(|h| **h != release.hash)
+                    .find_map(|h| self.store.module(h).map(|m| (*h, m)));
+                tokio::task::spawn_blocking(move || {
+                    let mut answer = (Payload::Full, Bytes::from(target.to_vec()));
+                    if let Some((base, base_bytes)) = base
+                        && let Ok(d) = delta::make(&base_bytes, &target)
+                        && d.len() < target.len()
+                    {
+                        answer = (Payload::Delta { base }, Bytes::from(d));
+                    }
+                    let (payload, blob) = answer;
+                    let _ = reply.send((
+                        Reply {
+                            release: Some(release),
+                            payload: Some(payload),
+                            ..Reply::default()
+                        },
+                        blob,
+                    ));
+                });
+            }
+            Request::ConfigSet { key, value } => {
+                let answer = match self.inboxes.get(CONFIG_STATION) {
+                    None => Reply::error(format!(
+                        "this node does not run the {CONFIG_STATION} station (start it with --station {CONFIG_STATION})"
+                    )),
+                    Some(inbox) => {
+                        let msg = serde_json::json!({ "key": key, "value": value });
+                        match inbox.push(msg.to_string().into_bytes()) {
+                            Ok(()) => Reply::default(),
+                            Err(e) => Reply::error(e),
+                        }
+                    }
+                };
+                let _ = reply.send((answer, Bytes::new()));
+            }
+            Request::ConfigGet { key } => {
+                let answer = if self.inboxes.contains_key(CONFIG_STATION) {
+                    Reply {
+                        config: Some(self.config_entry(&key)),
+                        ..Reply::default()
+                    }
+                } else {
+                    Reply::error(format!(
+                        "this node does not run the {CONFIG_STATION} station"
+                    ))
+                };
+                let _ = reply.send((answer, Bytes::new()));
+            }
+        }
+    }
+
+    fn config_entry(&self, key: &str) -> ConfigEntry {
+        let kv = &self.base.kv;
+        #[derive(Deserialize)]
+        struct Meta {
+            ver: u64,
+            node: u32,
+        }
+        let meta: Option<Meta> = kv
+            .get(CONFIG_STATION, &format!("meta/{key}"))
+            .and_then(|m| serde_json::from_slice(&m).ok());
+        ConfigEntry {
+            value: kv
+                .get(CONFIG_STATION, &format!("cfg/{key}"))
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+            ver: meta.as_ref().map(|m| m.ver),
+            node: meta.as_ref().map(|m| m.node),
+            config_version: kv
+                .get(CONFIG_STATION, "version")
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    fn on_faulty(&mut self, name: String, cause: String) {
+        if self.rolled_back.contains_key(&name) {
+            return;
+        }
+        let running = self.running.get(&name).copied();
+        let prev = self.store.record(&name).and_then(|r| {
+            r.history
+                .iter()
+                .rev()
+                .chain(std::iter::once(&r.current))
+                .find(|p| Some(p.hash) != running)
+                .cloned()
+        });
+        let Some(prev) = prev.filter(|p| self.store.module(&p.hash).is_some()) else {
+            warn!(station = %name, %cause, "station keeps faulting and has no previous version to roll back to");
+            self.rolled_back.insert(
+                name,
+                format!("keeps faulting, nothing to roll back to: {cause}"),
+            );
+            return;
+        };
+        let bytes = self.store.module(&prev.hash).expect("checked above");
+        self.spawn_load(
+            name,
+            prev.config.clone(),
+            bytes,
+            Job::LocalRollback { to: prev, cause },
+        );
+    }
+
+    fn on_file(&mut self, name: String, bytes: Vec<u8>) {
+        let hash = Hash::of(&bytes);
+        if self.running.get(&name) == Some(&hash) {
+            return;
+        }
+        let config = self
+            .current(&name)
+            .map(|c| c.config.clone())
+            .unwrap_or_default();
+        if !self.config.deploy.push_on_change {
+            let job = Job::Local {
+                name: name.clone(),
+                reply: None,
+            };
+            self.spawn_load(name, config, Arc::new(bytes), job);
+            return;
+        }
+        let (signer, signature) = match &self.sign_key {
+            Some(k) => (
+                Some(Hash(*k.verifying_key().as_bytes())),
+                Some(crate::config::hex(&sign::sign(k, &hash.0))),
+            ),
+            None => (None, None),
+        };
+        let bytes = Arc::new(bytes);
+        let probe = Release {
+            name: name.clone(),
+            version: 1,
+            origin: self.me(),
+            hash,
+            size: bytes.len() as u64,
+            config: config.clone(),
+            signer,
+            signature: signature.clone(),
+        };
+        if let Err(e) = self.check_signature(&probe, &bytes) {
+            self.fail(
+                &name,
+                None,
+                format!("changed file refused: {e:#} (give the node --key to sign its own files)"),
+            );
+            return;
+        }
+        info!(station = %name, bytes = bytes.len(), "station file changed; validating");
+        self.spawn_load(
+            name.clone(),
+            config.clone(),
+            Arc::clone(&bytes),
+            Job::Publish {
+                name,
+                config,
+                bytes,
+                signer,
+                signature,
+                reply: None,
+            },
+        );
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "station name {name:?}: use 1-64 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
+/// Fetches `release`'s module from the node at `addr`, offering `have` as
+/// delta bases; rebuilds and checks it. Returns the module, how it came
+/// and the bytes that travelled.
+async fn fetch(
+    addr: &str,
+    release: &Release,
+    have: Vec<Hash>,
+    bases: &HashMap<Hash, Arc<Vec<u8>>>,
+    max_frame: usize,
+) -> Result<(Arc<Vec<u8>>, Payload, usize)> {
+    let (reply, blob) = request(
+        addr,
+        Request::Fetch {
+            release: release.clone(),
+            have,
+        },
+        Bytes::new(),
+        max_frame,
+        FETCH_TIMEOUT,
+    )
+    .await?;
+    if let Some(e) = reply.error {
+        bail!("{e}");
+    }
+    let payload = reply.payload.context("reply without a payload")?;
+    let bytes = match &payload {
+        Payload::Full => blob.to_vec(),
+        Payload::Delta { base } => {
+            let base_bytes = bases
+                .get(base)
+                .with_context(|| format!("delta against {}, which we do not have", base.short()))?;
+            delta::apply(base_bytes, &blob, MAX_MODULE_BYTES)?
+        }
+    };
+    if Hash::of(&bytes) != release.hash {
+        bail!("rebuilt module does not match the release hash");
+    }
+    Ok((Arc::new(bytes), payload, blob.len()))
+}
+
+/// One request/reply exchange on a fresh connection to a node's ring port.
+///
+/// # Errors
+/// When the node cannot be reached, answers with something else, or not
+/// within `limit`.
+pub async fn request(
+    addr: &str,
+    req: Request,
+    blob: Bytes,
+    max_frame: usize,
+    limit: Duration,
+) -> Result<(Reply, Bytes)> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut writer = FrameWriter::new(w, max_frame);
+        let mut reader = FrameReader::new(r, max_frame);
+        writer.write_frame(&Frame::Request(req, blob)).await?;
+        match reader.read_frame().await? {
+            Some(Frame::Reply(reply, blob)) => Ok((reply, blob)),
+            Some(other) => Err(anyhow!("unexpected {} in answer", other.kind_name())),
+            None => Err(anyhow!("{addr} closed the connection without answering")),
+        }
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| anyhow!("no answer from {addr} within {limit:?}"))?
+}
+
+/// The sources of a node's file stations, by name (what the watcher
+/// watches).
+pub fn watched_files(config: &NodeConfig) -> Vec<(String, std::path::PathBuf)> {
+    config
+        .stations
+        .iter()
+        .filter_map(|s| match &s.source {
+            StationSource::File(p) => Some((s.name.clone(), p.clone())),
+            StationSource::Builtin(_) => None,
+        })
+        .collect()
+}

@@ -1,0 +1,349 @@
+//! The tools' side of deploys: `push`, `rollback`, `config`, `keygen`.
+//! Each talks to one node's ring port; `push` and `rollback` then watch
+//! every member's status until the release runs everywhere it can.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+
+use super::agent::request;
+use super::release::{ConfigEntry, Hash, Release, Reply, Request};
+use super::sign;
+use crate::cli::{ConfigCmd, KeygenArgs, PushArgs, RollbackArgs};
+use crate::status;
+
+/// Frames a tool accepts (a module push is at most 8 MiB).
+const MAX_FRAME: usize = 16 << 20;
+
+/// Bound on the first node's answer (it compiles and runs init first).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `ringhost push`.
+///
+/// # Errors
+/// When the module is refused, or some live node does not run it in time.
+pub async fn push(args: &PushArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("cannot take a station name from the file name; give --as NAME")?
+            .to_string(),
+    };
+    let config = args
+        .config
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--config {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (signer, signature) = match &args.key {
+        Some(path) => {
+            let key = sign::read_key(path)?;
+            let sig = sign::sign(&key, &Hash::of(&bytes).0);
+            (
+                Some(Hash(*key.verifying_key().as_bytes())),
+                Some(crate::config::hex(&sig)),
+            )
+        }
+        None => (None, None),
+    };
+    eprintln!(
+        "pushing {} ({} bytes, sha256 {}) as {name} to {}",
+        args.file.display(),
+        bytes.len(),
+        Hash::of(&bytes).short(),
+        args.to
+    );
+    let req = Request::Push {
+        name,
+        config,
+        signer,
+        signature,
+        local: false,
+    };
+    let release = publish(&args.to, req, Bytes::from(bytes)).await?;
+    eprintln!(
+        "{} accepted by {}: validated, now travelling the ring",
+        release.label(),
+        args.to
+    );
+    if args.no_wait {
+        println!("{}", release.label());
+        return Ok(());
+    }
+    wait_ring(&args.to, &release, Duration::from_secs(args.timeout_s)).await
+}
+
+/// `ringhost rollback`.
+///
+/// # Errors
+/// When the node has nothing to roll back to, or some live node does not
+/// run the previous version in time.
+pub async fn rollback(args: &RollbackArgs) -> Result<()> {
+    let req = Request::Rollback {
+        name: args.name.clone(),
+    };
+    let release = publish(&args.to, req, Bytes::new()).await?;
+    eprintln!("rolling back: {} published by {}", release.label(), args.to);
+    wait_ring(&args.to, &release, Duration::from_secs(args.timeout_s)).await
+}
+
+async fn publish(to: &str, req: Request, blob: Bytes) -> Result<Release> {
+    let (reply, _) = request(to, req, blob, MAX_FRAME, ANSWER_TIMEOUT).await?;
+    if let Some(e) = reply.error {
+        bail!("{to}: {e}");
+    }
+    reply.release.context("the node answered without a release")
+}
+
+/// Where one member stands with a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Standing {
+    Waiting,
+    Running,
+    Failed(String),
+    Superseded(String),
+    Unreachable(String),
+}
+
+/// Polls every member's status until each live one runs `release`, failed
+/// it, or runs something newer.
+async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let first = status::query(to, Duration::from_secs(5)).await?;
+    let members: Vec<(usize, String, String)> = first
+        .members
+        .iter()
+        .map(|m| (m.index, m.name.clone(), m.addr.clone()))
+        .collect();
+    let mut standing: BTreeMap<usize, Standing> = BTreeMap::new();
+    let mut misses: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut last_line = String::new();
+    loop {
+        for (index, _, addr) in &members {
+            if matches!(
+                standing.get(index),
+                Some(Standing::Running | Standing::Failed(_) | Standing::Superseded(_))
+            ) {
+                continue;
+            }
+            let now = match status::query(addr, Duration::from_secs(1)).await {
+                Ok(r) => {
+                    misses.remove(index);
+                    standing_of(&r, release)
+                }
+                Err(e) => {
+                    let n = misses.entry(*index).or_default();
+                    *n += 1;
+                    // Twice in a row: a node restarting is not skipped.
+                    if *n >= 2 {
+                        Standing::Unreachable(format!("{e:#}"))
+                    } else {
+                        Standing::Waiting
+                    }
+                }
+            };
+            standing.insert(*index, now);
+        }
+        let running = count(&standing, |s| *s == Standing::Running);
+        let waiting = count(&standing, |s| *s == Standing::Waiting);
+        let down = count(&standing, |s| matches!(s, Standing::Unreachable(_)));
+        let line = format!(
+            "{}: {running}/{} nodes run it, {waiting} waiting, {down} unreachable",
+            release.label(),
+            members.len()
+        );
+        if line != last_line {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        if waiting == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut problems = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for (index, name, addr) in &members {
+        let s = standing.get(index).cloned().unwrap_or(Standing::Waiting);
+        let text = match &s {
+            Standing::Running => "runs it".to_string(),
+            Standing::Waiting => "still waiting (timed out)".to_string(),
+            Standing::Failed(e) => format!("FAILED: {e}"),
+            Standing::Superseded(by) => format!("superseded by {by}"),
+            Standing::Unreachable(e) => format!("unreachable (down?): {e}"),
+        };
+        let _ = writeln!(out, "  {index:>3} {name:<24} {addr:<22} {text}");
+        if matches!(
+            s,
+            Standing::Waiting | Standing::Failed(_) | Standing::Superseded(_)
+        ) {
+            problems.push(format!("{name}: {text}"));
+        }
+    }
+    drop(out);
+    if problems.is_empty() {
+        println!("{} runs on every live node", release.label());
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "{} is not running everywhere:\n  {}",
+            release.label(),
+            problems.join("\n  ")
+        ))
+    }
+}
+
+fn count(m: &BTreeMap<usize, Standing>, f: impl Fn(&Standing) -> bool) -> usize {
+    m.values().filter(|s| f(s)).count()
+}
+
+fn standing_of(report: &status::Report, release: &Release) -> Standing {
+    let Some(d) = report
+        .deploy
+        .stations
+        .iter()
+        .find(|d| d.name == release.name)
+    else {
+        return Standing::Waiting;
+    };
+    let current = (d.version, d.origin, d.hash);
+    if current == release.key() {
+        return if d.running == release.hash {
+            Standing::Running
+        } else if let Some(e) = d
+            .error
+            .as_ref()
+            .filter(|_| d.failed_version == Some(release.version))
+        {
+            Standing::Failed(e.clone())
+        } else if let Some(r) = &d.rolled_back {
+            Standing::Failed(r.clone())
+        } else {
+            Standing::Waiting
+        };
+    }
+    if current > release.key() {
+        return Standing::Superseded(format!("v{} from node {}", d.version, d.origin));
+    }
+    match &d.error {
+        Some(e) if d.failed_version == Some(release.version) => Standing::Failed(e.clone()),
+        _ => Standing::Waiting,
+    }
+}
+
+/// `ringhost config`.
+///
+/// # Errors
+/// When the node does not run the config station, a write is not carried
+/// on within its deadline, or (get) the key is unset.
+pub async fn config(cmd: &ConfigCmd) -> Result<()> {
+    match cmd {
+        ConfigCmd::Set { key, value, to } => set(to, key, Some(value.clone())).await,
+        ConfigCmd::Delete { key, to } => set(to, key, None).await,
+        ConfigCmd::Get { key, to, json } => {
+            let entry = get(to, key).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&entry)?);
+                return Ok(());
+            }
+            match entry.value {
+                Some(v) => {
+                    println!("{v}");
+                    Ok(())
+                }
+                None => bail!("{key} is not set (config version {})", entry.config_version),
+            }
+        }
+    }
+}
+
+/// Reads one config entry from a node.
+///
+/// # Errors
+/// When the node cannot be asked or does not run the config station.
+pub async fn get(to: &str, key: &str) -> Result<ConfigEntry> {
+    let req = Request::ConfigGet { key: key.into() };
+    let (reply, _) = request(to, req, Bytes::new(), MAX_FRAME, Duration::from_secs(5)).await?;
+    ok(to, &reply)?;
+    reply.config.context("the node answered without the entry")
+}
+
+fn ok(to: &str, reply: &Reply) -> Result<()> {
+    match &reply.error {
+        Some(e) => bail!("{to}: {e}"),
+        None => Ok(()),
+    }
+}
+
+/// Writes a config entry through node `to` and waits until the write has
+/// reached the next live node (so a crash of `to` does not lose it).
+///
+/// # Errors
+/// When the node refuses, or the write does not get on within 10 s.
+pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
+    let me = status::query(to, Duration::from_secs(5)).await?;
+    let req = Request::ConfigSet {
+        key: key.into(),
+        value: value.clone(),
+    };
+    let (reply, _) = request(to, req, Bytes::new(), MAX_FRAME, Duration::from_secs(5)).await?;
+    ok(to, &reply)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Applied here: the node's entry carries our value, written by it.
+    let ver = loop {
+        let e = get(to, key).await?;
+        if e.value == value && e.node == Some(me.node.index as u32) {
+            break e.ver.unwrap_or(0);
+        }
+        if Instant::now() >= deadline {
+            bail!("{to} has not applied the write within 10 s (is the particle moving?)");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // And carried on: the successor has this entry or a later one.
+    if let Some(next) = me
+        .successor
+        .filter(|s| *s != me.node.index && me.successor_up)
+    {
+        let addr = &me.members[next].addr;
+        loop {
+            let e = get(addr, key).await?;
+            if e.ver.unwrap_or(0) >= ver {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("the write has not reached {addr} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("{key}: config entry version {ver} on the ring");
+    Ok(())
+}
+
+/// `ringhost keygen`.
+///
+/// # Errors
+/// When the key files cannot be written (or already exist).
+pub fn keygen(args: &KeygenArgs) -> Result<()> {
+    let key = sign::generate();
+    let public = sign::write_key(&args.out, &key)?;
+    eprintln!(
+        "secret key: {} (keep it private); public key: {}",
+        args.out.display(),
+        args.out.with_extension("pub").display()
+    );
+    println!("{public}");
+    Ok(())
+}

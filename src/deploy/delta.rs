@@ -1,0 +1,112 @@
+//! Binary deltas between two versions of a module: zstd with the old
+//! module as a reference prefix (what `zstd --patch-from` does), long
+//! distance matching on and a window covering the whole base, so the
+//! unchanged bulk of a module costs a few bytes.
+//!
+//! A delta is only ever applied to the base it was made from; the result's
+//! sha-256 is checked by the caller, so a wrong base gives a clear error,
+//! never a wrong module.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result, bail};
+
+/// zstd level for deltas: high enough for tight matches, still a few ms on
+/// a 1 MB module.
+const LEVEL: i32 = 19;
+
+/// log2 of the window: at least the base plus the target, at least 1 MiB.
+fn window_log(base: usize, target: usize) -> u32 {
+    let need = (base + target).max(1 << 20);
+    (usize::BITS - (need - 1).leading_zeros()).min(30)
+}
+
+/// A delta that turns `base` into `target`.
+///
+/// # Errors
+/// When zstd refuses its parameters (modules over 1 GiB).
+pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
+    let wlog = window_log(base.len(), target.len());
+    let mut enc =
+        zstd::stream::Encoder::with_ref_prefix(Vec::new(), LEVEL, base).context("zstd encoder")?;
+    enc.long_distance_matching(true)?;
+    enc.window_log(wlog)?;
+    enc.include_checksum(false)?;
+    enc.set_pledged_src_size(Some(target.len() as u64))?;
+    enc.write_all(target)?;
+    let mut out = enc.finish()?;
+    // The decoder needs the window to allow it; carry it in one byte.
+    out.insert(0, wlog as u8);
+    Ok(out)
+}
+
+/// Rebuilds the target from `base` and a delta made by [`make`]. The result
+/// is cut off at `max_len` bytes (a larger output is an error, so a hostile
+/// delta cannot blow up memory).
+///
+/// # Errors
+/// When the delta is malformed, needs another base, or expands past
+/// `max_len`.
+pub fn apply(base: &[u8], delta: &[u8], max_len: usize) -> Result<Vec<u8>> {
+    let Some((&wlog, body)) = delta.split_first() else {
+        bail!("empty delta");
+    };
+    if !(10..=30).contains(&wlog) {
+        bail!("delta has a bad window ({wlog})");
+    }
+    let mut dec = zstd::stream::Decoder::with_ref_prefix(body, base).context("zstd decoder")?;
+    dec.window_log_max(u32::from(wlog))?;
+    let mut out = Vec::new();
+    dec.take(max_len as u64 + 1)
+        .read_to_end(&mut out)
+        .context("applying the delta")?;
+    if out.len() > max_len {
+        bail!("delta expands past {max_len} bytes");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic incompressible bytes.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_one_constant_change_to_a_megabyte_is_tiny_and_round_trips() {
+        let base = noise(1 << 20, 7);
+        let mut target = base.clone();
+        target[500_000..500_016].copy_from_slice(b"RINGHOST-MARK-07");
+        let delta = make(&base, &target).unwrap();
+        assert!(delta.len() < 2048, "delta {} bytes", delta.len());
+        assert_eq!(apply(&base, &delta, 2 << 20).unwrap(), target);
+    }
+
+    #[test]
+    fn wrong_base_or_garbage_or_too_large_is_an_error_or_a_different_result() {
+        let base = noise(200_000, 1);
+        let mut target = base.clone();
+        target.extend_from_slice(b"more");
+        let delta = make(&base, &target).unwrap();
+        // Another base never yields the target (callers check the hash).
+        let other = noise(200_000, 2);
+        assert_ne!(apply(&other, &delta, 1 << 20).ok(), Some(target.clone()));
+        assert!(apply(&base, b"", 1 << 20).is_err());
+        assert!(apply(&base, b"\x14garbage", 1 << 20).is_err());
+        assert!(apply(&base, &delta, 1000).is_err(), "max_len enforced");
+        // A delta from nothing is a compressed full module.
+        let full = make(&[], &target).unwrap();
+        assert_eq!(apply(&[], &full, 1 << 20).unwrap(), target);
+    }
+}

@@ -1,0 +1,157 @@
+//! Module signatures: ed25519 over the module's sha-256 (with a domain
+//! prefix, so a signature made for ringhost means nothing elsewhere).
+//!
+//! Key files hold hex text: a secret key file the 32-byte seed, a public
+//! key the 32-byte verifying key. `--trust` takes either the hex itself or
+//! the path of a file holding it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use crate::config::hex;
+
+const DOMAIN: &[u8] = b"ringhost station module v1\0";
+
+fn message(hash: &[u8; 32]) -> Vec<u8> {
+    [DOMAIN, hash.as_slice()].concat()
+}
+
+/// A new random signing key.
+pub fn generate() -> SigningKey {
+    let seed: [u8; 32] = rand::random();
+    SigningKey::from_bytes(&seed)
+}
+
+/// Signs a module hash.
+pub fn sign(key: &SigningKey, hash: &[u8; 32]) -> [u8; 64] {
+    key.sign(&message(hash)).to_bytes()
+}
+
+/// Checks that `signature` by `signer` over `hash` is valid and that
+/// `signer` is one of `trusted`.
+///
+/// # Errors
+/// Saying which of the two failed.
+pub fn verify(
+    trusted: &[VerifyingKey],
+    signer: &[u8; 32],
+    signature: &[u8; 64],
+    hash: &[u8; 32],
+) -> Result<()> {
+    let key = trusted
+        .iter()
+        .find(|k| k.as_bytes() == signer)
+        .with_context(|| format!("signed by {}, which this node does not trust", hex(signer)))?;
+    key.verify(&message(hash), &Signature::from_bytes(signature))
+        .map_err(|_| anyhow::anyhow!("bad signature (by {})", hex(signer)))
+}
+
+/// Parses 2n hex digits.
+///
+/// # Errors
+/// When the text is not exactly `N` bytes of hex.
+pub fn parse_hex<const N: usize>(text: &str) -> Result<[u8; N]> {
+    let text = text.trim();
+    if text.len() != 2 * N || !text.is_ascii() {
+        bail!("expected {} hex digits, got {:?}", 2 * N, short(text));
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("not hex: {:?}", short(text)))?;
+    }
+    Ok(out)
+}
+
+fn short(s: &str) -> &str {
+    s.get(..s.len().min(20)).unwrap_or(s)
+}
+
+/// Reads a secret key file written by [`write_key`].
+///
+/// # Errors
+/// When the file is missing or does not hold a key.
+pub fn read_key(path: &Path) -> Result<SigningKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let seed = parse_hex::<32>(&text).with_context(|| format!("key {}", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Writes a secret key (owner-only permissions) and its public key beside
+/// it (`<path>.pub`); returns the public key's hex.
+///
+/// # Errors
+/// When either file cannot be written, or the key file already exists.
+pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    writeln!(f, "{}", hex(&key.to_bytes()))?;
+    let public = hex(key.verifying_key().as_bytes());
+    let pub_path = path.with_extension("pub");
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .with_context(|| format!("writing {}", pub_path.display()))?;
+    Ok(public)
+}
+
+/// A trusted public key given as hex or as the path of a file holding it.
+///
+/// # Errors
+/// When it is neither.
+pub fn parse_public(arg: &str) -> Result<VerifyingKey> {
+    let text = if Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_string()
+    };
+    let bytes = parse_hex::<32>(&text).context("--trust takes a public key (hex) or its file")?;
+    VerifyingKey::from_bytes(&bytes).context("not an ed25519 public key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_check_key_and_hash() {
+        let a = generate();
+        let b = generate();
+        let trusted = [a.verifying_key()];
+        let hash = [7u8; 32];
+        let sig = sign(&a, &hash);
+        let signer = *a.verifying_key().as_bytes();
+        verify(&trusted, &signer, &sig, &hash).unwrap();
+        let err = verify(&trusted, &signer, &sig, &[8u8; 32]).unwrap_err();
+        assert!(err.to_string().contains("bad signature"), "{err}");
+        let by_b = sign(&b, &hash);
+        let err = verify(&trusted, b.verifying_key().as_bytes(), &by_b, &hash).unwrap_err();
+        assert!(err.to_string().contains("does not trust"), "{err}");
+        // A's key claiming B's signature fails too.
+        assert!(verify(&trusted, &signer, &by_b, &hash).is_err());
+    }
+
+    #[test]
+    fn key_files_round_trip() {
+        let dir = std::env::temp_dir().join(format!("ringhost-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("deploy.key");
+        let key = generate();
+        let public = write_key(&path, &key).unwrap();
+        assert!(write_key(&path, &key).is_err(), "never overwrites a key");
+        assert_eq!(read_key(&path).unwrap().to_bytes(), key.to_bytes());
+        let from_file = parse_public(dir.join("deploy.pub").to_str().unwrap()).unwrap();
+        assert_eq!(from_file, key.verifying_key());
+        assert_eq!(parse_public(&public).unwrap(), key.verifying_key());
+        assert!(parse_public("zz").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
