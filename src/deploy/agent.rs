@@ -923,6 +923,10 @@ impl Agent {
                 .and_then(|v| String::from_utf8(v).ok())
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0),
+            pending: self
+                .inboxes
+                .get(CONFIG_STATION)
+                .map_or(0, |i| i.len() as u64),
         }
     }
 

@@ -286,25 +286,30 @@ fn ok(to: &str, reply: &Reply) -> Result<()> {
     }
 }
 
-/// Writes a config entry through node `to` and waits until the write has
-/// reached the next live node (so a crash of `to` does not lose it).
+/// Writes a config entry through node `to` and waits until the write (or
+/// a later write of the key) has reached the next live node, so a crash of
+/// `to` does not lose it.
 ///
 /// # Errors
 /// When the node refuses, or the write does not get on within 10 s.
 pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
     let me = status::query(to, Duration::from_secs(5)).await?;
+    let before = get(to, key).await?.ver.unwrap_or(0);
     let req = Request::ConfigSet {
         key: key.into(),
-        value: value.clone(),
+        value,
     };
     let (reply, _) = request(to, req, Bytes::new(), MAX_FRAME, Duration::from_secs(5)).await?;
     ok(to, &reply)?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    // Applied here: the node's entry carries our value, written by it.
+    // Taken by the station here (the inbox is first in, first out) and the
+    // key's entry newer than before: the write is in the particle's slot,
+    // as this entry or a later one.
     let ver = loop {
         let e = get(to, key).await?;
-        if e.value == value && e.node == Some(me.node.index as u32) {
-            break e.ver.unwrap_or(0);
+        let ver = e.ver.unwrap_or(0);
+        if e.pending == 0 && ver > before {
+            break ver;
         }
         if Instant::now() >= deadline {
             bail!("{to} has not applied the write within 10 s (is the particle moving?)");

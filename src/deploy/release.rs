@@ -172,6 +172,9 @@ pub struct ConfigEntry {
     pub node: Option<u32>,
     /// The node's config version (the highest entry version applied).
     pub config_version: u64,
+    /// Writes waiting in this node's inbox for the particle.
+    #[serde(default)]
+    pub pending: u64,
 }
 
 /// The answer to a [`Request`].

@@ -113,6 +113,7 @@ async fn fast_ring(
         layout,
         nodes,
         events,
+        observer,
         seen: Vec::new(),
         all_started: Instant::now(),
     }

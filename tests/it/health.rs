@@ -14,7 +14,7 @@ use ringhost::status::Report;
 
 /// A ring of node processes on 127.0.0.1:base..base+n. Every child is
 /// killed and reaped on drop, also when the test fails.
-struct ProcRing {
+pub(crate) struct ProcRing {
     base: u16,
     n: usize,
     children: Vec<Option<Child>>,
@@ -117,7 +117,7 @@ impl ProcRing {
         Self::start_with(n, &[])
     }
 
-    fn start_with(n: usize, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(n: usize, extra: &[&str]) -> Self {
         // Processes our nodes start (respawns) are re-parented to us when
         // their parent dies, so we can reap them.
         nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
@@ -147,7 +147,7 @@ impl ProcRing {
         )
     }
 
-    fn addr(&self, i: usize) -> String {
+    pub(crate) fn addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.base as usize + i)
     }
 
@@ -195,7 +195,7 @@ impl ProcRing {
         Pid::from_raw(self.children[i].as_ref().expect("running").id() as i32)
     }
 
-    fn sigkill(&mut self, i: usize) {
+    pub(crate) fn sigkill(&mut self, i: usize) {
         let child = self.children[i].take().expect("running");
         reap(child);
     }
@@ -226,7 +226,12 @@ impl ProcRing {
 
     /// Waits until every node in `live` reports exactly `live` as its live
     /// members, its successor up, and visits growing.
-    fn wait_converged(&mut self, live: &[usize], within: Duration, what: &str) -> Duration {
+    pub(crate) fn wait_converged(
+        &mut self,
+        live: &[usize],
+        within: Duration,
+        what: &str,
+    ) -> Duration {
         let start = Instant::now();
         let deadline = start + within;
         let mut last_visits: HashMap<usize, u64> = HashMap::new();

@@ -1,6 +1,7 @@
 //! The one integration-test binary (see STYLE.md §9).
 
 mod cut_link;
+mod deploy;
 mod health;
 mod ring;
 mod stations;

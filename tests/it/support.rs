@@ -60,6 +60,8 @@ pub struct TestRing {
     pub layout: RingLayout,
     pub nodes: Vec<Option<NodeHandle>>,
     pub events: UnboundedReceiver<NodeEvent>,
+    /// The observer every node reports to (for nodes started later).
+    pub observer: Observer,
     /// Every event received so far, in order.
     pub seen: Vec<NodeEvent>,
     /// When the last node finished starting.
@@ -92,6 +94,7 @@ impl TestRing {
             layout,
             nodes,
             events,
+            observer,
             seen: Vec::new(),
             all_started: Instant::now(),
         }

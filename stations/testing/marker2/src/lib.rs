@@ -35,10 +35,7 @@ mod tests {
         let mut want = 258u64.to_le_bytes().to_vec();
         want.extend([7, 7]);
         assert_eq!(
-            next_slot(
-                &ctx(258),
-                vec![1; 10].into_iter().take(8).chain([7, 7]).collect()
-            ),
+            next_slot(&ctx(258), vec![1, 1, 1, 1, 1, 1, 1, 1, 7, 7]),
             want
         );
         assert_eq!(LOGIC, 2);
