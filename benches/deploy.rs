@@ -79,6 +79,25 @@ async fn run(runs: usize) -> Result<()> {
         .await?
         .context("wasmtime refuses the marker with a custom section appended")?;
 
+    {
+        let big = padded(&marker, 1_000_000, 1);
+        let big7 = with_mark(&big, 7)?;
+        for level in [1, 3, 6, 9, 12, 15, 19] {
+            for ldm in [false, true] {
+                let t = Instant::now();
+                let mut enc = zstd::stream::Encoder::with_ref_prefix(Vec::new(), level, &big[..])?;
+                enc.long_distance_matching(ldm)?;
+                enc.window_log(21)?;
+                std::io::Write::write_all(&mut enc, &big7)?;
+                let out = enc.finish()?;
+                eprintln!(
+                    "DEBUG level {level} ldm {ldm}: {} B in {:?}",
+                    out.len(),
+                    t.elapsed()
+                );
+            }
+        }
+    }
     let sizes = [("100 KB", 100_000usize), ("1 MB", 1_000_000)];
     let deltas = delta_sizes(&marker, &marker2)?;
 
@@ -525,13 +544,18 @@ impl Ring {
             bail!("push of {name} refused: {e}");
         }
         let mut last = start;
+        let mut each = Vec::new();
         for w in waiters {
             match w.await? {
-                Ok(t) => last = last.max(t),
+                Ok(t) => {
+                    last = last.max(t);
+                    each.push((t - start).as_millis());
+                }
                 Err(e) => bail!("{e:#}; deploy failures: {:?}", self.failures()),
             }
         }
         let all_running = last - start;
+        eprintln!("DEBUG {name} per node ms: {each:?}");
         self.set_phase(Phase::Off);
         let window = self.state.lock().expect("collector lock").window.clone();
         // The owner tasks report their swaps right after the views change.

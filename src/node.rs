@@ -273,7 +273,7 @@ pub async fn start(
         name = %me.name,
         ring = %config.ring.describe(),
         ring_hash = &config.ring.hash()[..12],
-        stations = ?config.stations.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        stations = ?owner.pipeline.stations().iter().map(|s| s.name()).collect::<Vec<_>>(),
         "node started"
     );
     let owner = tracker.spawn(owner.run(rx, started.owner_rx).instrument(span));

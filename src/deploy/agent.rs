@@ -250,11 +250,16 @@ pub async fn start(
     let mut inboxes = Vec::new();
     let mut local = Vec::new();
     let mut names: Vec<String> = config.stations.iter().map(|s| s.name.clone()).collect();
-    for name in store.records().keys() {
-        if !names.contains(name) {
-            names.push(name.clone());
-        }
-    }
+    // Stations added by pushes run after the configured ones, in the order
+    // they were added.
+    let mut added: Vec<(u64, &String)> = store
+        .records()
+        .iter()
+        .filter(|(name, _)| !names.contains(name))
+        .map(|(name, r)| (r.added_ms, name))
+        .collect();
+    added.sort();
+    names.extend(added.into_iter().map(|(_, n)| n.clone()));
     for name in names {
         let inbox = Inbox::default();
         let spec = config.stations.iter().find(|s| s.name == name);

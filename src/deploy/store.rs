@@ -24,6 +24,10 @@ pub struct Record {
     /// Older releases, oldest first.
     #[serde(default)]
     pub history: Vec<Release>,
+    /// When the name was first recorded (unix ms): stations added by a
+    /// push keep their pipeline order across restarts.
+    #[serde(default)]
+    pub added_ms: u64,
 }
 
 impl Record {
@@ -148,6 +152,7 @@ impl Store {
                     Record {
                         current: release,
                         history: Vec::new(),
+                        added_ms: crate::station::unix_ms(),
                     },
                 );
             }

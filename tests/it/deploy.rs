@@ -590,10 +590,20 @@ async fn config_writes_converge_on_every_node_and_concurrent_writes_agree() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Every node is on the same config version.
+    let mut versions = BTreeSet::new();
+    for i in 0..5 {
+        versions.insert(
+            client::get(&addr(&ring, i), "size")
+                .await
+                .unwrap()
+                .config_version,
+        );
+    }
+    assert_eq!(versions.len(), 1, "one config version: {versions:?}");
     // A delete travels too.
     client::set(&addr(&ring, 2), "color", None).await.unwrap();
     wait_config(&ring, "color", |e| e.value.is_none()).await;
-    // A node without the config station says so.
     ring.shutdown().await;
 }
 
@@ -650,4 +660,87 @@ fn config_writes_survive_a_node_crash_and_none_is_lost() {
             }
         }
     }
+}
+
+async fn ringhost(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringhost"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("ringhost {args:?} within 60 s"))
+        .expect("ringhost runs")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_push_and_rollback_commands_report_what_happened() {
+    let dir = scratch("cli");
+    let key = dir.join("deploy.key");
+    let out = ringhost(&["keygen", "--out", key.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let public = sign::parse_public(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let ring = TestRing::start(3, move |c| {
+        quick(c);
+        c.deploy.trust = vec![public];
+    })
+    .await;
+    let to = addr(&ring, 1);
+    let file = dir.join("marker.wasm");
+    std::fs::write(&file, marker(1)).unwrap();
+    let f = file.to_str().unwrap();
+    let k = key.to_str().unwrap();
+
+    let out = ringhost(&["push", f, "--to", &to]).await;
+    assert!(!out.status.success(), "unsigned push refused");
+    assert!(text(&out).contains("unsigned"), "{}", text(&out));
+
+    let out = ringhost(&["push", f, "--to", &to, "--key", k]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("marker v1") && text(&out).contains("runs on every live node"),
+        "{}",
+        text(&out)
+    );
+    let good = Hash::of(&marker(1));
+    wait_running(&ring, &[0, 1, 2], "marker", good, Duration::from_secs(5)).await;
+
+    // Passes validation, traps at every visit: every node rolls it back,
+    // and the command says so and fails.
+    std::fs::write(&file, marker(2)).unwrap();
+    let out = ringhost(&[
+        "push",
+        f,
+        "--to",
+        &to,
+        "--key",
+        k,
+        "--config",
+        "trap_after=0",
+    ])
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+
+    let out = ringhost(&["rollback", "marker", "--to", &addr(&ring, 0)]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("marker v3"), "{}", text(&out));
+    for i in 0..3 {
+        let st = view(&ring, i)
+            .stations
+            .into_iter()
+            .find(|s| s.name == "marker")
+            .unwrap();
+        assert_eq!((st.version, st.running, st.rolled_back), (3, good, None));
+    }
+    ring.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
