@@ -79,25 +79,6 @@ async fn run(runs: usize) -> Result<()> {
         .await?
         .context("wasmtime refuses the marker with a custom section appended")?;
 
-    {
-        let big = padded(&marker, 1_000_000, 1);
-        let big7 = with_mark(&big, 7)?;
-        for level in [1, 3, 6, 9, 12, 15, 19] {
-            for ldm in [false, true] {
-                let t = Instant::now();
-                let mut enc = zstd::stream::Encoder::with_ref_prefix(Vec::new(), level, &big[..])?;
-                enc.long_distance_matching(ldm)?;
-                enc.window_log(21)?;
-                std::io::Write::write_all(&mut enc, &big7)?;
-                let out = enc.finish()?;
-                eprintln!(
-                    "DEBUG level {level} ldm {ldm}: {} B in {:?}",
-                    out.len(),
-                    t.elapsed()
-                );
-            }
-        }
-    }
     let sizes = [("100 KB", 100_000usize), ("1 MB", 1_000_000)];
     let deltas = delta_sizes(&marker, &marker2)?;
 
@@ -380,6 +361,9 @@ fn collector(
 /// One push measured.
 #[derive(Clone, Debug)]
 struct PushRun {
+    /// Request sent -> every node has recorded the release, its bytes
+    /// checked against the hash (before compiling it).
+    all_recorded: Option<Duration>,
     /// Request sent -> every node runs it (deploy view).
     all_running: Duration,
     /// Request sent -> node 0's reply.
@@ -543,19 +527,17 @@ impl Ring {
         if let Some(e) = reply.error {
             bail!("push of {name} refused: {e}");
         }
-        let mut last = start;
-        let mut each = Vec::new();
+        let (mut recorded, mut last) = (start, start);
         for w in waiters {
             match w.await? {
-                Ok(t) => {
+                Ok((r, t)) => {
+                    recorded = recorded.max(r);
                     last = last.max(t);
-                    each.push((t - start).as_millis());
                 }
                 Err(e) => bail!("{e:#}; deploy failures: {:?}", self.failures()),
             }
         }
         let all_running = last - start;
-        eprintln!("DEBUG {name} per node ms: {each:?}");
         self.set_phase(Phase::Off);
         let window = self.state.lock().expect("collector lock").window.clone();
         // The owner tasks report their swaps right after the views change.
@@ -564,6 +546,7 @@ impl Ring {
             .await?;
         let after = self.fetched();
         Ok(PushRun {
+            all_recorded: Some(recorded - start),
             all_running,
             reply: reply_at,
             pauses,
@@ -660,6 +643,7 @@ impl Ring {
             .swap_pauses(swaps_before, hash, NODES, deadline)
             .await?;
         Ok(PushRun {
+            all_recorded: None,
             all_running,
             reply: reply_at,
             pauses,
@@ -684,20 +668,26 @@ impl Ring {
 }
 
 /// Waits until node `i`'s view shows `name` running module `hash`;
-/// returns when it saw that.
+/// returns when it first saw the release recorded (the module's bytes
+/// checked and stored, before the compile) and when it saw it running.
 async fn running(
     i: usize,
     mut view: watch::Receiver<DeployView>,
     name: String,
     hash: Hash,
     deadline: tokio::time::Instant,
-) -> Result<Instant> {
+) -> Result<(Instant, Instant)> {
+    let mut recorded = None;
     loop {
         {
             let v = view.borrow_and_update();
+            let now = Instant::now();
+            if v.releases.iter().any(|r| r.name == name && r.hash == hash) {
+                recorded.get_or_insert(now);
+            }
             if let Some(s) = v.stations.iter().find(|s| s.name == name) {
                 if s.running == hash {
-                    return Ok(Instant::now());
+                    return Ok((*recorded.get_or_insert(now), now));
                 }
                 if s.hash == hash
                     && let Some(e) = &s.error
@@ -772,60 +762,68 @@ fn size(n: u64) -> String {
 
 fn print_report(runs: usize, rows: &[SizeRow], deltas: &Deltas) {
     println!();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "deploy, {NODES} in-process nodes on 127.0.0.1, zero delay, median of {runs} runs \
-         (cargo bench --bench deploy)"
+        "deploy, {NODES} in-process nodes on 127.0.0.1, zero delay, {cpus} CPUs, \
+         median of {runs} runs (cargo bench --bench deploy)"
     );
     println!();
+    println!("1. propagation to all {NODES} nodes");
     println!(
-        "1. propagation: push to node 0 until all {NODES} nodes run it, vs uploading to each node in turn"
-    );
-    println!(
-        "{:<8} {:>11} {:>12} {:>17} {:>18} {:>21} {:>10} {:>10}",
-        "module",
-        "bytes",
-        "1 compile",
-        "ring push, new",
-        "ring push, change",
-        "one by one (local)",
-        "ratio new",
-        "ratio chg"
+        "{:<8} {:>9}  {:<28} {:>12} {:>12} {:>8} {:>10}  between nodes",
+        "module", "bytes", "deploy", "all have it", "all run it", "speedup", "node 0"
     );
     for r in rows {
-        let m = |v: &[PushRun]| median(v.iter().map(|p| p.all_running).collect());
-        let (first, update, base) = (m(&r.first), m(&r.update), m(&r.baseline));
-        println!(
-            "{:<8} {:>11} {:>12} {:>17} {:>18} {:>21} {:>9.1}x {:>9.1}x",
-            r.label,
-            r.bytes,
-            ms(median(r.compile.clone())),
-            ms(first),
-            ms(update),
-            ms(base),
-            base.as_secs_f64() / first.as_secs_f64(),
-            base.as_secs_f64() / update.as_secs_f64(),
-        );
-    }
-    println!(
-        "  ratio = one by one / ring push. 1 compile: one node compiling the module on a fresh engine."
-    );
-    println!("  what travelled between nodes (median run):");
-    for r in rows {
-        for (what, v) in [("new", &r.first), ("change", &r.update)] {
+        let base = median(r.baseline.iter().map(|p| p.all_running).collect());
+        for (what, v) in [
+            ("ring push, new name", &r.first),
+            ("ring push, one-constant chg", &r.update),
+            ("one by one (baseline)", &r.baseline),
+        ] {
+            // The median run, by time until all run it.
             let mut v: Vec<&PushRun> = v.iter().collect();
             v.sort_by_key(|p| p.all_running);
             let p = v[v.len() / 2];
+            let wire = if p.all_recorded.is_some() {
+                format!(
+                    "{} full + {} delta, {}",
+                    p.fetched_full,
+                    p.fetched_delta,
+                    size(p.fetched_bytes)
+                )
+            } else {
+                format!("{NODES} uploads, {}", size((NODES * r.bytes) as u64))
+            };
             println!(
-                "    {:<6} {:<7} {:>2} full + {:>2} delta fetches, {:>9} on the wire; node 0 replied after {}",
+                "{:<8} {:>9}  {:<28} {:>12} {:>12} {:>7.2}x {:>10}  {}",
                 r.label,
+                r.bytes,
                 what,
-                p.fetched_full,
-                p.fetched_delta,
-                size(p.fetched_bytes),
-                ms(p.reply)
+                p.all_recorded.map_or("-".into(), ms),
+                ms(p.all_running),
+                base.as_secs_f64() / p.all_running.as_secs_f64(),
+                ms(p.reply),
+                wire,
             );
         }
     }
+    let compiles: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} {}", r.label, ms(median(r.compile.clone()))))
+        .collect();
+    println!(
+        "  all have it: every node has the release, its bytes checked (sha-256), before compiling."
+    );
+    println!(
+        "  all run it: every node's deploy view shows it running (compiled, init run, handed to the owner)."
+    );
+    println!(
+        "  speedup: one by one / this deploy (all run it). node 0: its reply (one by one: the first reply)."
+    );
+    println!(
+        "  one compile on an idle fresh engine, for scale: {}.",
+        compiles.join(", ")
+    );
     println!();
     println!("2. delta sizes (zstd level 19, old module as reference)");
     println!(
