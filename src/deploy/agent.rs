@@ -214,6 +214,8 @@ pub struct Agent {
     /// Modules this node was started with: trusted without a signature.
     local: Vec<Hash>,
     sign_key: Option<SigningKey>,
+    /// Deltas made or received, to serve the next node without redoing.
+    deltas: delta::Cache,
     counters: (u64, u64, u64),
     tx: mpsc::Sender<DeployMsg>,
     rx: mpsc::Receiver<DeployMsg>,
@@ -336,6 +338,7 @@ pub async fn start(
         peers: HashMap::new(),
         local,
         sign_key,
+        deltas: delta::Cache::default(),
         counters: (0, 0, 0),
         tx: tx.clone(),
         rx,
@@ -437,13 +440,14 @@ impl Agent {
             let addr = self.config.ring.members()[peer].addr.clone();
             let max_frame = self.config.max_frame_bytes;
             let tx = self.tx.clone();
+            let cache = self.deltas.clone();
             let bases: HashMap<Hash, Arc<Vec<u8>>> = have
                 .iter()
                 .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
                 .collect();
             tokio::spawn(
                 async move {
-                    let result = fetch(&addr, &rel, have, &bases, max_frame)
+                    let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
                         .await
                         .map_err(|e| format!("fetching from {addr}: {e:#}"));
                     let _ = tx
@@ -857,13 +861,18 @@ impl Agent {
                     .iter()
                     .filter(|h| **h != release.hash)
                     .find_map(|h| self.store.module(h).map(|m| (*h, m)));
+                let cache = self.deltas.clone();
                 tokio::task::spawn_blocking(move || {
                     let mut answer = (Payload::Full, Bytes::from(target.to_vec()));
-                    if let Some((base, base_bytes)) = base
-                        && let Ok(d) = delta::make(&base_bytes, &target)
-                        && d.len() < target.len()
-                    {
-                        answer = (Payload::Delta { base }, Bytes::from(d));
+                    if let Some((base, base_bytes)) = base {
+                        let d = cache.get(&base, &release.hash).or_else(|| {
+                            let d = Bytes::from(delta::make(&base_bytes, &target).ok()?);
+                            cache.put(base, release.hash, d.clone());
+                            Some(d)
+                        });
+                        if let Some(d) = d.filter(|d| d.len() < target.len()) {
+                            answer = (Payload::Delta { base }, d);
+                        }
                     }
                     let (payload, blob) = answer;
                     let _ = reply.send((
@@ -1048,6 +1057,7 @@ async fn fetch(
     release: &Release,
     have: Vec<Hash>,
     bases: &HashMap<Hash, Arc<Vec<u8>>>,
+    cache: &delta::Cache,
     max_frame: usize,
 ) -> Result<(Arc<Vec<u8>>, Payload, usize)> {
     let (reply, blob) = request(
@@ -1076,6 +1086,9 @@ async fn fetch(
     };
     if Hash::of(&bytes) != release.hash {
         bail!("rebuilt module does not match the release hash");
+    }
+    if let Payload::Delta { base } = &payload {
+        cache.put(*base, release.hash, blob.clone());
     }
     Ok((Arc::new(bytes), payload, blob.len()))
 }
