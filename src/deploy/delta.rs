@@ -80,8 +80,11 @@ pub fn apply(base: &[u8], delta: &[u8], max_len: usize) -> Result<Vec<u8>> {
 /// for, so it passes on the one it received instead of making it again.
 #[derive(Clone, Default)]
 pub struct Cache {
-    inner: Arc<Mutex<VecDeque<((Hash, Hash), Bytes)>>>,
+    inner: Arc<Mutex<VecDeque<Cached>>>,
 }
+
+/// A delta with its (base, target) hashes.
+type Cached = ((Hash, Hash), Bytes);
 
 /// Deltas kept.
 const CACHED: usize = 16;
