@@ -744,3 +744,72 @@ async fn keygen_push_and_rollback_commands_report_what_happened() {
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Real processes: a node frozen (SIGSTOP) during one deploy and a node
+/// killed (SIGKILL) during another both catch up when they come back; the
+/// push command counts them as unreachable, not as failed.
+#[test]
+fn frozen_and_killed_nodes_catch_up_on_deploys_they_missed() {
+    use nix::sys::signal::{Signal, kill};
+    let mut ring = crate::health::ProcRing::start_with(4, &["--no-watch"]);
+    ring.wait_converged(&[0, 1, 2, 3], Duration::from_secs(20), "ring formed");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = scratch("proc-deploy");
+    let push = |rt: &tokio::runtime::Runtime, to: String, n: u8| -> Hash {
+        let file = dir.join(format!("marker{n}.wasm"));
+        std::fs::write(&file, marker(n)).unwrap();
+        let args = ringhost::cli::PushArgs {
+            file,
+            to,
+            name: Some("marker".into()),
+            config: vec![],
+            key: None,
+            timeout_s: 30,
+            no_wait: false,
+        };
+        rt.block_on(client::push(&args))
+            .unwrap_or_else(|e| panic!("push {n}: {e:#}"));
+        Hash::of(&marker(n))
+    };
+    let wait_runs = |ring: &crate::health::ProcRing, i: usize, hash: Hash| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let report = ring.status(i);
+            let runs = report.as_ref().is_some_and(|r| {
+                r.deploy
+                    .stations
+                    .iter()
+                    .any(|s| s.name == "marker" && s.running == hash)
+            });
+            if runs {
+                return report.unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never ran {}: {:?}",
+                hash.short(),
+                report.map(|r| r.deploy)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    kill(ring.pid(2), Signal::SIGSTOP).unwrap();
+    let h1 = push(&rt, ring.addr(0), 1);
+    kill(ring.pid(2), Signal::SIGCONT).unwrap();
+    wait_runs(&ring, 2, h1);
+
+    ring.sigkill(1);
+    let h2 = push(&rt, ring.addr(3), 2);
+    ring.spawn(1);
+    let report = wait_runs(&ring, 1, h2);
+    // The restarted node had nothing (no data dir): the whole module.
+    assert_eq!(report.deploy.fetched_full, 1, "{:?}", report.deploy);
+    for i in [0, 2, 3] {
+        wait_runs(&ring, i, h2);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -151,7 +151,7 @@ impl ProcRing {
         format!("127.0.0.1:{}", self.base as usize + i)
     }
 
-    fn spawn(&mut self, i: usize) {
+    pub(crate) fn spawn(&mut self, i: usize) {
         let ring = format!(
             "127.0.0.1:{}-{}",
             self.base,
@@ -191,7 +191,7 @@ impl ProcRing {
         }
     }
 
-    fn pid(&self, i: usize) -> Pid {
+    pub(crate) fn pid(&self, i: usize) -> Pid {
         Pid::from_raw(self.children[i].as_ref().expect("running").id() as i32)
     }
 
@@ -212,7 +212,7 @@ impl ProcRing {
         }
     }
 
-    fn status(&self, i: usize) -> Option<Report> {
+    pub(crate) fn status(&self, i: usize) -> Option<Report> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
