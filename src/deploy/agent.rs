@@ -417,10 +417,8 @@ impl Agent {
             debug!(release = %rel.label(), peer, "neighbour has a newer release");
             self.pending.insert(rel.name.clone(), rel.clone());
             if let Some(bytes) = self.store.module(&rel.hash) {
-                let _ = self.tx.try_send(DeployMsg::Fetched {
-                    release: rel,
-                    result: Ok((bytes, Payload::Full, 0)),
-                });
+                // Already here (a rollback to a module we had).
+                self.on_fetched(rel, Ok((bytes, Payload::Full, 0)));
                 continue;
             }
             let have = self
@@ -517,6 +515,28 @@ impl Agent {
             bytes,
             Job::Install(release),
         );
+    }
+
+    /// Loads (compiles, runs `init`) a new version of `name` made here;
+    /// once it loads it becomes a release and travels.
+    fn publish(
+        &self,
+        name: String,
+        config: Vec<(String, String)>,
+        bytes: Arc<Vec<u8>>,
+        signer: Option<Hash>,
+        signature: Option<String>,
+        reply: Option<oneshot::Sender<(Reply, Bytes)>>,
+    ) {
+        let job = Job::Publish {
+            name: name.clone(),
+            config: config.clone(),
+            bytes: Arc::clone(&bytes),
+            signer,
+            signature,
+            reply,
+        };
+        self.spawn_load(name, config, bytes, job);
     }
 
     fn check_signature(&self, release: &Release, bytes: &[u8]) -> Result<()> {
@@ -802,19 +822,7 @@ impl Agent {
                     self.spawn_load(name, config, bytes, job);
                     return;
                 }
-                self.spawn_load(
-                    name.clone(),
-                    config.clone(),
-                    Arc::clone(&bytes),
-                    Job::Publish {
-                        name,
-                        config,
-                        bytes,
-                        signer,
-                        signature,
-                        reply: Some(reply),
-                    },
-                );
+                self.publish(name, config, bytes, signer, signature, Some(reply));
             }
             Request::Rollback { name } => {
                 let prev = self.store.record(&name).map(|r| r.previous().cloned());
@@ -830,19 +838,7 @@ impl Agent {
                 match prev {
                     Ok((p, bytes)) => {
                         info!(station = %name, to = %p.label(), "rolling back ring-wide");
-                        self.spawn_load(
-                            name.clone(),
-                            p.config.clone(),
-                            Arc::clone(&bytes),
-                            Job::Publish {
-                                name,
-                                config: p.config,
-                                bytes,
-                                signer: p.signer,
-                                signature: p.signature,
-                                reply: Some(reply),
-                            },
-                        );
+                        self.publish(name, p.config, bytes, p.signer, p.signature, Some(reply));
                     }
                     Err(e) => {
                         let _ = reply.send((Reply::error(e), Bytes::new()));
@@ -1018,19 +1014,7 @@ impl Agent {
             return;
         }
         info!(station = %name, bytes = bytes.len(), "station file changed; validating");
-        self.spawn_load(
-            name.clone(),
-            config.clone(),
-            Arc::clone(&bytes),
-            Job::Publish {
-                name,
-                config,
-                bytes,
-                signer,
-                signature,
-                reply: None,
-            },
-        );
+        self.publish(name, config, bytes, signer, signature, None);
     }
 }
 
