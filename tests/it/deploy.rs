@@ -813,3 +813,51 @@ fn frozen_and_killed_nodes_catch_up_on_deploys_they_missed() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The ring-wide tick sequence lives in the station's slot: swapping in a
+/// new version of `tick` (same module, new config) on every node carries
+/// the slot on, so the sequence neither resets nor skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_carries_the_station_slot_on() {
+    let mut ring = TestRing::start(3, |c| {
+        c.delay_ms = 5;
+        c.deploy.watch = false;
+    })
+    .await;
+    let tick = std::fs::read(test_station("tick")).unwrap();
+    let mut seqs = Vec::new();
+    let mut swapped = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pushed = false;
+    // Ticks before, during and after the swap on all three nodes.
+    while swapped.len() < 3 || seqs.len() < 60 {
+        let ev = ring.next_event(deadline, "ticks around the swap").await;
+        match &ev.kind {
+            EventKind::StationLog { message, .. } if message.starts_with("tick ") => {
+                let seq = message
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("seq="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .expect("tick line has seq");
+                seqs.push(seq);
+            }
+            EventKind::StationSwapped { station, .. } if station == "tick" => {
+                swapped.insert(ev.node);
+            }
+            _ => {}
+        }
+        if !pushed && seqs.len() >= 20 {
+            pushed = true;
+            let reply = push_to(&addr(&ring, 0), "tick", &tick, &[("quiet", "false")]).await;
+            assert_eq!(released(reply).version, 1);
+        }
+    }
+    for w in seqs.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "tick sequence continues across the swap: {seqs:?}"
+        );
+    }
+    ring.shutdown().await;
+}
