@@ -214,6 +214,10 @@ pub struct Agent {
     /// Modules this node was started with: trusted without a signature.
     local: Vec<Hash>,
     sign_key: Option<SigningKey>,
+    /// Releases refused here for their signature: not fetched again.
+    rejected: Vec<(u64, u32, Hash)>,
+    /// The newest refused release per name, passed on to the successor.
+    relayed: std::collections::BTreeMap<String, Release>,
     /// Deltas made or received, to serve the next node without redoing.
     deltas: delta::Cache,
     counters: (u64, u64, u64),
@@ -338,6 +342,8 @@ pub async fn start(
         peers: HashMap::new(),
         local,
         sign_key,
+        rejected: Vec::new(),
+        relayed: Default::default(),
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
         tx: tx.clone(),
@@ -406,6 +412,9 @@ impl Agent {
             if rel.version == 0 {
                 continue;
             }
+            if self.rejected.contains(&rel.key()) {
+                continue; // refused once (hash or signature): not again
+            }
             let newer = self.current(&rel.name).is_none_or(|c| rel.newer_than(c))
                 && self
                     .pending
@@ -421,28 +430,24 @@ impl Agent {
                 self.on_fetched(rel, Ok((bytes, Payload::Full, 0)));
                 continue;
             }
-            let have = self
+            let have_recorded = self
                 .store
                 .record(&rel.name)
                 .map(|r| r.hashes())
                 .unwrap_or_default();
-            let mut have: Vec<Hash> = have
-                .into_iter()
-                .filter(|h| self.store.module(h).is_some())
-                .collect();
-            if let Some(running) = self.running.get(&rel.name)
-                && !have.contains(running)
-            {
-                have.insert(0, *running);
-            }
-            let addr = self.config.ring.members()[peer].addr.clone();
-            let max_frame = self.config.max_frame_bytes;
-            let tx = self.tx.clone();
-            let cache = self.deltas.clone();
+            let mut have: Vec<Hash> = self.running.get(&rel.name).copied().into_iter().collect();
+            have.extend(have_recorded);
+            have.dedup();
+            // Offer only bases we can patch.
             let bases: HashMap<Hash, Arc<Vec<u8>>> = have
                 .iter()
                 .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
                 .collect();
+            have.retain(|h| bases.contains_key(h));
+            let addr = self.config.ring.members()[peer].addr.clone();
+            let max_frame = self.config.max_frame_bytes;
+            let tx = self.tx.clone();
+            let cache = self.deltas.clone();
             tokio::spawn(
                 async move {
                     let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
@@ -469,8 +474,20 @@ impl Agent {
             return; // overtaken by a newer release
         }
         let checked = result.and_then(|(bytes, payload, wire_bytes)| {
-            self.check_signature(&release, &bytes)
-                .map_err(|e| format!("{e:#}"))?;
+            if Hash::of(&bytes) != release.hash {
+                return Err("module does not match the release hash".into());
+            }
+            if let Err(e) = self.check_signature(&release, &bytes) {
+                // Not ours to run, but the bytes are what the release
+                // names: keep them and pass the release on, so nodes after
+                // this one (which may trust other keys) still get it.
+                self.rejected.push(release.key());
+                if self.store.put_module(Arc::clone(&bytes)).is_ok() {
+                    self.relayed.insert(release.name.clone(), release.clone());
+                    self.announce();
+                }
+                return Err(format!("{e:#}"));
+            }
             if wire_bytes > 0 {
                 match payload {
                     Payload::Full => self.counters.0 += 1,
@@ -743,13 +760,24 @@ impl Agent {
         let _ = self.owner.try_send(OwnerCmd::Announce(list));
     }
 
+    /// Current releases (version >= 1), and releases refused here but
+    /// passed on (when newer than ours): what neighbours compare.
     fn releases(&self) -> Vec<Release> {
-        self.store
+        let mut out: Vec<Release> = self
+            .store
             .records()
             .values()
             .filter(|r| r.current.version > 0)
             .map(|r| r.current.clone())
-            .collect()
+            .collect();
+        for r in self.relayed.values() {
+            match out.iter_mut().find(|c| c.name == r.name) {
+                Some(c) if r.newer_than(c) => *c = r.clone(),
+                Some(_) => {}
+                None => out.push(r.clone()),
+            }
+        }
+        out
     }
 
     fn publish_view(&mut self) {

@@ -861,3 +861,38 @@ async fn a_swap_carries_the_station_slot_on() {
     }
     ring.shutdown().await;
 }
+
+/// Every node checks what it fetches: a node that trusts a key refuses an
+/// unsigned release that its neighbours accept, keeps its version, says
+/// so, and still passes the release on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_trust_refuses_an_unsigned_release_from_its_neighbour() {
+    let key = sign::generate().verifying_key();
+    let mut ring = TestRing::start(3, move |c| {
+        quick(c);
+        if c.index == 1 {
+            c.deploy.trust = vec![key];
+        }
+    })
+    .await;
+    let v1 = released(push_to(&addr(&ring, 0), "marker", &marker(1), &[]).await);
+    let ev = ring
+        .wait_for(
+            Duration::from_secs(20),
+            "node 1 refusing the release",
+            |e| e.node == 1 && matches!(e.kind, EventKind::DeployFailed { .. }),
+        )
+        .await;
+    let EventKind::DeployFailed { reason, .. } = ev.kind else {
+        unreachable!()
+    };
+    assert!(reason.contains("unsigned"), "{reason}");
+    wait_running(&ring, &[0, 2], "marker", v1.hash, Duration::from_secs(20)).await;
+    // Node 1 passed the release on (node 2 got it through it) but runs
+    // none of it.
+    let v = view(&ring, 1);
+    assert!(v.stations.iter().all(|s| s.name != "marker"), "{v:?}");
+    let st = v.stations.iter().find(|s| s.name == "tick").unwrap();
+    assert_eq!(st.version, 0);
+    ring.shutdown().await;
+}
