@@ -258,6 +258,12 @@ fn delta_sizes(marker: &[u8], marker2: &[u8]) -> Result<Deltas> {
         )?,
         measure("marker -> marker2, small logic change", marker, marker2)?,
         measure("1 MB module, one constant", &big, &big7)?,
+        // The same pad after marker2: a small code change to a 1 MB module.
+        measure(
+            "1 MB module, small logic change",
+            &big,
+            &padded(marker2, big.len() - marker.len() + marker2.len(), 1),
+        )?,
     ];
     let d = delta::make(&big, &big7)?;
     let mut times = Vec::new();
@@ -825,9 +831,7 @@ fn print_report(runs: usize, rows: &[SizeRow], deltas: &Deltas) {
         compiles.join(", ")
     );
     println!();
-    println!(
-        "2. delta sizes (zstd, old module as reference prefix; level 19 up to 256 KB, 9 above)"
-    );
+    println!("2. delta sizes (zstd, old module as reference prefix; level 19 up to 4 MB, 9 above)");
     println!(
         "{:<44} {:>10} {:>10} {:>10}",
         "change", "module", "delta", "make"
