@@ -498,7 +498,14 @@ impl Agent {
             }
             Ok(bytes)
         });
-        let bytes = match checked {
+        let recorded = checked.and_then(|bytes| {
+            self.store
+                .put_module(Arc::clone(&bytes))
+                .and_then(|_| self.store.set_current(release.clone()))
+                .map(|()| bytes)
+                .map_err(|e| format!("recording it: {e:#}"))
+        });
+        let bytes = match recorded {
             Ok(b) => b,
             Err(e) => {
                 self.pending.remove(&release.name);
@@ -510,19 +517,6 @@ impl Agent {
                 return;
             }
         };
-        if let Err(e) = self
-            .store
-            .put_module(Arc::clone(&bytes))
-            .and_then(|_| self.store.set_current(release.clone()))
-        {
-            self.pending.remove(&release.name);
-            self.fail(
-                &release.name,
-                Some(release.version),
-                format!("recording {}: {e:#}", release.label()),
-            );
-            return;
-        }
         // Pass it on before compiling: the next node fetches while we
         // compile.
         self.announce();
