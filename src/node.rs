@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +35,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
 use crate::deploy::agent::{self as deploy, DeployMsg, DeployView, OwnerCmd};
+use crate::deploy::release::{Release, Reply};
 use crate::observe::{EventKind, Observer};
 use crate::ring::state::{
     Action, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
@@ -61,6 +63,14 @@ type AckSlot = Arc<std::sync::Mutex<Option<(ParticleId, u64)>>>;
 struct Downlink {
     writer: SharedWriter,
     task: JoinHandle<()>,
+}
+
+impl Downlink {
+    /// Writes one frame within `limit`; whether it went out.
+    async fn write(&self, frame: &Frame, limit: Duration) -> bool {
+        let mut w = self.writer.lock().await;
+        matches!(timeout(limit, w.write_frame(frame)).await, Ok(Ok(())))
+    }
 }
 
 impl Drop for Downlink {
@@ -428,11 +438,7 @@ impl Owner {
                     return; // the handshake of the next link carries them
                 };
                 let limit = Duration::from_millis(self.config.write_timeout_ms);
-                let mut w = d.writer.lock().await;
-                if !matches!(
-                    timeout(limit, w.write_frame(&Frame::Announce(releases))).await,
-                    Ok(Ok(()))
-                ) {
+                if !d.write(&Frame::Announce(releases), limit).await {
                     debug!("announce not written; the next handshake carries it");
                 }
             }
@@ -551,11 +557,7 @@ impl Owner {
                 }
                 let limit = Duration::from_millis(self.config.write_timeout_ms);
                 let sent = match self.links.get(&link) {
-                    Some(d) => {
-                        let frame = Frame::Particle(particle);
-                        let mut w = d.writer.lock().await;
-                        matches!(timeout(limit, w.write_frame(&frame)).await, Ok(Ok(())))
-                    }
+                    Some(d) => d.write(&Frame::Particle(particle), limit).await,
                     None => false,
                 };
                 if !sent {
@@ -715,7 +717,7 @@ type Dialed = (
     FrameWriter<OwnedWriteHalf>,
     FrameReader<OwnedReadHalf>,
     Option<ParticleId>,
-    Vec<crate::deploy::release::Release>,
+    Vec<Release>,
 );
 
 /// Connects to a member and exchanges hellos, all within the handshake
@@ -897,18 +899,16 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
                 blob,
                 reply: otx,
             };
+            let failed = |why: &str| (Reply::error(why), Bytes::new());
             let (reply, blob) = if deploy_tx.send(msg).await.is_err() {
-                (
-                    crate::deploy::release::Reply::error("node stopping"),
-                    bytes::Bytes::new(),
-                )
+                failed("node stopping")
             } else {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     r = timeout(answer_limit, orx) => match r {
                         Ok(Ok(answer)) => answer,
-                        Ok(Err(_)) => (crate::deploy::release::Reply::error("request dropped"), bytes::Bytes::new()),
-                        Err(_) => (crate::deploy::release::Reply::error("request timed out"), bytes::Bytes::new()),
+                        Ok(Err(_)) => failed("request dropped"),
+                        Err(_) => failed("request timed out"),
                     },
                 }
             };

@@ -270,8 +270,10 @@ pub async fn start(
         let inbox = Inbox::default();
         let spec = config.stations.iter().find(|s| s.name == name);
         // The configured module, recorded as version 0 if nothing newer.
+        let mut configured = None;
         if let Some(spec) = spec {
             let bytes = Arc::new(read_source(&spec.source).await?);
+            configured = Some((spec, Arc::clone(&bytes)));
             let hash = store.put_module(Arc::clone(&bytes))?;
             local.push(hash);
             if store.record(&name).is_none() {
@@ -309,11 +311,11 @@ pub async fn start(
                 None => warn!(release = %rel.label(), "module of the recorded release missing"),
             }
         }
-        let station = match (loaded, spec) {
+        let station = match (loaded, configured) {
             (Some(s), _) => s,
-            (None, Some(spec)) => {
+            (None, Some((spec, bytes))) => {
                 let env = base.env(&name, inbox.clone());
-                host.load(spec, env, limits)
+                host.load_bytes(&name, &spec.config, bytes, env, limits)
                     .await
                     .with_context(|| format!("loading station {name:?}"))?
             }
@@ -473,11 +475,10 @@ impl Agent {
         if self.pending.get(&release.name) != Some(&release) {
             return; // overtaken by a newer release
         }
+        // The bytes match the release hash: `fetch` checked what it
+        // rebuilt, and the store is content-addressed.
         let checked = result.and_then(|(bytes, payload, wire_bytes)| {
-            if Hash::of(&bytes) != release.hash {
-                return Err("module does not match the release hash".into());
-            }
-            if let Err(e) = self.check_signature(&release, &bytes) {
+            if let Err(e) = self.check_signature(&release) {
                 // Not ours to run, but the bytes are what the release
                 // names: keep them and pass the release on, so nodes after
                 // this one (which may trust other keys) still get it.
@@ -550,10 +551,9 @@ impl Agent {
         self.spawn_load(name, config, bytes, job);
     }
 
-    fn check_signature(&self, release: &Release, bytes: &[u8]) -> Result<()> {
-        if Hash::of(bytes) != release.hash {
-            bail!("module does not match the release hash");
-        }
+    /// Whether this node's trust settings accept `release` (its module's
+    /// hash already checked by the caller).
+    fn check_signature(&self, release: &Release) -> Result<()> {
         if self.config.deploy.trust.is_empty() || self.local.contains(&release.hash) {
             return Ok(());
         }
@@ -828,7 +828,7 @@ impl Agent {
                     signature: signature.clone(),
                 };
                 let check = check_name(&name)
-                    .and_then(|()| self.check_signature(&fake, &bytes))
+                    .and_then(|()| self.check_signature(&fake))
                     .map_err(|e| format!("push of {name} refused: {e:#}"));
                 if let Err(e) = check {
                     warn!(station = %name, reason = %e, "push refused");
@@ -1027,7 +1027,7 @@ impl Agent {
             signer,
             signature: signature.clone(),
         };
-        if let Err(e) = self.check_signature(&probe, &bytes) {
+        if let Err(e) = self.check_signature(&probe) {
             self.fail(
                 &name,
                 None,

@@ -28,6 +28,7 @@ use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 pub use host_api::{Inbox, KvStore, StationEnv, StationState, unix_ms};
 
 use crate::config::{StationSource, StationSpec};
+use crate::deploy::release::Hash;
 use crate::observe::EventKind;
 use crate::ring::token::Particle;
 
@@ -201,8 +202,16 @@ impl StationHost {
     /// When the bytes are not a component, or it does not fit the world
     /// (missing exports, imports we do not provide).
     pub fn compile(&self, bytes: &[u8]) -> Result<bindings::StationPre<StationState>> {
-        use sha2::{Digest, Sha256};
-        let key: [u8; 32] = Sha256::digest(bytes).into();
+        self.compile_hashed(Hash::of(bytes), bytes)
+    }
+
+    /// [`Self::compile`] for bytes whose sha-256 the caller already has.
+    fn compile_hashed(
+        &self,
+        hash: Hash,
+        bytes: &[u8],
+    ) -> Result<bindings::StationPre<StationState>> {
+        let key = hash.0;
         let cached = self.compiled.lock().expect("cache lock").get(&key).cloned();
         let component = match cached {
             Some(c) => c,
@@ -295,8 +304,8 @@ impl StationHost {
             );
         }
         let host = Arc::clone(self);
-        let hash = crate::deploy::release::Hash::of(&bytes);
-        let pre = tokio::task::spawn_blocking(move || host.compile(&bytes))
+        let hash = Hash::of(&bytes);
+        let pre = tokio::task::spawn_blocking(move || host.compile_hashed(hash, &bytes))
             .await
             .context("compile task")?
             .map_err(|e| anyhow!("station {name}: {e:#}"))?;
@@ -362,7 +371,7 @@ struct Live {
 pub struct Station {
     name: String,
     config: Vec<(String, String)>,
-    hash: crate::deploy::release::Hash,
+    hash: Hash,
     host: Arc<StationHost>,
     pre: bindings::StationPre<StationState>,
     live: Option<Live>,
@@ -388,7 +397,7 @@ impl Station {
     }
 
     /// sha-256 of the component.
-    pub fn hash(&self) -> crate::deploy::release::Hash {
+    pub fn hash(&self) -> Hash {
         self.hash
     }
 
