@@ -573,7 +573,16 @@ impl NodeConfig {
             failure_timeout: Duration::from_millis(self.failure_timeout_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             token_timeout: Duration::from_millis(self.token_timeout_ms),
+            visit_bound: self.visit_bound(self.stations.len()),
         }
+    }
+
+    /// Longest a visit of a pipeline of `stations` can take: every call is
+    /// interrupted at the station deadline; the owner's own work between
+    /// calls is given 100 ms more.
+    pub fn visit_bound(&self, stations: usize) -> Duration {
+        self.station_timeout() * u32::try_from(stations.max(1)).unwrap_or(u32::MAX)
+            + Duration::from_millis(100)
     }
 
     /// Duration helper for `station_timeout_ms`.

@@ -29,6 +29,22 @@ use std::future::Future;
 
 use anyhow::{Context, Result};
 
+/// Exit code of a node that cannot bind its ring port (taken by another
+/// program, or not an address of this machine). `ringhost up` does not
+/// respawn such a node: it stops and names the port.
+pub const EXIT_CANNOT_BIND: u8 = 3;
+
+/// A node could not bind its ring port: `main` exits with
+/// [`EXIT_CANNOT_BIND`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the ring port {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: String,
+    /// Why (address in use, not local…).
+    pub source: std::io::Error,
+}
+
 /// Runs what the command line asks for until `shutdown` resolves.
 ///
 /// # Errors
@@ -65,7 +81,10 @@ async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Re
         .unwrap_or_else(|| config.me().addr.clone());
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
-        .with_context(|| format!("binding the ring port on {bind}"))?;
+        .map_err(|source| BindError {
+            addr: bind.clone(),
+            source,
+        })?;
     let host = station::StationHost::with_cache(args.stations.cache_dir())?;
     let ring = config.ring.clone();
     let (observer, events) = if args.respawn {

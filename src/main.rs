@@ -30,7 +30,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<ringhost::BindError>().is_some() {
+                ExitCode::from(ringhost::EXIT_CANNOT_BIND)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -38,9 +38,9 @@ use crate::deploy::agent::{self as deploy, DeployMsg, DeployView, OwnerCmd};
 use crate::deploy::release::{Release, Reply};
 use crate::observe::{EventKind, Observer};
 use crate::ring::state::{
-    Action, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
+    Action, Beacon, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
 };
-use crate::ring::token::{Particle, ParticleId};
+use crate::ring::token::{Alive, Particle, ParticleId};
 use crate::station::{Inbox, KvStore, NodeInfo, Pipeline, StationHost, StationLimits, StopBase};
 use crate::status::{self, Samples};
 use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
@@ -86,7 +86,7 @@ enum Msg {
         from: UpstreamId,
         ack: AckSlot,
     },
-    UpstreamAlive,
+    UpstreamAlive(Option<Alive>),
     UpstreamClosed(UpstreamId),
     Dialed {
         link: LinkId,
@@ -94,6 +94,8 @@ enum Msg {
         downlink: Option<Downlink>,
     },
     Heard(LinkId),
+    /// The successor on this link is stopping cleanly.
+    Left(LinkId),
     Forwarded {
         link: LinkId,
         id: ParticleId,
@@ -230,6 +232,7 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let (tx, rx) = mpsc::channel(256);
     let (seen_tx, seen_rx) = watch::channel(None);
+    let (beacon_tx, _) = watch::channel(None);
     tracker.spawn(started.agent.run(cancel.clone()).instrument(span.clone()));
     if config.deploy.watch {
         let _entered = span.enter();
@@ -269,6 +272,7 @@ pub async fn start(
         upstreams: HashMap::new(),
         hold_until: None,
         seen_tx,
+        beacon_tx,
         last_refusal: None,
         linked: None,
         stats: Stats::default(),
@@ -322,6 +326,8 @@ struct Owner {
     upstreams: HashMap<UpstreamId, AckSlot>,
     hold_until: Option<tokio::time::Instant>,
     seen_tx: watch::Sender<Option<ParticleId>>,
+    /// What the link tasks' pings say of the particle.
+    beacon_tx: watch::Sender<Option<Beacon>>,
     last_refusal: Option<String>,
     /// The successor last reported linked (to log changes only).
     linked: Option<usize>,
@@ -369,6 +375,14 @@ impl Owner {
         let mut actions = Vec::new();
         while let Some(event) = events.pop_front() {
             self.state.handle(event, &mut actions);
+            // Before the actions: a visit runs inline, and the link tasks
+            // must vouch for the particle meanwhile.
+            let beacon = self.state.beacon();
+            self.beacon_tx.send_if_modified(|b| {
+                let changed = *b != beacon;
+                *b = beacon;
+                changed
+            });
             for action in std::mem::take(&mut actions) {
                 self.execute(action, events).await;
             }
@@ -417,6 +431,8 @@ impl Owner {
                 let started = Instant::now();
                 let old = self.pipeline.swap(*station);
                 let pause = started.elapsed();
+                let bound = self.config.visit_bound(self.pipeline.stations().len());
+                self.state.set_visit_bound(bound);
                 // Dropping an instance takes tens of microseconds: not on
                 // the particle's path.
                 if let Some(old) = old {
@@ -460,7 +476,7 @@ impl Owner {
                     now,
                 });
             }
-            Msg::UpstreamAlive => events.push_back(Event::UpstreamAlive { now }),
+            Msg::UpstreamAlive(alive) => events.push_back(Event::UpstreamAlive { alive, now }),
             Msg::UpstreamClosed(id) => {
                 self.upstreams.remove(&id);
             }
@@ -493,6 +509,11 @@ impl Owner {
                 events.push_back(Event::Dialed { link, result, now });
             }
             Msg::Heard(link) => events.push_back(Event::Heard { link, now }),
+            Msg::Left(link) => {
+                if self.links.remove(&link).is_some() {
+                    events.push_back(Event::Left { link, now });
+                }
+            }
             Msg::Forwarded { link, id, hop } => {
                 events.push_back(Event::Forwarded { link, id, hop, now });
             }
@@ -596,12 +617,16 @@ impl Owner {
                     },
                 );
             }
-            Action::MemberDown { peer, reason } => {
-                self.stats.member_downs += 1;
+            Action::MemberDown { peer, reason, left } => {
                 let name = &self.config.ring.members()[peer].name;
-                warn!(member = peer, %name, %reason, "successor declared dead; skipping it");
+                if left {
+                    info!(member = peer, %name, "successor left the ring; skipping it");
+                } else {
+                    self.stats.member_downs += 1;
+                    warn!(member = peer, %name, %reason, "successor declared dead; skipping it");
+                }
                 self.observer
-                    .emit(me, EventKind::MemberDown { peer, reason });
+                    .emit(me, EventKind::MemberDown { peer, reason, left });
             }
             Action::MemberUp { peer } => {
                 let name = &self.config.ring.members()[peer].name;
@@ -626,6 +651,7 @@ impl Owner {
         };
         let tx = self.tx.clone();
         let deploy_tx = self.deploy_tx.clone();
+        let beacon = self.beacon_tx.subscribe();
         let config = Arc::clone(&self.config);
         let cancel = self.cancel.clone();
         let tracker = self.tracker.clone();
@@ -637,11 +663,12 @@ impl Owner {
                     () = async {
                         tokio::time::sleep(after).await;
                         let (result, downlink) = match dial(&addr, hello, &config).await {
-                            Ok((writer, reader, peer_seen, releases)) => {
+                            Ok(Dialed { writer, reader, peer_seen, releases, beacons }) => {
                                 let _ = deploy_tx.send(DeployMsg::PeerReleases { peer, releases }).await;
                                 let writer = Arc::new(tokio::sync::Mutex::new(writer));
+                                let beacon = beacons.then_some(beacon);
                                 let task = tracker.spawn(
-                                    run_downlink(link, Arc::clone(&writer), reader, tx.clone(), Arc::clone(&config), cancel.clone())
+                                    run_downlink(link, Arc::clone(&writer), reader, tx.clone(), Arc::clone(&config), beacon, cancel.clone())
                                         .in_current_span(),
                                 );
                                 (DialResult::Up { peer_seen }, Some(Downlink { writer, task }))
@@ -713,12 +740,17 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-type Dialed = (
-    FrameWriter<OwnedWriteHalf>,
-    FrameReader<OwnedReadHalf>,
-    Option<ParticleId>,
-    Vec<Release>,
-);
+/// A link to a successor, handshake done.
+struct Dialed {
+    writer: FrameWriter<OwnedWriteHalf>,
+    reader: FrameReader<OwnedReadHalf>,
+    /// The successor's highest particle.
+    peer_seen: Option<ParticleId>,
+    /// The successor's current releases.
+    releases: Vec<Release>,
+    /// The successor reads pings that carry an [`Alive`].
+    beacons: bool,
+}
 
 /// Connects to a member and exchanges hellos, all within the handshake
 /// timeout.
@@ -739,9 +771,13 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
             .await
             .map_err(|e| DialResult::Failed(format!("sending hello: {e}")))?;
         match reader.read_frame().await {
-            Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => {
-                Ok((writer, reader, w.seen, w.releases))
-            }
+            Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => Ok(Dialed {
+                writer,
+                reader,
+                peer_seen: w.seen,
+                releases: w.releases,
+                beacons: w.beacons,
+            }),
             Ok(Some(Frame::Welcome(w))) => Err(DialResult::Refused(format!(
                 "successor speaks protocol {}, we speak {PROTOCOL_VERSION}",
                 w.version
@@ -767,37 +803,56 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
 /// (pongs, custody acks) and the link's end. The owner writes particles to
 /// the shared writer itself. Ends when the owner drops the link (aborting
 /// this task), the link fails, or the node stops.
+///
+/// With `beacon` (the successor reads them), every ping carries what this
+/// node knows of the particle, and a ping goes out at once when that news
+/// is fresher by half a heartbeat than the last one sent: word that a
+/// member holds the particle crosses the ring in link latencies, not in
+/// heartbeats.
 async fn run_downlink(
     link: LinkId,
     writer: SharedWriter,
     mut reader: FrameReader<OwnedReadHalf>,
     tx: mpsc::Sender<Msg>,
     config: Arc<NodeConfig>,
+    mut beacon: Option<watch::Receiver<Option<Beacon>>>,
     cancel: CancellationToken,
 ) {
     let write_limit = Duration::from_millis(config.write_timeout_ms);
-    let mut ping = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
+    let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
+    let mut ping = tokio::time::interval(heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
+    let mut vouched: Option<Instant> = None;
     let why = loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ping.tick() => {
-                // The write happens in the arm's body, never inside the
-                // select, so a frame is never cut in half by a cancelled
-                // branch.
-                n += 1;
-                let mut w = writer.lock().await;
-                match timeout(write_limit, w.write_frame(&Frame::Ping(n))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break format!("write: {e}"),
-                    Err(_) => break format!("write timed out after {write_limit:?}"),
-                }
+        let news = async {
+            match beacon.as_mut() {
+                Some(b) => b.changed().await,
+                None => std::future::pending().await,
             }
+        };
+        let send = tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ping.tick() => true,
+            r = news => match r {
+                Ok(()) => {
+                    let now = Instant::now();
+                    let at = beacon.as_ref().and_then(|b| b.borrow().map(|b| b.vouched_at(now)));
+                    at.is_some_and(|at| vouched.is_none_or(|v| at > v + heartbeat / 2))
+                }
+                Err(_) => {
+                    beacon = None; // the owner is gone; plain pings until the end
+                    false
+                }
+            },
             r = reader.read_frame() => {
                 let msg = match r {
                     Ok(Some(Frame::Pong(_))) => Msg::Heard(link),
                     Ok(Some(Frame::Forwarded { id, hop })) => Msg::Forwarded { link, id, hop },
+                    Ok(Some(Frame::Leave)) => {
+                        let _ = tx.send(Msg::Left(link)).await;
+                        return;
+                    }
                     Ok(Some(other)) => break format!("unexpected {} from the successor", other.kind_name()),
                     Ok(None) => break "closed by the successor".to_string(),
                     Err(e) => break e.to_string(),
@@ -805,6 +860,22 @@ async fn run_downlink(
                 if tx.send(msg).await.is_err() {
                     return;
                 }
+                false
+            }
+        };
+        if send {
+            // The write happens here, never inside the select, so a frame
+            // is never cut in half by a cancelled branch.
+            n += 1;
+            let now = Instant::now();
+            let b = beacon.as_ref().and_then(|b| *b.borrow());
+            let alive = b.map(|b| b.alive(now));
+            vouched = b.map(|b| b.vouched_at(now)).or(vouched);
+            let mut w = writer.lock().await;
+            match timeout(write_limit, w.write_frame(&Frame::Ping { n, alive })).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break format!("write: {e}"),
+                Err(_) => break format!("write timed out after {write_limit:?}"),
             }
         }
     };
@@ -938,6 +1009,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         node_index: config.index as u32,
         seen: *seen.borrow(),
         releases: deploy_view.borrow().releases.clone(),
+        beacons: true,
     });
     match timeout(limit, writer.write_frame(&welcome)).await {
         Ok(Ok(())) => {}
@@ -955,7 +1027,13 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let write_limit = Duration::from_millis(config.write_timeout_ms);
     let end = loop {
         let frame = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                // A clean stop: tell the predecessor this is a leave, so it
+                // skips us at once and nobody respawns us.
+                let limit = write_limit.min(Duration::from_millis(200));
+                let _ = timeout(limit, writer.write_frame(&Frame::Leave)).await;
+                return;
+            }
             r = reader.read_frame() => r,
         };
         let n = match frame {
@@ -980,7 +1058,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
                 }
                 continue;
             }
-            Ok(Some(Frame::Ping(n))) => n,
+            Ok(Some(Frame::Ping { n, alive })) => (n, alive),
             Ok(Some(other)) => {
                 break Some(format!(
                     "unexpected {} on an upstream link",
@@ -990,7 +1068,8 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             Ok(None) => break None,
             Err(e) => break Some(format!("bad frame: {e}")),
         };
-        if tx.send(Msg::UpstreamAlive).await.is_err() {
+        let (n, alive) = n;
+        if tx.send(Msg::UpstreamAlive(alive)).await.is_err() {
             return;
         }
         // Custody acks ride along with the pongs.

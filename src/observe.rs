@@ -59,6 +59,8 @@ pub enum EventKind {
         peer: usize,
         /// Why.
         reason: String,
+        /// It said it was stopping (a clean leave, not a failure).
+        left: bool,
     },
     /// Member `peer` answered a probe and was spliced back in.
     MemberUp {

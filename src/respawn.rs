@@ -103,6 +103,13 @@ pub async fn run(
                 Some(EventKind::SuccessorLinked { successor }) => {
                     slots.entry(successor).or_default().seen_alive = true;
                 }
+                Some(EventKind::MemberDown { peer, left: true, .. }) => {
+                    // A clean stop is the operator's will: not a death.
+                    let slot = slots.entry(peer).or_default();
+                    slot.down = false;
+                    slot.retry_at = None;
+                    info!(member = peer, "member left the ring; not respawning it");
+                }
                 Some(EventKind::MemberDown { peer, .. }) => {
                     let slot = slots.entry(peer).or_default();
                     slot.down = true;

@@ -44,8 +44,34 @@ pub const RESPAWN_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// What a node keeper reports to the supervisor.
 enum Report {
-    Exited { port: u16, status: String },
-    GaveUp { port: u16 },
+    Exited {
+        port: u16,
+        status: String,
+    },
+    GaveUp {
+        port: u16,
+    },
+    /// The node could not bind its port: the ring cannot run as asked.
+    CannotBind {
+        port: u16,
+    },
+}
+
+/// Checks that every node's port can be bound before any node starts, so
+/// a port held by another program is named at once.
+///
+/// # Errors
+/// The first port that cannot be bound, and why.
+fn check_ports(host: &str, ports: impl Iterator<Item = u16>) -> Result<()> {
+    for port in ports {
+        if let Err(e) = std::net::TcpListener::bind((host, port)) {
+            anyhow::bail!(
+                "port {port} on {host} cannot be bound ({e}): another program holds it; \
+                 stop it or choose other ports with --base-port"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs the ring until `shutdown` resolves, then stops every node.
@@ -55,6 +81,7 @@ enum Report {
 /// every node has been given up on.
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ring = args.ring()?;
+    check_ports(&args.host, (0..args.nodes).map(|i| args.base_port + i))?;
     // Check the stations once here rather than failing in every child, and
     // compile them once into the cache, so the nodes start in milliseconds
     // instead of each compiling the same code.
@@ -134,6 +161,13 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
                 }
                 r = report_rx.recv() => match r {
                     Some(Report::Exited { port, status }) => error!(port, %status, "node exited"),
+                    Some(Report::CannotBind { port }) => {
+                        failure = Some(anyhow::anyhow!(
+                            "node {port} cannot bind its port (another program holds it?); \
+                             stopping the ring"
+                        ));
+                        break;
+                    }
                     Some(Report::GaveUp { port }) => {
                         error!(port, "node keeps failing; gave up respawning it");
                         given_up += 1;
@@ -197,6 +231,9 @@ impl Keeper {
                 }
             };
             drop(stdin);
+            let cannot_bind = status
+                .as_ref()
+                .is_ok_and(|s| s.code() == Some(i32::from(crate::EXIT_CANNOT_BIND)));
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
             let _ = self
                 .report
@@ -205,6 +242,13 @@ impl Keeper {
                     status,
                 })
                 .await;
+            if cannot_bind {
+                let _ = self
+                    .report
+                    .send(Report::CannotBind { port: self.port })
+                    .await;
+                return;
+            }
             if !self.respawn {
                 return;
             }

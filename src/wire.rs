@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::deploy::release::{Release, Reply, Request};
-use crate::ring::token::{Particle, ParticleId};
+use crate::ring::token::{Alive, Particle, ParticleId};
 
 /// Protocol version spoken on the ring port. Peers must match exactly.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -32,7 +32,10 @@ const KIND_REFUSE: u8 = 0x03;
 const KIND_PARTICLE: u8 = 0x10;
 const KIND_PING: u8 = 0x20;
 const KIND_PONG: u8 = 0x21;
+/// A ping's body with an [`Alive`]: number, generation, origin, age, relays.
+const PING_ALIVE_BYTES: usize = 8 + 8 + 4 + 4 + 2;
 const KIND_FORWARDED: u8 = 0x22;
+const KIND_LEAVE: u8 = 0x23;
 const KIND_STATUS_REQUEST: u8 = 0x30;
 const KIND_STATUS: u8 = 0x31;
 const KIND_ANNOUNCE: u8 = 0x40;
@@ -70,6 +73,10 @@ pub struct Welcome {
     /// The acceptor's current station releases, as in [`Hello`].
     #[serde(default)]
     pub releases: Vec<Release>,
+    /// The acceptor reads pings that carry an [`Alive`] (absent from
+    /// nodes older than that: they get plain 8-byte pings).
+    #[serde(default)]
+    pub beacons: bool,
 }
 
 /// The accepting node's answer when it refuses the link.
@@ -90,8 +97,16 @@ pub enum Frame {
     Refuse(Refuse),
     /// The particle, predecessor → successor.
     Particle(Particle),
-    /// Predecessor → successor, every heartbeat interval.
-    Ping(u64),
+    /// Predecessor → successor, every heartbeat interval (and at once when
+    /// the sender learns the particle is alive), with the sender's freshest
+    /// word on the particle when the successor said it takes one
+    /// ([`Welcome::beacons`]). 8 bytes of body without it, 26 with it.
+    Ping {
+        /// The ping's number, echoed by the pong.
+        n: u64,
+        /// The particle known alive, if the sender knows it.
+        alive: Option<Alive>,
+    },
     /// Successor → predecessor, answering a ping with its number.
     Pong(u64),
     /// Successor → predecessor: the particle `id` received at `hop` was
@@ -102,6 +117,9 @@ pub enum Frame {
         /// The hop it was received with.
         hop: u64,
     },
+    /// Successor → predecessor: the successor is stopping cleanly (a
+    /// leave, not a failure: it is not to be respawned).
+    Leave,
     /// A tool asks for the node's status (instead of a hello).
     StatusRequest,
     /// The node's status, as JSON text (see `status.rs`).
@@ -152,9 +170,15 @@ impl Frame {
             Frame::Hello(h) => json_body(out, KIND_HELLO, h),
             Frame::Welcome(w) => json_body(out, KIND_WELCOME, w),
             Frame::Refuse(r) => json_body(out, KIND_REFUSE, r),
-            Frame::Ping(n) => {
+            Frame::Ping { n, alive } => {
                 out.put_u8(KIND_PING);
                 out.put_u64(*n);
+                if let Some(a) = alive {
+                    out.put_u64(a.id.generation);
+                    out.put_u32(a.id.origin);
+                    out.put_u32(a.age_ms);
+                    out.put_u16(a.relays);
+                }
             }
             Frame::Pong(n) => {
                 out.put_u8(KIND_PONG);
@@ -170,6 +194,7 @@ impl Frame {
             Frame::Request(req, blob) => json_blob(out, KIND_REQUEST, req, blob),
             Frame::Reply(reply, blob) => json_blob(out, KIND_REPLY, reply, blob),
             Frame::StatusRequest => out.put_u8(KIND_STATUS_REQUEST),
+            Frame::Leave => out.put_u8(KIND_LEAVE),
             Frame::Status(json) => {
                 out.put_u8(KIND_STATUS);
                 out.put_slice(json.as_bytes());
@@ -213,16 +238,36 @@ impl Frame {
             KIND_WELCOME => Ok(Frame::Welcome(serde_json::from_slice(&body)?)),
             KIND_REFUSE => Ok(Frame::Refuse(serde_json::from_slice(&body)?)),
             KIND_PARTICLE => decode_particle(body).map(Frame::Particle),
-            KIND_PING | KIND_PONG => {
-                if body.len() != 8 {
-                    return Err(WireError::Malformed { what: "ping/pong" });
-                }
-                let n = body.get_u64();
-                Ok(if kind == KIND_PING {
-                    Frame::Ping(n)
-                } else {
-                    Frame::Pong(n)
+            KIND_PING => {
+                let alive = match body.len() {
+                    8 => None,
+                    PING_ALIVE_BYTES => {
+                        let n = body.get_u64();
+                        let generation = body.get_u64();
+                        let origin = body.get_u32();
+                        let age_ms = body.get_u32();
+                        let relays = body.get_u16();
+                        return Ok(Frame::Ping {
+                            n,
+                            alive: Some(Alive {
+                                id: ParticleId { generation, origin },
+                                age_ms,
+                                relays,
+                            }),
+                        });
+                    }
+                    _ => return Err(WireError::Malformed { what: "ping" }),
+                };
+                Ok(Frame::Ping {
+                    n: body.get_u64(),
+                    alive,
                 })
+            }
+            KIND_PONG => {
+                if body.len() != 8 {
+                    return Err(WireError::Malformed { what: "pong" });
+                }
+                Ok(Frame::Pong(body.get_u64()))
             }
             KIND_FORWARDED => {
                 if body.len() != 8 + 4 + 8 {
@@ -246,6 +291,8 @@ impl Frame {
                 Ok(Frame::Reply(serde_json::from_slice(&head)?, blob))
             }
             KIND_STATUS_REQUEST if body.is_empty() => Ok(Frame::StatusRequest),
+            KIND_LEAVE if body.is_empty() => Ok(Frame::Leave),
+            KIND_LEAVE => Err(WireError::Malformed { what: "leave" }),
             KIND_STATUS_REQUEST => Err(WireError::Malformed {
                 what: "status request",
             }),
@@ -265,10 +312,11 @@ impl Frame {
             Frame::Welcome(_) => "welcome",
             Frame::Refuse(_) => "refuse",
             Frame::Particle(_) => "particle",
-            Frame::Ping(_) => "ping",
+            Frame::Ping { .. } => "ping",
             Frame::Pong(_) => "pong",
             Frame::Forwarded { .. } => "forwarded",
             Frame::StatusRequest => "status request",
+            Frame::Leave => "leave",
             Frame::Status(_) => "status",
             Frame::Announce(_) => "announce",
             Frame::Request(..) => "request",
@@ -482,6 +530,7 @@ mod tests {
                     origin: 2,
                 }),
                 releases: vec![],
+                beacons: true,
             }),
             Frame::Announce(vec![sample_release()]),
             Frame::Request(
@@ -495,8 +544,20 @@ mod tests {
                 Bytes::from_static(b"\0asm module bytes"),
             ),
             Frame::Reply(Reply::error("nope"), Bytes::new()),
-            Frame::Ping(77),
+            Frame::Ping { n: 77, alive: None },
+            Frame::Ping {
+                n: 78,
+                alive: Some(Alive {
+                    id: ParticleId {
+                        generation: 9,
+                        origin: 1,
+                    },
+                    age_ms: 250,
+                    relays: 3,
+                }),
+            },
             Frame::Pong(77),
+            Frame::Leave,
             Frame::Forwarded {
                 id: ParticleId {
                     generation: 9,

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::token::{Particle, ParticleId};
+use super::token::{Alive, Particle, ParticleId};
 
 /// Fixed parameters of the protocol at one node.
 #[derive(Debug, Clone)]
@@ -31,7 +31,14 @@ pub struct RingParams {
     pub probe_interval: Duration,
     /// Backstop: with no particle seen for this long (plus a stagger by
     /// rank), a node that still has a live predecessor regenerates one.
+    /// Time the particle spends at a member that says so in its heartbeats
+    /// (a slow station, a long hold) does not count: see [`Beacon`].
     pub token_timeout: Duration,
+    /// Longest one visit can take here (every station call is interrupted
+    /// at its deadline): this node tells its successor it holds the
+    /// particle for at most this long per visit, so a wedged node stops
+    /// vouching for the particle.
+    pub visit_bound: Duration,
 }
 
 impl RingParams {
@@ -45,6 +52,7 @@ impl RingParams {
             failure_timeout: Duration::from_millis(300),
             probe_interval: Duration::from_millis(50),
             token_timeout: Duration::from_millis(600),
+            visit_bound: Duration::from_millis(200),
         }
     }
 }
@@ -101,6 +109,14 @@ pub enum Event {
         /// Current time.
         now: Instant,
     },
+    /// The successor on `link` said it is stopping cleanly: skip it at
+    /// once, and as a member that left, not one that failed.
+    Left {
+        /// Which link.
+        link: LinkId,
+        /// Current time.
+        now: Instant,
+    },
     /// The successor on `link` sent something (a pong): it is alive.
     Heard {
         /// Which link.
@@ -122,6 +138,8 @@ pub enum Event {
     },
     /// A predecessor pinged us: we are part of a ring.
     UpstreamAlive {
+        /// What the ping said of the particle, if anything.
+        alive: Option<Alive>,
         /// Current time.
         now: Instant,
     },
@@ -155,6 +173,49 @@ pub enum Event {
 pub struct StopInfo {
     /// Time since the particle's previous stop at this node.
     pub lap_time: Option<Duration>,
+}
+
+/// What this node knows of the particle's liveness, for its heartbeats:
+/// published by the owner task after every event, turned into an [`Alive`]
+/// by the link task at each ping (the owner may be busy running stations
+/// then; the beacon says so by itself through `held_until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beacon {
+    /// The highest particle seen here.
+    pub id: ParticleId,
+    /// The latest time it is known alive (passed here, or heard of).
+    pub alive_at: Instant,
+    /// Links that fact crossed before reaching this node (0: seen here).
+    pub relays: u16,
+    /// While the particle is here: until when this node vouches for it.
+    pub held_until: Option<Instant>,
+}
+
+impl Beacon {
+    /// The word on the particle to send at `now`: age zero while it is
+    /// held here (up to `held_until`), else the age of the freshest fact.
+    pub fn alive(&self, now: Instant) -> Alive {
+        let held = self.held_until.is_some_and(|u| now <= u);
+        let since = self
+            .held_until
+            .map_or(self.alive_at, |u| u.max(self.alive_at));
+        let age = if held {
+            Duration::ZERO
+        } else {
+            now.saturating_duration_since(since)
+        };
+        Alive {
+            id: self.id,
+            age_ms: u32::try_from(age.as_millis()).unwrap_or(u32::MAX),
+            relays: if held { 0 } else { self.relays },
+        }
+    }
+
+    /// The instant the particle is vouched alive at, as of `now`.
+    pub fn vouched_at(&self, now: Instant) -> Instant {
+        now.checked_sub(Duration::from_millis(u64::from(self.alive(now).age_ms)))
+            .unwrap_or(now)
+    }
 }
 
 /// Why a particle was dropped at this node.
@@ -246,6 +307,8 @@ pub enum Action {
         peer: usize,
         /// Why, in words.
         reason: String,
+        /// It said it was stopping (a clean leave, not a failure).
+        left: bool,
     },
     /// Member `peer` answered again and is spliced back in.
     MemberUp {
@@ -332,7 +395,12 @@ pub struct RingState {
     in_flight: Option<InFlight>,
     /// The last particle this node forwarded (for regeneration).
     last_copy: Option<Particle>,
+    /// The latest time the particle is known alive: it passed here, or a
+    /// heartbeat said so (then `alive_relays` links away).
     last_particle_at: Instant,
+    alive_relays: u16,
+    /// While the particle is here: until when heartbeats vouch for it.
+    held_until: Option<Instant>,
     last_visit: Option<Instant>,
     last_lap: Option<Duration>,
     upstream_heard: Option<Instant>,
@@ -362,6 +430,8 @@ impl RingState {
             in_flight: None,
             last_copy: None,
             last_particle_at: now,
+            alive_relays: 0,
+            held_until: None,
             last_visit: None,
             last_lap: None,
             upstream_heard: None,
@@ -420,6 +490,22 @@ impl RingState {
         self.last_lap
     }
 
+    /// What this node's heartbeats say of the particle (nothing before it
+    /// has seen one).
+    pub fn beacon(&self) -> Option<Beacon> {
+        Some(Beacon {
+            id: self.seen?,
+            alive_at: self.last_particle_at,
+            relays: self.alive_relays,
+            held_until: self.held_until,
+        })
+    }
+
+    /// Changes the visit bound (the station pipeline grew or shrank).
+    pub fn set_visit_bound(&mut self, bound: Duration) {
+        self.p.visit_bound = bound;
+    }
+
     /// Feeds one event; the actions to carry out are appended to `out`.
     pub fn handle(&mut self, event: Event, out: &mut Vec<Action>) {
         match event {
@@ -430,6 +516,7 @@ impl RingState {
             Event::Tick { now } => self.tick(now, out),
             Event::Dialed { link, result, now } => self.on_dialed(link, result, now, out),
             Event::LinkLost { link, now } => self.on_link_lost(link, now, out),
+            Event::Left { link, now } => self.on_left(link, now, out),
             Event::Heard { link, now } => self.on_heard(link, now),
             Event::Forwarded { link, id, hop, now } => {
                 self.on_heard(link, now);
@@ -440,7 +527,12 @@ impl RingState {
                     self.maybe_switch(now, out);
                 }
             }
-            Event::UpstreamAlive { now } => self.upstream_heard = Some(now),
+            Event::UpstreamAlive { alive, now } => {
+                self.upstream_heard = Some(now);
+                if let Some(alive) = alive {
+                    self.on_alive(alive, now);
+                }
+            }
             Event::ParticleArrived {
                 particle,
                 from,
@@ -458,6 +550,7 @@ impl RingState {
                     self.forward(particle, from, now, out);
                 } else {
                     self.phase = Phase::Holding { particle, from };
+                    self.held_until = Some(now + hold);
                     out.push(Action::Hold(hold));
                 }
             }
@@ -607,6 +700,34 @@ impl RingState {
         }
     }
 
+    fn on_left(&mut self, link: LinkId, now: Instant, out: &mut Vec<Action>) {
+        if self.pending_switch.as_ref().is_some_and(|l| l.id == link) {
+            let lost = self.pending_switch.take().expect("checked");
+            out.push(Action::Close { link });
+            self.reprobe(lost.peer, now);
+            return;
+        }
+        let Some(peer) = self
+            .primary
+            .as_ref()
+            .filter(|l| l.id == link)
+            .map(|l| l.peer)
+        else {
+            return;
+        };
+        out.push(Action::Close { link });
+        if peer != self.p.me {
+            self.skip_as(
+                peer,
+                "left the ring (stopped cleanly)".into(),
+                true,
+                now,
+                out,
+            );
+        }
+        self.dial_next_candidate(peer, out);
+    }
+
     fn on_heard(&mut self, link: LinkId, now: Instant) {
         for l in self
             .primary
@@ -632,6 +753,18 @@ impl RingState {
 
     /// Declares `peer` dead: skip it and probe it from now on.
     fn skip(&mut self, peer: usize, reason: String, now: Instant, out: &mut Vec<Action>) {
+        self.skip_as(peer, reason, false, now, out);
+    }
+
+    /// Skips `peer`, which failed or (`left`) said it was stopping.
+    fn skip_as(
+        &mut self,
+        peer: usize,
+        reason: String,
+        left: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if peer == self.p.me || self.skipped.contains_key(&peer) {
             return;
         }
@@ -642,7 +775,7 @@ impl RingState {
                 next_at: now + self.p.probe_interval,
             },
         );
-        out.push(Action::MemberDown { peer, reason });
+        out.push(Action::MemberDown { peer, reason, left });
         if self.view[peer] {
             self.view[peer] = false;
             out.push(Action::ViewChanged {
@@ -818,6 +951,36 @@ impl RingState {
         }
     }
 
+    /// A heartbeat from upstream vouches for a particle: it counts as a
+    /// sighting `age` ago, unless it is about an older particle than ours
+    /// or has crossed as many links as there are live members (it would be
+    /// our own word coming back round).
+    fn on_alive(&mut self, alive: Alive, now: Instant) {
+        if self.seen.is_some_and(|s| alive.id < s)
+            || usize::from(alive.relays) + 1 >= self.live_members().len().max(2)
+        {
+            return;
+        }
+        let Some(at) = now.checked_sub(Duration::from_millis(u64::from(alive.age_ms))) else {
+            return;
+        };
+        // A particle this node has not met yet (it just started): it now
+        // knows one exists, as from a welcome.
+        self.adopt_seen(Some(alive.id));
+        if at > self.last_particle_at {
+            self.last_particle_at = at;
+            self.alive_relays = alive.relays + 1;
+        }
+    }
+
+    /// The particle is here from `now`: it is seen alive, and vouched for
+    /// in heartbeats for at most the visit bound.
+    fn arrived_here(&mut self, now: Instant) {
+        self.last_particle_at = now;
+        self.alive_relays = 0;
+        self.held_until = Some(now + self.p.visit_bound);
+    }
+
     fn create(&mut self, why: Origin, now: Instant, out: &mut Vec<Action>) {
         self.created = true;
         let generation = self.seen.map_or(1, |s| s.generation + 1);
@@ -834,7 +997,7 @@ impl RingState {
         let id = particle.id();
         self.seen = Some(id);
         self.last_hop = particle.hop;
-        self.last_particle_at = now;
+        self.arrived_here(now);
         out.push(Action::Created { id, why });
         self.phase = Phase::Visiting { from: None };
         if self.last_visit.is_none() {
@@ -918,7 +1081,7 @@ impl RingState {
         }
         self.seen = Some(id);
         self.last_hop = particle.hop;
-        self.last_particle_at = now;
+        self.arrived_here(now);
         if particle.origin as usize == self.p.me {
             particle.lap += 1;
         }
@@ -974,7 +1137,11 @@ impl RingState {
                 let link = l.id;
                 self.send_and_ack(link, particle, from, now, out);
             }
-            _ => self.phase = Phase::Waiting { particle, from },
+            _ => {
+                // No successor to vouch to: the particle waits here.
+                self.held_until = None;
+                self.phase = Phase::Waiting { particle, from };
+            }
         }
     }
 
@@ -1002,6 +1169,8 @@ impl RingState {
         // sent now arrives here again with this very hop.
         self.phase = Phase::Idle;
         self.last_particle_at = now;
+        self.alive_relays = 0;
+        self.held_until = None;
         self.in_flight = Some(InFlight {
             link,
             particle: particle.clone(),
@@ -1235,6 +1404,73 @@ mod tests {
             .filter(|(by, _)| *by == victim)
             .collect();
         assert!(woke.is_empty(), "false failures after waking: {woke:?}");
+    }
+
+    /// A ring of `n` whose visits may take up to `bound`.
+    fn net_with_visit_bound(n: usize, seed: u64, bound: Duration) -> Net {
+        Net::with_params(n, seed, move |i| RingParams {
+            visit_bound: bound,
+            ..RingParams::for_test(i, n)
+        })
+    }
+
+    #[test]
+    fn a_stop_longer_than_the_token_timeout_is_not_a_lost_particle() {
+        // The field case: one member's station takes 1.5 s per visit, the
+        // token timeout is 0.6 s. Its heartbeats vouch for the particle, so
+        // nobody regenerates, and one particle keeps its order.
+        for seed in 0..4 {
+            let mut net = net_with_visit_bound(4, seed, 2000 * MS);
+            net.hold = 20 * MS;
+            net.slow.insert(1, 1500 * MS);
+            net.run(500 * MS);
+            let from = net.now();
+            net.run(10_000 * MS);
+            assert_eq!(net.created(), 1, "seed {seed}: only the injected particle");
+            let stops = net.stops_since(from);
+            assert!(
+                stops.len() >= 4 * 5,
+                "seed {seed}: laps go on: {}",
+                stops.len()
+            );
+            assert_one_particle_in_order(&stops, &[0, 1, 2, 3]);
+            assert!(
+                net.member_downs.is_empty(),
+                "seed {seed}: {:?}",
+                net.member_downs
+            );
+        }
+    }
+
+    #[test]
+    fn holds_longer_than_the_token_timeout_at_every_stop_are_not_a_lost_particle() {
+        // Every stop holds 1.5 s (a `delay` station): a lap takes 16.5 s in
+        // a ring of 11, far beyond the 0.6 s token timeout; the word that
+        // the particle is held crosses the ring with each heartbeat.
+        let mut net = Net::new(11, 7);
+        net.hold = 1500 * MS;
+        net.run(300 * MS);
+        let from = net.now();
+        net.run(30_000 * MS);
+        assert_eq!(net.created(), 1, "only the injected particle");
+        let stops = net.stops_since(from);
+        assert!(stops.len() >= 15, "{} stops", stops.len());
+        assert_one_particle_in_order(&stops, &(0..11).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_member_busy_past_its_visit_bound_no_longer_vouches_and_the_ring_regenerates() {
+        // A wedged owner (visits far past the bound its stations allow)
+        // must not keep the ring waiting for ever.
+        let mut net = net_with_visit_bound(4, 1, 200 * MS);
+        net.slow.insert(2, 60_000 * MS);
+        net.run(3_000 * MS);
+        assert!(net.created() >= 2, "a particle was regenerated");
+        let stops = net.stops_since(net.now().saturating_sub(1000 * MS));
+        assert!(
+            stops.iter().any(|s| s.node == 3) && stops.iter().any(|s| s.node == 0),
+            "the others go on: {stops:?}"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `Net`: a deterministic, seeded simulation of a whole ring of
 //! [`RingState`]s, with no sockets and no clock. It plays the owner task's
 //! part (dials, links, pings, stations that return at once) and injects
-//! faults: crashes, hangs (SIGSTOP), partitions, and dropped, duplicated,
-//! delayed and reordered frames.
+//! faults: crashes, hangs (SIGSTOP), partitions, slow stations (a visit
+//! that keeps the owner busy while the node's link tasks go on pinging),
+//! and dropped, duplicated, delayed and reordered frames.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -56,12 +57,20 @@ enum Delivery {
     },
     LinkLost(LinkId),
     HoldElapsed,
+    /// A pong on `link`.
+    Heard(LinkId),
+    /// A ping from upstream, as the owner task gets it.
+    Alive(Option<super::token::Alive>),
+    /// A slow visit ends.
+    VisitDone(Particle),
 }
 
 struct SimNode {
     state: RingState,
     up: bool,
     hung: bool,
+    /// Running a slow visit: events wait, pings still go out.
+    busy: bool,
     /// Links this node dialed that are up: link id -> peer.
     links: BTreeMap<LinkId, usize>,
     /// Events that arrived while hung, replayed on resume.
@@ -86,6 +95,8 @@ pub struct Net {
     pub member_downs: Vec<(usize, usize)>,
     /// Hold at every stop.
     pub hold: Duration,
+    /// Nodes whose visits take this long (their owner is busy meanwhile).
+    pub slow: BTreeMap<usize, Duration>,
     latency: Duration,
     last_ping: Duration,
     created: u64,
@@ -121,6 +132,7 @@ impl Net {
             stops: Vec::new(),
             member_downs: Vec::new(),
             hold: Duration::from_millis(1),
+            slow: BTreeMap::new(),
             latency: Duration::from_micros(200),
             last_ping: Duration::ZERO,
             created: 0,
@@ -131,6 +143,7 @@ impl Net {
                 state,
                 up: true,
                 hung: false,
+                busy: false,
                 links: BTreeMap::new(),
                 backlog: Vec::new(),
             });
@@ -242,6 +255,13 @@ impl Net {
                     id: particle.id(),
                     hop: particle.hop,
                 });
+                if let Some(&d) = self.slow.get(&i) {
+                    self.nodes[i].busy = true;
+                    self.queue
+                        .push((self.now + d, self.seq, i, Delivery::VisitDone(particle)));
+                    self.seq += 1;
+                    return;
+                }
                 let mut out = Vec::new();
                 self.nodes[i].state.handle(
                     Event::VisitDone {
@@ -292,7 +312,7 @@ impl Net {
         if !self.nodes[i].up {
             return;
         }
-        if self.nodes[i].hung {
+        if self.nodes[i].hung || (self.nodes[i].busy && !matches!(d, Delivery::VisitDone(_))) {
             self.nodes[i].backlog.push(d);
             return;
         }
@@ -326,6 +346,23 @@ impl Net {
                 Event::LinkLost { link, now }
             }
             Delivery::HoldElapsed => Event::HoldElapsed { now },
+            Delivery::Alive(alive) => Event::UpstreamAlive { alive, now },
+            Delivery::Heard(link) => Event::Heard { link, now },
+            Delivery::VisitDone(particle) => {
+                self.nodes[i].busy = false;
+                self.event(
+                    i,
+                    Event::VisitDone {
+                        particle,
+                        hold: self.hold,
+                        now,
+                    },
+                );
+                for d in std::mem::take(&mut self.nodes[i].backlog) {
+                    self.deliver(i, d);
+                }
+                return;
+            }
         };
         self.event(i, e);
     }
@@ -354,14 +391,16 @@ impl Net {
             }
             let now = self.instant();
             for i in 0..self.nodes.len() {
-                if self.nodes[i].up && !self.nodes[i].hung {
+                if self.nodes[i].up && !self.nodes[i].hung && !self.nodes[i].busy {
                     self.event(i, Event::Tick { now });
                 }
             }
         }
     }
 
-    /// Pings and pongs on every link between two running, reachable nodes.
+    /// Pings and pongs on every link between two running, reachable nodes;
+    /// each ping carries what its sender's beacon says of the particle.
+    /// Link tasks ping and pong even while their owner is busy.
     fn heartbeats(&mut self) {
         let now = self.instant();
         for i in 0..self.nodes.len() {
@@ -372,8 +411,13 @@ impl Net {
                 self.nodes[i].links.iter().map(|(&l, &p)| (l, p)).collect();
             for (link, peer) in links {
                 if self.reachable(i, peer) && !self.nodes[peer].hung {
-                    self.event(peer, Event::UpstreamAlive { now });
-                    self.event(i, Event::Heard { link, now });
+                    let alive = self.nodes[i].state.beacon().map(|b| b.alive(now));
+                    self.deliver(peer, Delivery::Alive(alive));
+                    if self.nodes[i].busy {
+                        self.nodes[i].backlog.push(Delivery::Heard(link));
+                    } else {
+                        self.event(i, Event::Heard { link, now });
+                    }
                 }
             }
         }
@@ -383,6 +427,7 @@ impl Net {
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].up = false;
         self.nodes[i].hung = false;
+        self.nodes[i].busy = false;
         self.nodes[i].links.clear();
         self.nodes[i].backlog.clear();
         for j in 0..self.nodes.len() {
@@ -405,6 +450,7 @@ impl Net {
             state: RingState::new((self.params)(i), now),
             up: true,
             hung: false,
+            busy: false,
             links: BTreeMap::new(),
             backlog: Vec::new(),
         };

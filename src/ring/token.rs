@@ -21,6 +21,26 @@ impl std::fmt::Display for ParticleId {
     }
 }
 
+/// A heartbeat's word on the particle: "particle `id` was alive `age_ms`
+/// ago, as learnt `relays` links upstream of the sender" (0: the sender
+/// holds it or passed it itself).
+///
+/// Every ping carries the sender's freshest such fact, so a node far from a
+/// member that holds the particle for long (a slow station, a long hold)
+/// knows it is not lost and does not regenerate one. The age is measured
+/// on each node's own clock and only ever grows along the way (transit time
+/// is not added, which is why `relays` is bounded by the live members: the
+/// fact never comes back round to make itself fresher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alive {
+    /// The particle known alive.
+    pub id: ParticleId,
+    /// How long ago, in milliseconds, on the sender's clock.
+    pub age_ms: u32,
+    /// Links the fact crossed before the sender.
+    pub relays: u16,
+}
+
 /// The particle circling the ring.
 ///
 /// Invariants, kept by [`super::state::RingState`]:

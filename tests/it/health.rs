@@ -426,6 +426,50 @@ fn a_standalone_node_respawns_its_dead_successor() {
 }
 
 #[test]
+fn a_respawning_ring_stopped_with_sigterm_stays_stopped() {
+    // SIGTERM is a clean stop: the node tells its predecessor it leaves,
+    // and nobody respawns it; SIGTERM to every node stops the whole ring.
+    let mut ring = ProcRing::start_with(3, &["--respawn"]);
+    let all = [0, 1, 2];
+    ring.wait_converged(&all, Duration::from_secs(60), "initial ring");
+    let stop = |ring: &mut ProcRing, i: usize| {
+        let mut child = ring.children[i].take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("sigterm");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    stop(&mut ring, 1);
+    ring.wait_converged(&[0, 2], Duration::from_secs(20), "after node 1 left");
+    // Far past the first respawn backoff (200 ms): nobody serves member 1.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(ring.status(1).is_none(), "member 1 was respawned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = ring.status(0).expect("status");
+    assert_eq!(r.member_downs, 0, "a leave is not a failure");
+    stop(&mut ring, 2);
+    stop(&mut ring, 0);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for i in all {
+            assert!(ring.status(i).is_none(), "member {i} runs again");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        processes_with(&ring.ring_spec()).is_empty(),
+        "processes of the ring left running"
+    );
+}
+
+#[test]
 fn killing_the_particle_holder_resends_the_same_particle() {
     // Node 2 holds the particle for 2 s, so we know where it is when we
     // kill it; the token timeout is longer than that hold.

@@ -4,6 +4,7 @@ mod cut_link;
 mod deploy;
 mod health;
 mod ring;
+mod slow_stop;
 mod stations;
 mod support;
 mod up;

@@ -287,3 +287,39 @@ fn a_node_that_keeps_dying_is_respawned_with_backoff_then_given_up_loudly() {
         started.elapsed()
     );
 }
+
+#[test]
+fn up_with_a_port_taken_by_another_program_names_it_and_fails() {
+    become_subreaper();
+    // Another program holds a port of the range.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().unwrap().port();
+    let mut tree = spawn_up(3, port - 1);
+    let status = tree.wait_up_exit(Duration::from_secs(30));
+    while let Ok(line) = tree.lines.recv_timeout(Duration::from_millis(200)) {
+        tree.log.push(line);
+    }
+    assert!(!status.success(), "up must fail: {status}");
+    let log = tree.log.join("\n");
+    assert!(
+        log.contains(&format!("port {port} ")) && log.contains("another program"),
+        "names the port: {log}"
+    );
+    assert!(!log.contains(" tick seq="), "no ring ran: {log}");
+
+    // A node alone on a taken port exits with its own code, which `up`
+    // reads should the port be taken between its check and the start.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+        .args(["--port", &port.to_string(), "--ring"])
+        .arg(format!("127.0.0.1:{port}-{}", port + 1))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(ringhost::EXIT_CANNOT_BIND)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(holder);
+}
