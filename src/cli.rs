@@ -32,7 +32,14 @@ pub enum Command {
     /// prefixed by node. Ctrl-C or SIGTERM stops every node.
     Up(UpArgs),
     /// Ask a node for its view of the ring: members and liveness, lap and
-    /// hop times, the particle's generation.
+    /// stay times, the particle's generation.
+    ///
+    /// "visits here": stops the particle made at this node since it
+    /// started. "successors declared dead": times this node found its
+    /// successor silent or unreachable and skipped it (a member that
+    /// stopped cleanly, a leave, is not counted). "lap ms": time between
+    /// two visits here. "stay here ms": from the particle's arrival here to
+    /// its departure (stations and hold only; the links are in the lap).
     Status(StatusArgs),
     /// Push a station module to the whole ring: the node at --to validates
     /// it (compiles it, checks the station world, runs init), then it

@@ -10,12 +10,14 @@
 //! - [`observe`]: events nodes report, for tests and tools.
 //! - [`status`]: `ringhost status`: the report, its client, its figures.
 //! - [`up`]: `ringhost up`, a whole local ring of node processes.
+//! - [`lograte`]: backing off repeated log lines.
 //! - [`respawn`]: `--respawn`, a node restarting its dead local successor.
 //! - [`cli`]: command-line types and their translation into configs.
 
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod lograte;
 pub mod node;
 pub mod observe;
 pub mod respawn;

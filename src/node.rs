@@ -36,6 +36,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::config::NodeConfig;
 use crate::deploy::agent::{self as deploy, DeployMsg, DeployView, OwnerCmd};
 use crate::deploy::release::{Release, Reply};
+use crate::lograte::LogBackoff;
 use crate::observe::{EventKind, Observer};
 use crate::ring::state::{
     Action, Beacon, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
@@ -255,6 +256,8 @@ pub async fn start(
                 cancel: cancel.clone(),
                 deploy_tx: deploy_tx.clone(),
                 deploy_view: deploy_view.clone(),
+                claims: Claims::default(),
+                log: Arc::default(),
             },
             tracker.clone(),
         )
@@ -273,7 +276,8 @@ pub async fn start(
         hold_until: None,
         seen_tx,
         beacon_tx,
-        last_refusal: None,
+        refusals: LogBackoff::default(),
+        instance: rand::random::<u64>() | 1,
         linked: None,
         stats: Stats::default(),
         started: Instant::now(),
@@ -307,7 +311,7 @@ pub async fn start(
 #[derive(Default)]
 struct Stats {
     laps: Samples,
-    hops: Samples,
+    stays: Samples,
     /// When the particle now here arrived, to time its stay.
     arrived: Option<Instant>,
     visits: u64,
@@ -328,7 +332,10 @@ struct Owner {
     seen_tx: watch::Sender<Option<ParticleId>>,
     /// What the link tasks' pings say of the particle.
     beacon_tx: watch::Sender<Option<Beacon>>,
-    last_refusal: Option<String>,
+    /// Backs off repeated refusal lines (a probe every probe interval).
+    refusals: LogBackoff,
+    /// Drawn at start: tells this process from another claiming our name.
+    instance: u64,
     /// The successor last reported linked (to log changes only).
     linked: Option<usize>,
     stats: Stats,
@@ -490,12 +497,10 @@ impl Owner {
                         if let Some(d) = downlink {
                             self.links.insert(link, d);
                         }
-                        self.last_refusal = None;
                     }
                     DialResult::Refused(reason) => {
-                        if self.last_refusal.as_deref() != Some(reason.as_str()) {
-                            error!(%reason, "a successor refused our link");
-                            self.last_refusal = Some(reason.clone());
+                        if let Some(held) = self.refusals.check(reason, Instant::now()) {
+                            error!(%reason, repeats_held_back = held, "a successor refused our link");
                         }
                         self.observer.emit(
                             self.config.index,
@@ -574,7 +579,7 @@ impl Owner {
             }
             Action::Send { link, particle } => {
                 if let Some(arrived) = self.stats.arrived.take() {
-                    self.stats.hops.push(arrived.elapsed());
+                    self.stats.stays.push(arrived.elapsed());
                 }
                 let limit = Duration::from_millis(self.config.write_timeout_ms);
                 let sent = match self.links.get(&link) {
@@ -648,6 +653,7 @@ impl Owner {
             from_index: self.config.index as u32,
             from_name: self.config.me().name.clone(),
             releases: self.deploy_view.borrow().releases.clone(),
+            instance: self.instance,
         };
         let tx = self.tx.clone();
         let deploy_tx = self.deploy_tx.clone();
@@ -716,7 +722,7 @@ impl Owner {
             visits: self.stats.visits,
             member_downs: self.stats.member_downs,
             lap_ms: self.stats.laps.summary_ms(),
-            hop_ms: self.stats.hops.summary_ms(),
+            stay_ms: self.stats.stays.summary_ms(),
             stations: self
                 .pipeline
                 .stations()
@@ -782,7 +788,17 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
                 "successor speaks protocol {}, we speak {PROTOCOL_VERSION}",
                 w.version
             ))),
-            Ok(Some(Frame::Refuse(r))) => Err(DialResult::Refused(r.reason)),
+            Ok(Some(Frame::Refuse(r))) => Err(DialResult::Refused(match r.ring_hash {
+                // Worded from our side: the reader of our log is "ours".
+                Some(theirs) => format!(
+                    "{addr} runs another ring: its enumeration hashes to {}, ours to {} ({}); \
+                     every node must be started with the same --ring",
+                    short(&theirs),
+                    short(config.ring.hash()),
+                    config.ring.describe()
+                ),
+                None => r.reason,
+            })),
             Ok(Some(other)) => Err(DialResult::Failed(format!(
                 "unexpected {} in answer to hello",
                 other.kind_name()
@@ -882,9 +898,25 @@ async fn run_downlink(
     let _ = tx.send(Msg::LinkLost { link, why }).await;
 }
 
+/// The live upstream link of one predecessor member, to refuse a second
+/// process claiming the same member while the first is alive.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    conn: UpstreamId,
+    instance: u64,
+    addr: SocketAddr,
+    last_heard: Instant,
+}
+
+/// Predecessor member index → its live link.
+type Claims = Arc<std::sync::Mutex<HashMap<u32, Claim>>>;
+
 /// What every upstream connection task needs.
 #[derive(Clone)]
 struct Upstreams {
+    claims: Claims,
+    /// Backs off repeated rejection lines (a peer redialing every probe).
+    log: Arc<std::sync::Mutex<LogBackoff>>,
     config: Arc<NodeConfig>,
     tx: mpsc::Sender<Msg>,
     seen: watch::Receiver<Option<ParticleId>>,
@@ -934,13 +966,24 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         cancel,
         deploy_tx,
         deploy_view,
+        claims,
+        log,
     } = ctx;
     let _ = stream.set_nodelay(true);
+    let Ok(remote) = stream.peer_addr() else {
+        return; // gone already
+    };
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, config.max_frame_bytes);
     let mut writer = FrameWriter::new(w, config.max_frame_bytes);
     let reject = |reason: String| {
-        warn!(%reason, "upstream connection closed");
+        let held = log
+            .lock()
+            .expect("log backoff lock")
+            .check(&reason, Instant::now());
+        if let Some(held) = held {
+            warn!(%reason, repeats_held_back = held, "upstream connection closed");
+        }
         observer.emit(config.index, EventKind::UpstreamRejected { reason });
     };
 
@@ -949,7 +992,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         () = cancel.cancelled() => return,
         r = timeout(limit, reader.read_frame()) => r,
     };
-    let hello = match first {
+    let mut hello = match first {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(Frame::StatusRequest))) => {
             let (otx, orx) = oneshot::channel();
@@ -994,15 +1037,35 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         Ok(Err(e)) => return reject(format!("bad hello: {e}")),
         Err(_) => return reject(format!("no hello within {limit:?}")),
     };
-    if let Err(reason) = check_hello(&hello, &config) {
+    let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
+    let checked = check_hello(&hello, &config).and_then(|()| {
+        claim(
+            &claims,
+            &hello,
+            Claim {
+                conn: id,
+                instance: hello.instance,
+                addr: remote,
+                last_heard: Instant::now(),
+            },
+            failure_timeout,
+        )
+    });
+    if let Err(reason) = checked {
+        let ring_hash =
+            (hello.ring_hash != config.ring.hash()).then(|| config.ring.hash().to_string());
         let _ = timeout(
             limit,
             writer.write_frame(&Frame::Refuse(Refuse {
                 reason: reason.clone(),
+                ring_hash,
             })),
         )
         .await;
-        return reject(format!("refused {}: {reason}", hello.from_name));
+        return reject(format!(
+            "refused {} from {remote}: {reason}",
+            hello.from_name
+        ));
     }
     let welcome = Frame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
@@ -1020,7 +1083,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let _ = deploy_tx
         .send(DeployMsg::PeerReleases {
             peer: predecessor,
-            releases: hello.releases,
+            releases: std::mem::take(&mut hello.releases),
         })
         .await;
     let ack: AckSlot = Arc::default();
@@ -1069,6 +1132,15 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             Err(e) => break Some(format!("bad frame: {e}")),
         };
         let (n, alive) = n;
+        let mine = Claim {
+            conn: id,
+            instance: hello.instance,
+            addr: remote,
+            last_heard: Instant::now(),
+        };
+        if let Err(why) = claim(&claims, &hello, mine, failure_timeout) {
+            break Some(why);
+        }
         if tx.send(Msg::UpstreamAlive(alive)).await.is_err() {
             return;
         }
@@ -1087,9 +1159,53 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         }
     };
     let _ = tx.send(Msg::UpstreamClosed(id)).await;
+    {
+        let mut claims = claims.lock().expect("claims lock");
+        if claims.get(&hello.from_index).is_some_and(|c| c.conn == id) {
+            claims.remove(&hello.from_index);
+        }
+    }
     match end {
         Some(reason) => reject(reason),
         None => debug!(predecessor = hello.from_index, "predecessor link closed"),
+    }
+}
+
+/// Records `mine` as the live link of member `hello.from_index`, unless
+/// another process (another instance) holds that member on a link heard
+/// within `failure_timeout`: then the member is claimed twice (two nodes
+/// started with one name), and the newcomer is refused. Nodes too old to
+/// send an instance (0) are not checked.
+fn claim(
+    claims: &Claims,
+    hello: &Hello,
+    mine: Claim,
+    failure_timeout: Duration,
+) -> Result<(), String> {
+    let mut claims = claims.lock().expect("claims lock");
+    match claims.get(&hello.from_index) {
+        Some(c)
+            if c.instance != mine.instance
+                && c.instance != 0
+                && mine.instance != 0
+                && mine.last_heard.saturating_duration_since(c.last_heard) <= failure_timeout =>
+        {
+            Err(format!(
+                "member {} ({}) is already linked from {} (heard {} ms ago); a second process \
+                 claims it from {}: two nodes started as the same member?",
+                hello.from_index,
+                hello.from_name,
+                c.addr,
+                mine.last_heard
+                    .saturating_duration_since(c.last_heard)
+                    .as_millis(),
+                mine.addr
+            ))
+        }
+        _ => {
+            claims.insert(hello.from_index, mine);
+            Ok(())
+        }
     }
 }
 

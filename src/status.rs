@@ -38,9 +38,12 @@ pub struct Report {
     pub member_downs: u64,
     /// Lap times measured here.
     pub lap_ms: Summary,
-    /// Per-hop times at this node: from the particle's arrival to its
-    /// departure (stations and hold).
-    pub hop_ms: Summary,
+    /// The particle's stay at this node: from its arrival to its departure
+    /// (stations and hold; the link to the successor is not in it, so at
+    /// `--delay-ms 0` it is microseconds while the lap is the sum of every
+    /// stay and every link). Read by older tools as `hop_ms`.
+    #[serde(alias = "hop_ms")]
+    pub stay_ms: Summary,
     /// The station pipeline.
     pub stations: Vec<StationStatus>,
     /// Seconds since the node started.
@@ -202,13 +205,13 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "lap ms: last {} p50 {} p99 {} ({} samples); hop ms: p50 {} p99 {}",
+        "lap ms: last {} p50 {} p99 {} ({} samples); stay here ms: p50 {} p99 {}",
         f(r.lap_ms.last),
         f(r.lap_ms.p50),
         f(r.lap_ms.p99),
         r.lap_ms.samples,
-        f(r.hop_ms.p50),
-        f(r.hop_ms.p99)
+        f(r.stay_ms.p50),
+        f(r.stay_ms.p99)
     );
     let _ = writeln!(s, "members:");
     for m in &r.members {

@@ -57,6 +57,10 @@ pub struct Hello {
     /// that missed a deploy catches up.
     #[serde(default)]
     pub releases: Vec<Release>,
+    /// Random, drawn once per node process: two processes claiming one
+    /// member have different ones (0: an older node that sends none).
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// The accepting node's answer when it takes the link.
@@ -84,6 +88,10 @@ pub struct Welcome {
 pub struct Refuse {
     /// Why, in words, for the dialer's log.
     pub reason: String,
+    /// The acceptor's ring hash, when the rings differ: the dialer words
+    /// the mismatch from its own side ("ours", "theirs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<String>,
 }
 
 /// A frame on the ring port.
@@ -521,6 +529,7 @@ mod tests {
                 from_index: 4,
                 from_name: "dc1/prod/0".into(),
                 releases: vec![sample_release()],
+                instance: 0x5eed,
             }),
             Frame::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
@@ -569,6 +578,7 @@ mod tests {
             Frame::Status("{\"ok\":true}".into()),
             Frame::Refuse(Refuse {
                 reason: "ring mismatch".into(),
+                ring_hash: Some("cd".repeat(32)),
             }),
             Frame::Particle(sample_particle()),
             Frame::Particle(Particle::new(1, 0)),

@@ -20,6 +20,14 @@ use crate::observe::{EventKind, Observer};
 
 /// Largest log line a station may write; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
+/// Log lines per second one station instance may write to the node's log
+/// (all levels, `host.log` and stdout/stderr together); lines beyond it
+/// are counted and the count is logged with the next line let through. At
+/// `--delay-ms 0` a station that logs every visit would otherwise write
+/// megabytes a second. Observers (tests, tools) still get every line.
+pub const LOG_LINES_PER_SEC: f64 = 50.0;
+/// Lines a station may write in a burst above [`LOG_LINES_PER_SEC`].
+pub const LOG_BURST: f64 = 100.0;
 /// Total bytes (keys plus values) one station may keep in the kv store.
 pub const KV_QUOTA_BYTES: usize = 1 << 20;
 /// Pending messages one station's inbox may hold.
@@ -132,9 +140,91 @@ pub struct StationEnv {
     pub epoch: Instant,
 }
 
+/// A token bucket of log lines, shared by one instance's `host.log` and
+/// its stdout and stderr.
+#[derive(Debug, Clone)]
+struct LogBudget {
+    inner: Arc<Mutex<Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Bucket {
+                tokens: LOG_BURST,
+                at: Instant::now(),
+                suppressed: 0,
+            })),
+        }
+    }
+
+    /// Whether a line may go to the log now; `Some(n)` with the lines held
+    /// back since the last one let through.
+    fn take(&self, now: Instant) -> Option<u64> {
+        let mut b = self.inner.lock().expect("log budget lock");
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.at = now;
+        b.tokens = (b.tokens + elapsed * LOG_LINES_PER_SEC).min(LOG_BURST);
+        if b.tokens < 1.0 {
+            b.suppressed += 1;
+            return None;
+        }
+        b.tokens -= 1.0;
+        Some(std::mem::take(&mut b.suppressed))
+    }
+}
+
+/// Where one instance's log lines go: the node's log (within the budget)
+/// and the observer (every line).
+#[derive(Debug, Clone)]
+struct LogSink {
+    station: Arc<str>,
+    node: u32,
+    observer: Observer,
+    budget: LogBudget,
+}
+
+impl LogSink {
+    fn line(&self, level: types::Level, message: String) {
+        use types::Level;
+        if let Some(held) = self.budget.take(Instant::now()) {
+            let station = &*self.station;
+            if held > 0 {
+                tracing::warn!(
+                    station,
+                    "{held} log lines of this station held back (over {LOG_LINES_PER_SEC} lines/s)"
+                );
+            }
+            match level {
+                Level::Trace => tracing::trace!(station, "{message}"),
+                Level::Debug => tracing::debug!(station, "{message}"),
+                Level::Info => tracing::info!(station, "{message}"),
+                Level::Warn => tracing::warn!(station, "{message}"),
+                Level::Error => tracing::error!(station, "{message}"),
+            }
+        }
+        self.observer.emit(
+            self.node as usize,
+            EventKind::StationLog {
+                station: self.station.to_string(),
+                level: format!("{level:?}").to_lowercase(),
+                message,
+            },
+        );
+    }
+}
+
 /// The data of one wasmtime `Store`: one live instance of one station.
 pub struct StationState {
     pub(super) env: StationEnv,
+    log: LogSink,
     pub(super) limits: StoreLimits,
     pub(super) call_started: Instant,
     pub(super) call_budget: std::time::Duration,
@@ -144,11 +234,15 @@ pub struct StationState {
 
 impl StationState {
     pub(super) fn new(env: StationEnv, memory_bytes: usize, budget: std::time::Duration) -> Self {
-        let out = |stream: &'static str| GuestOutput {
+        let log = LogSink {
             station: env.station.clone(),
             node: env.node.index,
-            stream,
             observer: env.observer.clone(),
+            budget: LogBudget::new(),
+        };
+        let out = |stream: &'static str| GuestOutput {
+            log: log.clone(),
+            stream,
         };
         // WASI is linked because std-built guests import it; it grants no
         // capability: no args, env, preopened directories or sockets.
@@ -164,6 +258,7 @@ impl StationState {
             .build();
         Self {
             env,
+            log,
             limits,
             call_started: Instant::now(),
             call_budget: budget,
@@ -187,13 +282,7 @@ impl types::Host for StationState {}
 impl host::Host for StationState {
     fn log(&mut self, level: types::Level, mut message: String) {
         truncate_utf8(&mut message, MAX_LOG_LINE);
-        emit_guest_line(
-            &self.env.observer,
-            self.env.node.index,
-            &self.env.station,
-            level,
-            message,
-        );
+        self.log.line(level, message);
     }
 
     fn now_unix_ms(&mut self) -> u64 {
@@ -255,37 +344,10 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
 }
 
-fn emit_guest_line(
-    observer: &Observer,
-    node: u32,
-    station: &str,
-    level: types::Level,
-    message: String,
-) {
-    use types::Level;
-    match level {
-        Level::Trace => tracing::trace!(station, "{message}"),
-        Level::Debug => tracing::debug!(station, "{message}"),
-        Level::Info => tracing::info!(station, "{message}"),
-        Level::Warn => tracing::warn!(station, "{message}"),
-        Level::Error => tracing::error!(station, "{message}"),
-    }
-    observer.emit(
-        node as usize,
-        EventKind::StationLog {
-            station: station.to_string(),
-            level: format!("{level:?}").to_lowercase(),
-            message,
-        },
-    );
-}
-
 /// Guest stdout/stderr: complete lines become log lines of the station.
 struct GuestOutput {
-    station: Arc<str>,
-    node: u32,
+    log: LogSink,
     stream: &'static str,
-    observer: Observer,
 }
 
 impl IsTerminal for GuestOutput {
@@ -297,24 +359,20 @@ impl IsTerminal for GuestOutput {
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineWriter {
-            station: self.station.clone(),
-            node: self.node,
+            log: self.log.clone(),
             level: if self.stream == "stderr" {
                 types::Level::Warn
             } else {
                 types::Level::Info
             },
-            observer: self.observer.clone(),
             buf: Vec::new(),
         })
     }
 }
 
 struct LineWriter {
-    station: Arc<str>,
-    node: u32,
+    log: LogSink,
     level: types::Level,
-    observer: Observer,
     buf: Vec<u8>,
 }
 
@@ -336,7 +394,7 @@ impl LineWriter {
         }
         let mut text = String::from_utf8_lossy(line).into_owned();
         truncate_utf8(&mut text, MAX_LOG_LINE);
-        emit_guest_line(&self.observer, self.node, &self.station, self.level, text);
+        self.log.line(self.level, text);
     }
 }
 
@@ -394,6 +452,26 @@ mod tests {
         assert!(inbox.push(vec![0]).is_err());
         assert_eq!(inbox.take(2), vec![vec![0], vec![1]]);
         assert_eq!(inbox.len(), INBOX_CAPACITY - 2);
+    }
+
+    #[test]
+    fn log_lines_beyond_the_rate_are_held_back_and_counted() {
+        let budget = LogBudget::new();
+        let t0 = Instant::now();
+        let burst = LOG_BURST as usize;
+        // A burst passes, then nothing within the same instant.
+        for _ in 0..burst {
+            assert_eq!(budget.take(t0), Some(0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(budget.take(t0), None);
+        }
+        // A second later: the rate's worth passes, the first one with the
+        // count of what was held back.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert_eq!(budget.take(t1), Some(1000));
+        let passed = 1 + (0..1000).filter(|_| budget.take(t1).is_some()).count();
+        assert_eq!(passed, LOG_LINES_PER_SEC as usize);
     }
 
     #[test]

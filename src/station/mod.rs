@@ -25,7 +25,9 @@ use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
-pub use host_api::{Inbox, KvStore, StationEnv, StationState, unix_ms};
+pub use host_api::{
+    Inbox, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
+};
 
 use crate::config::{StationSource, StationSpec};
 use crate::deploy::release::Hash;

@@ -506,3 +506,88 @@ fn killing_the_particle_holder_resends_the_same_particle() {
     }
     ring.assert_one_particle(Duration::from_millis(500));
 }
+
+#[test]
+fn a_station_logging_every_visit_at_full_speed_is_held_to_a_bounded_rate() {
+    // `--delay-ms 0`: thousands of visits a second, each with a tick line;
+    // the log carries at most the station log rate, and says how many
+    // lines it held back.
+    let base = port_block(2);
+    let ring = format!("127.0.0.1:{base}-{}", base + 1);
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut children: Vec<Child> = Vec::new();
+    struct Reap<'a>(&'a mut Vec<Child>);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            for c in self.0.drain(..) {
+                reap(c);
+            }
+        }
+    }
+    let guard = Reap(&mut children);
+    for i in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+            .args([
+                "--port",
+                &(usize::from(base) + i).to_string(),
+                "--ring",
+                &ring,
+            ])
+            .args(["--delay-ms", "0", "--no-watch"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn node");
+        let out = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((i, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        guard.0.push(child);
+    }
+    // From the first tick on, count for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, line) = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a first tick");
+        if tick_seq(&line).is_some() {
+            break;
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    let (mut ticks, mut held, mut bytes) = ([0u64; 2], false, 0usize);
+    let mut last_seq = 0;
+    while Instant::now() < end {
+        if let Ok((i, line)) = rx.recv_timeout(Duration::from_millis(50)) {
+            bytes += line.len() + 1;
+            held |= line.contains("log lines of this station held back");
+            if let Some(seq) = tick_seq(&line) {
+                ticks[i] += 1;
+                last_seq = last_seq.max(seq);
+            }
+        }
+    }
+    drop(guard);
+    let rate = ringhost::station::LOG_LINES_PER_SEC;
+    let bound = (ringhost::station::LOG_BURST + rate * 3.5) as u64;
+    assert!(
+        last_seq > 1000,
+        "the particle runs at full speed: seq {last_seq}"
+    );
+    for (i, &n) in ticks.iter().enumerate() {
+        assert!(
+            n <= bound,
+            "node {i}: {n} tick lines in 3 s (bound {bound})"
+        );
+    }
+    assert!(held, "the log says lines were held back");
+    assert!(bytes < 200_000, "{bytes} bytes of log in 3 s");
+}

@@ -64,7 +64,7 @@ async fn neighbour_with_a_different_enumeration_is_refused() {
     let other =
         RingLayout::from_addrs([stranger.local_addr().unwrap().to_string(), target]).unwrap();
     let (observer, mut events) = Observer::channel();
-    let mut config = NodeConfig::new(other, 0);
+    let mut config = NodeConfig::new(other.clone(), 0);
     config.delay_ms = 0;
     let handle = ringhost::node::start(config, stranger, host(), observer)
         .await
@@ -79,9 +79,21 @@ async fn neighbour_with_a_different_enumeration_is_refused() {
     })
     .await
     .expect("the stranger is refused within 10 s");
-    assert!(refused.contains("ring enumeration differs"), "{refused}");
+    // Each side names the hashes from its own side: "ours" is the
+    // reader's own ring.
+    let short = |h: &str| h[..12].to_string();
+    let (theirs, ours) = (short(ring.layout.hash()), short(other.hash()));
+    assert!(
+        refused.contains(&format!(
+            "its enumeration hashes to {theirs}, ours to {ours}"
+        )),
+        "{refused}"
+    );
     let why = rejection(&mut ring, 1).await;
-    assert!(why.contains("ring enumeration differs"), "{why}");
+    assert!(
+        why.contains(&format!("theirs hashes to {ours}, ours to {theirs}")),
+        "{why}"
+    );
     handle.shutdown().await.unwrap();
     ring_still_circles(&mut ring).await;
     ring.shutdown().await;
@@ -129,6 +141,7 @@ async fn truncated_frame_after_a_valid_hello_closes_only_that_connection() {
         from_index: 0,
         from_name: ring.layout.members()[0].name.clone(),
         releases: vec![],
+        instance: 0,
     });
     s.write_all(&encode(&hello)).await.unwrap();
     s.write_all(&100u32.to_be_bytes()).await.unwrap();
@@ -153,5 +166,45 @@ async fn a_silent_connection_is_dropped_at_the_handshake_deadline() {
     assert!(why.contains("no hello"), "{why}");
     assert_closed_by_peer(&mut s).await;
     ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_claiming_a_linked_member_is_refused() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    // Another process started as member 0 (same name), listening
+    // elsewhere: it dials member 1, whose link from the real member 0 is
+    // alive.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (observer, mut events) = Observer::channel();
+    let mut config = NodeConfig::new(ring.layout.clone(), 0);
+    config.delay_ms = 0;
+    let twin = ringhost::node::start(config, listener, host(), observer)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await.expect("twin events").kind {
+                EventKind::LinkRefused { reason } if reason.contains("already linked") => {
+                    return reason;
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the twin is refused within 10 s");
+    assert!(refused.contains("member 0"), "{refused}");
+    let why = ring
+        .wait_for(Duration::from_secs(10), "the conflict at node 1", |e| {
+            e.node == 1
+                && matches!(&e.kind, EventKind::UpstreamRejected { reason } if reason.contains("already linked"))
+        })
+        .await;
+    eprintln!("{why:?}");
+    // The real member 0 keeps its place: one particle, in ring order.
+    ring_still_circles(&mut ring).await;
+    twin.shutdown().await.unwrap();
     ring.shutdown().await;
 }
