@@ -52,6 +52,30 @@
 //!   makes generation `highest seen + 1`, carrying the slots of the last
 //!   copy it forwarded.
 //!
+//! # Heartbeats vouch for the particle
+//!
+//! "No particle seen here for the token timeout" is not "no particle": a
+//! member may hold it far longer (a station running up to its deadline, a
+//! long hold). So every ping carries the sender's freshest word on the
+//! particle ([`token::Alive`]): its id, how long ago it was known alive,
+//! and across how many links that word came. A member that holds the
+//! particle says "alive now", for at most its visit bound (its stations'
+//! deadlines) or its hold; its successor takes that as a sighting and
+//! passes it on in its own pings, sent at once when the news is fresher by
+//! half a heartbeat, so word crosses the ring in link latencies. The token
+//! timeout runs from the latest sighting, seen or heard. Word of a particle
+//! older than the one a node has seen is ignored, and word that has crossed
+//! as many links as there are live members is dropped, so it never comes
+//! back round to vouch for itself: when the particle is really lost, the
+//! word stops with it and ages out everywhere. A frozen (SIGSTOP) or
+//! wedged holder sends no word, or stops at its bound.
+//!
+//! # Leaving
+//!
+//! A node stopped cleanly (SIGTERM, Ctrl-C) passes on a particle it holds
+//! and tells its predecessor it leaves; the predecessor skips it at once
+//! and reports a leave, not a failure, so `--respawn` does not restart it.
+//!
 //! A newer particle travels the same ring, in the same direction, as any
 //! older one; within one lap it has visited every node, after which the
 //! older one is dropped at its next stop. So two particles coexist for at
