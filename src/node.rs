@@ -55,6 +55,16 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// (pings). Held only for one frame's write.
 type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>>;
 
+/// What this node's pings say of the particle: the owner writes it after
+/// every protocol event (a short lock, no wake-up) and wakes the link tasks
+/// through `news` only when the word is fresher by half a heartbeat than
+/// the last news, so the particle's hot path costs no extra wake-up.
+#[derive(Default)]
+struct BeaconCell {
+    value: std::sync::Mutex<Option<Beacon>>,
+    news: tokio::sync::Notify,
+}
+
 /// The custody acknowledgement an upstream connection owes its sender:
 /// written by the owner, sent by the upstream task with its next pong, so
 /// acks cost no extra wake-up on the particle's path.
@@ -233,7 +243,7 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let (tx, rx) = mpsc::channel(256);
     let (seen_tx, seen_rx) = watch::channel(None);
-    let (beacon_tx, _) = watch::channel(None);
+
     tracker.spawn(started.agent.run(cancel.clone()).instrument(span.clone()));
     if config.deploy.watch {
         let _entered = span.enter();
@@ -275,7 +285,8 @@ pub async fn start(
         upstreams: HashMap::new(),
         hold_until: None,
         seen_tx,
-        beacon_tx,
+        beacon: Arc::default(),
+        beacon_news: None,
         refusals: LogBackoff::default(),
         instance: rand::random::<u64>() | 1,
         linked: None,
@@ -331,7 +342,9 @@ struct Owner {
     hold_until: Option<tokio::time::Instant>,
     seen_tx: watch::Sender<Option<ParticleId>>,
     /// What the link tasks' pings say of the particle.
-    beacon_tx: watch::Sender<Option<Beacon>>,
+    beacon: Arc<BeaconCell>,
+    /// The sighting the link tasks were last woken for.
+    beacon_news: Option<Instant>,
     /// Backs off repeated refusal lines (a probe every probe interval).
     refusals: LogBackoff,
     /// Drawn at start: tells this process from another claiming our name.
@@ -384,12 +397,7 @@ impl Owner {
             self.state.handle(event, &mut actions);
             // Before the actions: a visit runs inline, and the link tasks
             // must vouch for the particle meanwhile.
-            let beacon = self.state.beacon();
-            self.beacon_tx.send_if_modified(|b| {
-                let changed = *b != beacon;
-                *b = beacon;
-                changed
-            });
+            self.publish_beacon();
             for action in std::mem::take(&mut actions) {
                 self.execute(action, events).await;
             }
@@ -412,6 +420,20 @@ impl Owner {
             *s = seen;
             changed
         });
+    }
+
+    /// Hands the protocol's word on the particle to the link tasks; wakes
+    /// them only when it is fresher by half a heartbeat than the last news.
+    fn publish_beacon(&mut self) {
+        let beacon = self.state.beacon();
+        *self.beacon.value.lock().expect("beacon lock") = beacon;
+        let half = Duration::from_millis(self.config.heartbeat_interval_ms) / 2;
+        if let Some(at) = beacon.map(|b| b.vouched_at(Instant::now()))
+            && self.beacon_news.is_none_or(|last| at > last + half)
+        {
+            self.beacon_news = Some(at);
+            self.beacon.news.notify_waiters();
+        }
     }
 
     /// Leaving the ring: pass on a particle we hold instead of taking it
@@ -657,7 +679,7 @@ impl Owner {
         };
         let tx = self.tx.clone();
         let deploy_tx = self.deploy_tx.clone();
-        let beacon = self.beacon_tx.subscribe();
+        let beacon = Arc::clone(&self.beacon);
         let config = Arc::clone(&self.config);
         let cancel = self.cancel.clone();
         let tracker = self.tracker.clone();
@@ -821,17 +843,16 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
 /// this task), the link fails, or the node stops.
 ///
 /// With `beacon` (the successor reads them), every ping carries what this
-/// node knows of the particle, and a ping goes out at once when that news
-/// is fresher by half a heartbeat than the last one sent: word that a
-/// member holds the particle crosses the ring in link latencies, not in
-/// heartbeats.
+/// node knows of the particle, and a ping goes out at once when the owner
+/// has fresher news by half a heartbeat: word that a member holds the
+/// particle crosses the ring in link latencies, not in heartbeats.
 async fn run_downlink(
     link: LinkId,
     writer: SharedWriter,
     mut reader: FrameReader<OwnedReadHalf>,
     tx: mpsc::Sender<Msg>,
     config: Arc<NodeConfig>,
-    mut beacon: Option<watch::Receiver<Option<Beacon>>>,
+    beacon: Option<Arc<BeaconCell>>,
     cancel: CancellationToken,
 ) {
     let write_limit = Duration::from_millis(config.write_timeout_ms);
@@ -839,28 +860,17 @@ async fn run_downlink(
     let mut ping = tokio::time::interval(heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
-    let mut vouched: Option<Instant> = None;
     let why = loop {
         let news = async {
-            match beacon.as_mut() {
-                Some(b) => b.changed().await,
+            match &beacon {
+                Some(b) => b.news.notified().await,
                 None => std::future::pending().await,
             }
         };
         let send = tokio::select! {
             () = cancel.cancelled() => return,
             _ = ping.tick() => true,
-            r = news => match r {
-                Ok(()) => {
-                    let now = Instant::now();
-                    let at = beacon.as_ref().and_then(|b| b.borrow().map(|b| b.vouched_at(now)));
-                    at.is_some_and(|at| vouched.is_none_or(|v| at > v + heartbeat / 2))
-                }
-                Err(_) => {
-                    beacon = None; // the owner is gone; plain pings until the end
-                    false
-                }
-            },
+            () = news => true,
             r = reader.read_frame() => {
                 let msg = match r {
                     Ok(Some(Frame::Pong(_))) => Msg::Heard(link),
@@ -883,10 +893,10 @@ async fn run_downlink(
             // The write happens here, never inside the select, so a frame
             // is never cut in half by a cancelled branch.
             n += 1;
-            let now = Instant::now();
-            let b = beacon.as_ref().and_then(|b| *b.borrow());
-            let alive = b.map(|b| b.alive(now));
-            vouched = b.map(|b| b.vouched_at(now)).or(vouched);
+            let b = beacon
+                .as_ref()
+                .and_then(|b| *b.value.lock().expect("beacon lock"));
+            let alive = b.map(|b| b.alive(Instant::now()));
             let mut w = writer.lock().await;
             match timeout(write_limit, w.write_frame(&Frame::Ping { n, alive })).await {
                 Ok(Ok(())) => {}
