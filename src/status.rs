@@ -157,7 +157,16 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
         let mut reader = FrameReader::new(r, 16 << 20);
         let mut writer = FrameWriter::new(w, 16 << 20);
         writer.write_frame(&Frame::StatusRequest).await?;
-        match reader.read_frame().await? {
+        let answer = reader.read_frame().await.map_err(|e| {
+            if e.is_foreign() {
+                anyhow::anyhow!(
+                    "{addr} is not a ringhost node: its answer is not a ringhost frame ({e})"
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("reading the answer of {addr}"))
+            }
+        })?;
+        match answer {
             Some(Frame::Status(json)) => {
                 serde_json::from_str(&json).context("parsing the status report")
             }
@@ -165,9 +174,9 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
             None => bail!("{addr} closed the connection without answering"),
         }
     };
-    timeout(within, ask)
-        .await
-        .with_context(|| format!("{addr} did not answer within {within:?}"))?
+    timeout(within, ask).await.with_context(|| {
+        format!("{addr} did not answer a status request within {within:?}: is it a ringhost node's ring port?")
+    })?
 }
 
 /// The report for a person.
@@ -236,6 +245,9 @@ pub fn render(r: &Report) -> String {
         }
     }
     let d = &r.deploy;
+    for c in &d.conflicts {
+        let _ = writeln!(s, "CONFLICT {}", c.message());
+    }
     if d.fetched_full + d.fetched_delta > 0 {
         let _ = writeln!(
             s,

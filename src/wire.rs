@@ -145,6 +145,15 @@ pub enum WireError {
     },
 }
 
+impl WireError {
+    /// Whether the bytes were not ringhost frames at all (as opposed to a
+    /// connection that failed): what a tool sees when the address it was
+    /// given is some other kind of server.
+    pub fn is_foreign(&self) -> bool {
+        !matches!(self, WireError::Io(_))
+    }
+}
+
 impl Frame {
     /// Encodes the frame body (without the length prefix).
     pub fn encode(&self, out: &mut BytesMut) {
@@ -462,6 +471,7 @@ mod tests {
             config: vec![],
             signer: None,
             signature: None,
+            published_ms: 1_700_000_000_000,
         }
     }
 
