@@ -157,15 +157,10 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
         let mut reader = FrameReader::new(r, 16 << 20);
         let mut writer = FrameWriter::new(w, 16 << 20);
         writer.write_frame(&Frame::StatusRequest).await?;
-        let answer = reader.read_frame().await.map_err(|e| {
-            if e.is_foreign() {
-                anyhow::anyhow!(
-                    "{addr} is not a ringhost node: its answer is not a ringhost frame ({e})"
-                )
-            } else {
-                anyhow::Error::new(e).context(format!("reading the answer of {addr}"))
-            }
-        })?;
+        let answer = reader
+            .read_frame()
+            .await
+            .map_err(|e| e.in_answer_of(addr))?;
         match answer {
             Some(Frame::Status(json)) => {
                 serde_json::from_str(&json).context("parsing the status report")

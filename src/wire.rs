@@ -152,6 +152,21 @@ impl WireError {
     pub fn is_foreign(&self) -> bool {
         !matches!(self, WireError::Io(_))
     }
+
+    /// This error as the reader of `peer`'s first answer should see it:
+    /// bytes that are not ringhost frames name the peer as something else
+    /// (an HTTP server's answer otherwise reads as a frame over the size
+    /// limit).
+    pub fn in_answer_of(self, peer: &str) -> anyhow::Error {
+        if self.is_foreign() {
+            anyhow::anyhow!(
+                "{peer} is not a ringhost node: its answer is not a ringhost frame \
+                 (is that the node's ring port?)"
+            )
+        } else {
+            anyhow::Error::new(self).context(format!("reading the answer of {peer}"))
+        }
+    }
 }
 
 impl Frame {

@@ -1197,13 +1197,10 @@ pub async fn request(
         let mut writer = FrameWriter::new(w, max_frame);
         let mut reader = FrameReader::new(r, max_frame);
         writer.write_frame(&Frame::Request(req, blob)).await?;
-        let answer = reader.read_frame().await.map_err(|e| {
-            if e.is_foreign() {
-                anyhow!("{addr} is not a ringhost node: its answer is not a ringhost frame ({e})")
-            } else {
-                anyhow::Error::new(e).context(format!("reading the answer of {addr}"))
-            }
-        })?;
+        let answer = reader
+            .read_frame()
+            .await
+            .map_err(|e| e.in_answer_of(addr))?;
         match answer {
             Some(Frame::Reply(reply, blob)) => Ok((reply, blob)),
             Some(other) => Err(anyhow!("unexpected {} in answer", other.kind_name())),

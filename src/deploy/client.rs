@@ -456,3 +456,47 @@ pub fn keygen(args: &KeygenArgs) -> Result<()> {
     println!("{public}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::release::Conflict;
+
+    fn rel(version: u64, h: u8, published_ms: u64) -> Release {
+        Release {
+            name: "marker".into(),
+            version,
+            origin: 0,
+            hash: Hash([h; 32]),
+            size: 1,
+            config: vec![],
+            signer: None,
+            signature: None,
+            published_ms,
+        }
+    }
+
+    #[test]
+    fn push_reports_the_conflicts_its_release_is_part_of() {
+        let (stale, pushed, other) = (rel(3, 6, 1_000), rel(1, 1, 9_000), rel(5, 7, 20_000));
+        let view = DeployView {
+            conflicts: vec![Conflict::of(&stale, &pushed, Some(2))],
+            ..DeployView::default()
+        };
+        let notes = conflicts_about(&view, &pushed);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("kept v1") && notes[0].contains("node 2"),
+            "{notes:?}"
+        );
+        assert!(conflicts_about(&view, &other).is_empty());
+    }
+
+    #[test]
+    fn module_size_is_checked_against_the_module_limit() {
+        let f = std::path::Path::new("big.wasm");
+        assert!(check_module_size(f, MAX_MODULE_BYTES as u64).is_ok());
+        let e = check_module_size(f, 20_000_000).unwrap_err().to_string();
+        assert!(e.contains("20000000") && e.contains("module limit"), "{e}");
+    }
+}

@@ -73,6 +73,13 @@ async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
         .unwrap_or_else(|| panic!("node 2 reports the conflict: {v:?}"));
     assert_eq!(c.kept.hash, newest.hash);
     assert_eq!((c.stale.version, c.stale.hash), (3, Hash::of(&marker(6))));
+    // `ringhost status` shows it.
+    let out = crate::deploy::ringhost(&["status", "--to", &addr(&ring, 2)]).await;
+    let text = crate::deploy::text(&out);
+    assert!(
+        text.contains("CONFLICT") && text.contains("kept v1"),
+        "{text}"
+    );
     // And it stays that way: no node goes back to the stale side.
     ring.visits(90, Duration::from_secs(20)).await;
     for i in all {

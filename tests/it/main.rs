@@ -2,6 +2,7 @@
 
 mod cut_link;
 mod deploy;
+mod deploy_client;
 mod deploy_order;
 mod health;
 mod ring;
