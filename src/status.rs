@@ -166,7 +166,9 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
                 serde_json::from_str(&json).context("parsing the status report")
             }
             Some(other) => bail!("{addr} answered with a {} frame", other.kind_name()),
-            None => bail!("{addr} closed the connection without answering"),
+            None => bail!(
+                "{addr} closed the connection without answering: is it a ringhost node's ring port?"
+            ),
         }
     };
     timeout(within, ask).await.with_context(|| {

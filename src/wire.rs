@@ -164,7 +164,9 @@ impl WireError {
                  (is that the node's ring port?)"
             )
         } else {
-            anyhow::Error::new(self).context(format!("reading the answer of {peer}"))
+            anyhow::Error::new(self).context(format!(
+                "reading the answer of {peer} (is it a ringhost node's ring port?)"
+            ))
         }
     }
 }
