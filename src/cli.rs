@@ -62,7 +62,7 @@ pub struct PushArgs {
     /// The component (`.wasm`) to push.
     pub file: PathBuf,
     /// A node of the ring (`host:port`).
-    #[arg(long)]
+    #[arg(long, value_parser = node_addr)]
     pub to: String,
     /// Station name (default: the file name without `.wasm`).
     #[arg(long = "as", value_name = "NAME")]
@@ -70,7 +70,8 @@ pub struct PushArgs {
     /// `init` config, `key=value`; repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
-    /// Sign the module with this secret key (see `ringhost keygen`).
+    /// Sign the module with this secret key file (see `ringhost keygen`;
+    /// not the `.pub` file, which is refused).
     #[arg(long, value_name = "KEY")]
     pub key: Option<PathBuf>,
     /// Give up waiting after this long.
@@ -87,7 +88,7 @@ pub struct RollbackArgs {
     /// Station name.
     pub name: String,
     /// A node of the ring (`host:port`).
-    #[arg(long)]
+    #[arg(long, value_parser = node_addr)]
     pub to: String,
     /// Give up waiting after this long.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
@@ -105,7 +106,7 @@ pub enum ConfigCmd {
         /// Value.
         value: String,
         /// A node of the ring (`host:port`).
-        #[arg(long)]
+        #[arg(long, value_parser = node_addr)]
         to: String,
     },
     /// Delete KEY ring-wide.
@@ -113,17 +114,19 @@ pub enum ConfigCmd {
         /// Key.
         key: String,
         /// A node of the ring (`host:port`).
-        #[arg(long)]
+        #[arg(long, value_parser = node_addr)]
         to: String,
     },
-    /// Print KEY's value as the node has applied it (exit 1 if unset).
+    /// Print KEY's value as the node has applied it (exit 1 if unset, with
+    /// or without --json).
     Get {
         /// Key.
         key: String,
         /// A node of the ring (`host:port`).
-        #[arg(long)]
+        #[arg(long, value_parser = node_addr)]
         to: String,
-        /// Print the entry's version and writer too, as JSON.
+        /// Print the entry's version and writer too, as JSON (an unset key
+        /// prints its entry and still exits 1).
         #[arg(long)]
         json: bool,
     },
@@ -141,11 +144,30 @@ pub struct KeygenArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// The node's ring address (`host:port`).
-    #[arg(long)]
+    #[arg(long, value_parser = node_addr)]
     pub to: String,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A node's address as tools take it (`--to`): `host:port`. A bare port
+/// or a name without a port is refused with the form to use.
+///
+/// # Errors
+/// When `arg` has no `:port` part or the port is not a number.
+pub fn node_addr(arg: &str) -> Result<String, String> {
+    if arg.parse::<u16>().is_ok() {
+        return Err(format!(
+            "{arg:?} is a port alone; give host:port, e.g. 127.0.0.1:{arg}"
+        ));
+    }
+    match arg.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(arg.into()),
+        _ => Err(format!(
+            "{arg:?} is not host:port; give e.g. 127.0.0.1:3000"
+        )),
+    }
 }
 
 /// Settings shared by a single node and by every node of `up`.
@@ -433,6 +455,19 @@ mod tests {
         assert_eq!(cfg.index, 4);
         assert_eq!(cfg.ring.len(), 11);
         assert_eq!(cfg.stations, vec![StationSpec::builtin("tick")]);
+    }
+
+    #[test]
+    fn tools_take_host_and_port_and_say_so_for_a_bare_port() {
+        let err = Cli::try_parse_from(["ringhost", "status", "--to", "3000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("127.0.0.1:3000"), "{err}");
+        let err = node_addr("localhost").unwrap_err();
+        assert!(err.contains("host:port"), "{err}");
+        assert_eq!(node_addr("127.0.0.1:3000").unwrap(), "127.0.0.1:3000");
+        assert_eq!(node_addr("[::1]:3000").unwrap(), "[::1]:3000");
+        assert!(node_addr("node-a.example:3000").is_ok());
     }
 
     #[test]

@@ -91,6 +91,14 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// Two releases of a station whose version and publish order
+    /// disagree met here; the newer publish was kept.
+    DeployConflict {
+        /// Station name.
+        station: String,
+        /// What was kept and what set aside, in words.
+        message: String,
+    },
     /// A station that kept faulting was rolled back to its previous
     /// version on this node.
     RolledBack {

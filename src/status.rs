@@ -160,17 +160,23 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
         let mut reader = FrameReader::new(r, 16 << 20);
         let mut writer = FrameWriter::new(w, 16 << 20);
         writer.write_frame(&Frame::StatusRequest).await?;
-        match reader.read_frame().await? {
+        let answer = reader
+            .read_frame()
+            .await
+            .map_err(|e| e.in_answer_of(addr))?;
+        match answer {
             Some(Frame::Status(json)) => {
                 serde_json::from_str(&json).context("parsing the status report")
             }
             Some(other) => bail!("{addr} answered with a {} frame", other.kind_name()),
-            None => bail!("{addr} closed the connection without answering"),
+            None => bail!(
+                "{addr} closed the connection without answering: is it a ringhost node's ring port?"
+            ),
         }
     };
-    timeout(within, ask)
-        .await
-        .with_context(|| format!("{addr} did not answer within {within:?}"))?
+    timeout(within, ask).await.with_context(|| {
+        format!("{addr} did not answer a status request within {within:?}: is it a ringhost node's ring port?")
+    })?
 }
 
 /// The report for a person.
@@ -239,6 +245,9 @@ pub fn render(r: &Report) -> String {
         }
     }
     let d = &r.deploy;
+    for c in &d.conflicts {
+        let _ = writeln!(s, "CONFLICT {}", c.message());
+    }
     if d.fetched_full + d.fetched_delta > 0 {
         let _ = writeln!(
             s,

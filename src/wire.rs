@@ -171,6 +171,32 @@ pub enum WireError {
     },
 }
 
+impl WireError {
+    /// Whether the bytes were not ringhost frames at all (as opposed to a
+    /// connection that failed): what a tool sees when the address it was
+    /// given is some other kind of server.
+    pub fn is_foreign(&self) -> bool {
+        !matches!(self, WireError::Io(_))
+    }
+
+    /// This error as the reader of `peer`'s first answer should see it:
+    /// bytes that are not ringhost frames name the peer as something else
+    /// (an HTTP server's answer otherwise reads as a frame over the size
+    /// limit).
+    pub fn in_answer_of(self, peer: &str) -> anyhow::Error {
+        if self.is_foreign() {
+            anyhow::anyhow!(
+                "{peer} is not a ringhost node: its answer is not a ringhost frame \
+                 (is that the node's ring port?)"
+            )
+        } else {
+            anyhow::Error::new(self).context(format!(
+                "reading the answer of {peer} (is it a ringhost node's ring port?)"
+            ))
+        }
+    }
+}
+
 impl Frame {
     /// Encodes the frame body (without the length prefix).
     pub fn encode(&self, out: &mut BytesMut) {
@@ -518,6 +544,7 @@ mod tests {
             config: vec![],
             signer: None,
             signature: None,
+            published_ms: 1_700_000_000_000,
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::release::{ConfigEntry, Hash, Payload, Release, Reply, Request};
+use super::release::{ConfigEntry, Conflict, Hash, OrderKey, Payload, Release, Reply, Request};
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
@@ -33,6 +33,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often releases seen at neighbours are looked at again (a fetch
 /// that failed is retried this often).
 const RECHECK: Duration = Duration::from_secs(1);
+
+/// Release conflicts a node keeps for `status` (the newest ones).
+const MAX_CONFLICTS: usize = 8;
 
 /// What the agent asks of the node's owner task.
 pub enum OwnerCmd {
@@ -124,6 +127,9 @@ pub struct StationDeploy {
     pub origin: u32,
     /// The current release's module hash.
     pub hash: Hash,
+    /// The current release's publish time (unix ms; 0: as started).
+    #[serde(default)]
+    pub published_ms: u64,
     /// The module actually running.
     pub running: Hash,
     /// Why the last release tried here is not running, if it is not.
@@ -150,6 +156,10 @@ pub struct DeployView {
     pub fetched_delta: u64,
     /// Bytes received by fetches.
     pub fetched_bytes: u64,
+    /// Release conflicts seen here (version and publish order disagreed),
+    /// newest last; the newer publish was kept each time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
 }
 
 /// The node's side of the agent.
@@ -215,7 +225,9 @@ pub struct Agent {
     local: Vec<Hash>,
     sign_key: Option<SigningKey>,
     /// Releases refused here for their signature: not fetched again.
-    rejected: Vec<(u64, u32, Hash)>,
+    rejected: Vec<OrderKey>,
+    /// Release conflicts seen here, newest last (at most [`MAX_CONFLICTS`]).
+    conflicts: Vec<Conflict>,
     /// The newest refused release per name, passed on to the successor.
     relayed: std::collections::BTreeMap<String, Release>,
     /// Deltas made or received, to serve the next node without redoing.
@@ -286,6 +298,7 @@ pub async fn start(
                     config: spec.config.clone(),
                     signer: None,
                     signature: None,
+                    published_ms: 0,
                 })?;
             }
         }
@@ -345,6 +358,7 @@ pub async fn start(
         local,
         sign_key,
         rejected: Vec::new(),
+        conflicts: Vec::new(),
         relayed: Default::default(),
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
@@ -416,6 +430,10 @@ impl Agent {
             }
             if self.rejected.contains(&rel.key()) {
                 continue; // refused once (hash or signature): not again
+            }
+            if let Some(c) = self.current(&rel.name).filter(|c| rel.conflicts_with(c)) {
+                let conflict = Conflict::of(&rel, c, Some(peer as u32));
+                self.note_conflict(conflict);
             }
             let newer = self.current(&rel.name).is_none_or(|c| rel.newer_than(c))
                 && self
@@ -636,15 +654,7 @@ impl Agent {
                         return;
                     }
                 };
-                let version = [
-                    self.current(&name).map(|c| c.version),
-                    self.pending.get(&name).map(|p| p.version),
-                ]
-                .into_iter()
-                .flatten()
-                .max()
-                .unwrap_or(0)
-                    + 1;
+                let (version, published_ms) = self.next_stamp(&name);
                 let release = Release {
                     name: name.clone(),
                     version,
@@ -654,6 +664,7 @@ impl Agent {
                     config,
                     signer,
                     signature,
+                    published_ms,
                 };
                 let recorded = self
                     .store
@@ -749,6 +760,52 @@ impl Agent {
         self.errors.insert(name.to_string(), (version, reason));
     }
 
+    /// The version and publish time of the next release of `name` made
+    /// here: above every version and publish time this node knows of the
+    /// name (current, history, pending, conflicts set aside), and no
+    /// earlier than now.
+    fn next_stamp(&self, name: &str) -> (u64, u64) {
+        let known = self
+            .store
+            .record(name)
+            .into_iter()
+            .flat_map(|r| r.history.iter().chain(std::iter::once(&r.current)))
+            .chain(self.pending.get(name))
+            .chain(
+                self.conflicts
+                    .iter()
+                    .filter(|c| c.name == name)
+                    .flat_map(|c| [&c.kept, &c.stale]),
+            );
+        let (version, published) = known.fold((0, 0), |(v, p), r| {
+            (v.max(r.version), p.max(r.published_ms))
+        });
+        (version + 1, crate::station::unix_ms().max(published + 1))
+    }
+
+    /// Logs and keeps a release conflict (once per pair).
+    fn note_conflict(&mut self, conflict: Conflict) {
+        let same = |c: &Conflict| {
+            c.kept.key() == conflict.kept.key() && c.stale.key() == conflict.stale.key()
+        };
+        if self.conflicts.iter().any(same) {
+            return;
+        }
+        let message = conflict.message();
+        warn!(station = %conflict.name, "{message}");
+        self.base.observer.emit(
+            self.config.index,
+            EventKind::DeployConflict {
+                station: conflict.name.clone(),
+                message,
+            },
+        );
+        self.conflicts.push(conflict);
+        if self.conflicts.len() > MAX_CONFLICTS {
+            self.conflicts.remove(0);
+        }
+    }
+
     fn announce(&self) {
         let list = self.releases();
         let _ = self.owner.try_send(OwnerCmd::Announce(list));
@@ -786,6 +843,7 @@ impl Agent {
                     version: rec.current.version,
                     origin: rec.current.origin,
                     hash: rec.current.hash,
+                    published_ms: rec.current.published_ms,
                     running,
                     error: self.errors.get(name).map(|e| e.1.clone()),
                     failed_version: self.errors.get(name).and_then(|e| e.0),
@@ -799,6 +857,7 @@ impl Agent {
             fetched_full: self.counters.0,
             fetched_delta: self.counters.1,
             fetched_bytes: self.counters.2,
+            conflicts: self.conflicts.clone(),
         };
         self.view.send_if_modified(|v| {
             let changed = *v != view;
@@ -826,6 +885,7 @@ impl Agent {
                     config: config.clone(),
                     signer,
                     signature: signature.clone(),
+                    published_ms: 0,
                 };
                 let check = check_name(&name)
                     .and_then(|()| self.check_signature(&fake))
@@ -833,6 +893,22 @@ impl Agent {
                 if let Err(e) = check {
                     warn!(station = %name, reason = %e, "push refused");
                     let _ = reply.send((Reply::error(e), Bytes::new()));
+                    return;
+                }
+                let current = self.current(&name).filter(|c| {
+                    c.version > 0
+                        && c.hash == fake.hash
+                        && c.config == config
+                        && self.running.get(&name) == Some(&c.hash)
+                });
+                if let (false, Some(c)) = (local, current) {
+                    info!(release = %c.label(), "push of the module already current: nothing to do");
+                    let answer = Reply {
+                        release: Some(c.clone()),
+                        unchanged: true,
+                        ..Reply::default()
+                    };
+                    let _ = reply.send((answer, Bytes::new()));
                     return;
                 }
                 info!(station = %name, bytes = bytes.len(), local, "validating a pushed module");
@@ -1026,6 +1102,7 @@ impl Agent {
             config: config.clone(),
             signer,
             signature: signature.clone(),
+            published_ms: 0,
         };
         if let Err(e) = self.check_signature(&probe) {
             self.fail(
@@ -1120,7 +1197,11 @@ pub async fn request(
         let mut writer = FrameWriter::new(w, max_frame);
         let mut reader = FrameReader::new(r, max_frame);
         writer.write_frame(&Frame::Request(req, blob)).await?;
-        match reader.read_frame().await? {
+        let answer = reader
+            .read_frame()
+            .await
+            .map_err(|e| e.in_answer_of(addr))?;
+        match answer {
             Some(Frame::Reply(reply, blob)) => Ok((reply, blob)),
             Some(other) => Err(anyhow!("unexpected {} in answer", other.kind_name())),
             None => Err(anyhow!("{addr} closed the connection without answering")),

@@ -1,6 +1,13 @@
 //! The tools' side of deploys: `push`, `rollback`, `config`, `keygen`.
 //! Each talks to one node's ring port; `push` and `rollback` then watch
-//! every member's status until the release runs everywhere it can.
+//! every member's status until the release runs everywhere it can, and a
+//! few visits more (a version that traps at every visit is rolled back by
+//! each node within a few visits: that is a failed push, exit 1).
+//!
+//! Before sending a module, `push` checks what it can locally: the module
+//! limit, the key file's kind, and that the address answers like a
+//! ringhost node (a short status request), so another server on that port
+//! is named as such instead of timing out or failing on its bytes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,10 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 
+use super::agent::DeployView;
 use super::agent::request;
-use super::release::{ConfigEntry, Hash, Release, Reply, Request};
+use super::release::{ConfigEntry, Hash, OrderKey, Release, Reply, Request};
 use super::sign;
 use crate::cli::{ConfigCmd, KeygenArgs, PushArgs, RollbackArgs};
+use crate::station::MAX_MODULE_BYTES;
 use crate::status;
 
 /// Frames a tool accepts (a module push is at most 8 MiB).
@@ -21,13 +30,29 @@ const MAX_FRAME: usize = 16 << 20;
 /// Bound on the first node's answer (it compiles and runs init first).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Bound on the status request that checks the address is a ringhost
+/// node before a module is sent (a node answers in milliseconds).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Visits each node makes with the new version before `push` calls it
+/// settled: past the default `--rollback-after` (3 faults).
+const SETTLE_VISITS: u64 = 5;
+
+/// Bound on the settle window (a slow or stalled particle).
+const SETTLE_MAX: Duration = Duration::from_secs(10);
+
 /// `ringhost push`.
 ///
 /// # Errors
 /// When the module is refused, or some live node does not run it in time.
 pub async fn push(args: &PushArgs) -> Result<()> {
+    let size = std::fs::metadata(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?
+        .len();
+    check_module_size(&args.file, size)?;
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    check_module_size(&args.file, bytes.len() as u64)?;
     let name = match &args.name {
         Some(n) => n.clone(),
         None => args
@@ -57,6 +82,7 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         }
         None => (None, None),
     };
+    probe(&args.to).await?;
     eprintln!(
         "pushing {} ({} bytes, sha256 {}) as {name} to {}",
         args.file.display(),
@@ -71,7 +97,14 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         signature,
         local: false,
     };
-    let release = publish(&args.to, req, Bytes::from(bytes)).await?;
+    let (release, unchanged) = publish(&args.to, req, Bytes::from(bytes)).await?;
+    if unchanged {
+        println!(
+            "{} already has this module and config: nothing to push",
+            release.label()
+        );
+        return Ok(());
+    }
     eprintln!(
         "{} accepted by {}: validated, now travelling the ring",
         release.label(),
@@ -93,17 +126,42 @@ pub async fn rollback(args: &RollbackArgs) -> Result<()> {
     let req = Request::Rollback {
         name: args.name.clone(),
     };
-    let release = publish(&args.to, req, Bytes::new()).await?;
+    probe(&args.to).await?;
+    let (release, _) = publish(&args.to, req, Bytes::new()).await?;
     eprintln!("rolling back: {} published by {}", release.label(), args.to);
     wait_ring(&args.to, &release, Duration::from_secs(args.timeout_s)).await
 }
 
-async fn publish(to: &str, req: Request, blob: Bytes) -> Result<Release> {
+/// Refuses a module over the nodes' module limit before sending it.
+fn check_module_size(file: &std::path::Path, size: u64) -> Result<()> {
+    if size > MAX_MODULE_BYTES as u64 {
+        bail!(
+            "{}: {size} bytes ({:.1} MiB) is over the module limit of {MAX_MODULE_BYTES} bytes \
+             ({} MiB)",
+            file.display(),
+            size as f64 / f64::from(1 << 20),
+            MAX_MODULE_BYTES >> 20
+        );
+    }
+    Ok(())
+}
+
+/// Checks that `to` answers like a ringhost node, within a short bound.
+async fn probe(to: &str) -> Result<status::Report> {
+    status::query(to, PROBE_TIMEOUT).await
+}
+
+/// Sends a push or rollback; returns the release and whether it was
+/// already current (nothing published).
+async fn publish(to: &str, req: Request, blob: Bytes) -> Result<(Release, bool)> {
     let (reply, _) = request(to, req, blob, MAX_FRAME, ANSWER_TIMEOUT).await?;
     if let Some(e) = reply.error {
         bail!("{to}: {e}");
     }
-    reply.release.context("the node answered without a release")
+    let release = reply
+        .release
+        .context("the node answered without a release")?;
+    Ok((release, reply.unchanged))
 }
 
 /// Where one member stands with a release.
@@ -117,7 +175,10 @@ enum Standing {
 }
 
 /// Polls every member's status until each live one runs `release`, failed
-/// it, or runs something newer.
+/// it, or runs something newer; then keeps watching while the release
+/// settles (until each member running it has made [`SETTLE_VISITS`] visits
+/// with it, at most [`SETTLE_MAX`]), so a version every node rolls back
+/// after a few traps is reported as failed.
 async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     let first = status::query(to, Duration::from_secs(5)).await?;
@@ -128,20 +189,39 @@ async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
         .collect();
     let mut standing: BTreeMap<usize, Standing> = BTreeMap::new();
     let mut misses: BTreeMap<usize, u32> = BTreeMap::new();
+    // A member's visit count when first seen running the release, and the
+    // latest one.
+    let mut visits: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut settle_until: Option<Instant> = None;
     let mut last_line = String::new();
     loop {
         for (index, _, addr) in &members {
             if matches!(
                 standing.get(index),
-                Some(Standing::Running | Standing::Failed(_) | Standing::Superseded(_))
+                Some(Standing::Failed(_) | Standing::Superseded(_))
             ) {
                 continue;
             }
+            let was_running = standing.get(index) == Some(&Standing::Running);
             let now = match status::query(addr, Duration::from_secs(1)).await {
                 Ok(r) => {
                     misses.remove(index);
-                    standing_of(&r, release)
+                    for c in conflicts_about(&r.deploy, release) {
+                        let note = format!("node {index}: {c}");
+                        if !notes.contains(&note) {
+                            notes.push(note);
+                        }
+                    }
+                    let now = standing_of(&r, release);
+                    if now == Standing::Running {
+                        let v = visits.entry(*index).or_insert((r.visits, r.visits));
+                        v.1 = r.visits;
+                    }
+                    now
                 }
+                // Seen running: a missed poll while it settles is no news.
+                Err(_) if was_running => Standing::Running,
                 Err(e) => {
                     let n = misses.entry(*index).or_default();
                     *n += 1;
@@ -167,10 +247,23 @@ async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
             eprintln!("{line}");
             last_line = line;
         }
-        if waiting == 0 || Instant::now() >= deadline {
+        let now = Instant::now();
+        if waiting == 0 {
+            let until = *settle_until.get_or_insert(now + SETTLE_MAX);
+            let settled = visits
+                .iter()
+                .filter(|(i, _)| standing.get(i) == Some(&Standing::Running))
+                .all(|(_, (at, last))| last.saturating_sub(*at) >= SETTLE_VISITS);
+            if settled || now >= until || now >= deadline {
+                break;
+            }
+        } else if now >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for note in &notes {
+        eprintln!("note: {note}");
     }
     let mut problems = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -208,6 +301,16 @@ fn count(m: &BTreeMap<usize, Standing>, f: impl Fn(&Standing) -> bool) -> usize 
     m.values().filter(|s| f(s)).count()
 }
 
+/// The release conflicts in a member's deploy view that involve
+/// `release` (kept or set aside), in words.
+fn conflicts_about(view: &DeployView, release: &Release) -> Vec<String> {
+    view.conflicts
+        .iter()
+        .filter(|c| c.kept.key() == release.key() || c.stale.key() == release.key())
+        .map(|c| c.message())
+        .collect()
+}
+
 fn standing_of(report: &status::Report, release: &Release) -> Standing {
     let Some(d) = report
         .deploy
@@ -217,7 +320,7 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
     else {
         return Standing::Waiting;
     };
-    let current = (d.version, d.origin, d.hash);
+    let current: OrderKey = (d.published_ms, d.version, d.origin, d.hash);
     if current == release.key() {
         return if d.running == release.hash {
             Standing::Running
@@ -246,22 +349,23 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
 ///
 /// # Errors
 /// When the node does not run the config station, a write is not carried
-/// on within its deadline, or (get) the key is unset.
+/// on within its deadline, or (get, with or without `--json`) the key is
+/// unset.
 pub async fn config(cmd: &ConfigCmd) -> Result<()> {
     match cmd {
         ConfigCmd::Set { key, value, to } => set(to, key, Some(value.clone())).await,
         ConfigCmd::Delete { key, to } => set(to, key, None).await,
         ConfigCmd::Get { key, to, json } => {
             let entry = get(to, key).await?;
+            // Both forms exit 1 for an unset key; --json still prints the
+            // entry (its config version says what the node has seen).
             if *json {
                 println!("{}", serde_json::to_string(&entry)?);
-                return Ok(());
+            } else if let Some(v) = &entry.value {
+                println!("{v}");
             }
             match entry.value {
-                Some(v) => {
-                    println!("{v}");
-                    Ok(())
-                }
+                Some(_) => Ok(()),
                 None => bail!("{key} is not set (config version {})", entry.config_version),
             }
         }
@@ -351,4 +455,48 @@ pub fn keygen(args: &KeygenArgs) -> Result<()> {
     );
     println!("{public}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::release::Conflict;
+
+    fn rel(version: u64, h: u8, published_ms: u64) -> Release {
+        Release {
+            name: "marker".into(),
+            version,
+            origin: 0,
+            hash: Hash([h; 32]),
+            size: 1,
+            config: vec![],
+            signer: None,
+            signature: None,
+            published_ms,
+        }
+    }
+
+    #[test]
+    fn push_reports_the_conflicts_its_release_is_part_of() {
+        let (stale, pushed, other) = (rel(3, 6, 1_000), rel(1, 1, 9_000), rel(5, 7, 20_000));
+        let view = DeployView {
+            conflicts: vec![Conflict::of(&stale, &pushed, Some(2))],
+            ..DeployView::default()
+        };
+        let notes = conflicts_about(&view, &pushed);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("kept v1") && notes[0].contains("node 2"),
+            "{notes:?}"
+        );
+        assert!(conflicts_about(&view, &other).is_empty());
+    }
+
+    #[test]
+    fn module_size_is_checked_against_the_module_limit() {
+        let f = std::path::Path::new("big.wasm");
+        assert!(check_module_size(f, MAX_MODULE_BYTES as u64).is_ok());
+        let e = check_module_size(f, 20_000_000).unwrap_err().to_string();
+        assert!(e.contains("20000000") && e.contains("module limit"), "{e}");
+    }
 }

@@ -55,8 +55,9 @@ impl<'de> Deserialize<'de> for Hash {
 }
 
 /// One version of one station, as every node records it. Releases of a
-/// name are totally ordered by (version, origin, hash): two pushes of the
-/// same name on different nodes pick the same winner everywhere.
+/// name are totally ordered by (publish time, version, origin, hash): see
+/// [`Release::key`]; two pushes of the same name on different nodes pick
+/// the same winner everywhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     /// The station's name (its slot in the particle).
@@ -79,12 +80,32 @@ pub struct Release {
     /// The signature over the module hash (hex), if signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When it was published, in unix milliseconds: the publisher's wall
+    /// clock, but always after every release of the name the publisher
+    /// knew (a hybrid clock), so within one history it grows with the
+    /// version. 0 for version 0 and for records written before releases
+    /// carried it.
+    #[serde(default)]
+    pub published_ms: u64,
 }
 
+/// A release's place in the order of its name: (publish time in unix ms,
+/// version, origin, hash), compared left to right.
+pub type OrderKey = (u64, u64, u32, Hash);
+
 impl Release {
-    /// The order key.
-    pub fn key(&self) -> (u64, u32, Hash) {
-        (self.version, self.origin, self.hash)
+    /// The order key: publish time first, then version, origin and hash.
+    ///
+    /// Within one history (each release published by a node that knew the
+    /// one before) time and version grow together, so this is the version
+    /// order. Releases published without knowledge of each other (two
+    /// pushes at once, or a ring rebuilt from empty data dirs while a
+    /// member with the old records was away) are ordered by when they were
+    /// published: the operator's newest push wins, whatever the version
+    /// numbers say. Where the two orders disagree the pair is a
+    /// [`Conflict`], reported by every node that sees it.
+    pub fn key(&self) -> OrderKey {
+        (self.published_ms, self.version, self.origin, self.hash)
     }
 
     /// Whether `self` supersedes `other` (same name assumed).
@@ -92,9 +113,80 @@ impl Release {
         self.key() > other.key()
     }
 
+    /// Whether version order and publish order disagree for `self` and
+    /// `other` (same name assumed): a higher version published earlier,
+    /// which only happens to releases made without knowledge of each
+    /// other.
+    pub fn conflicts_with(&self, other: &Release) -> bool {
+        use std::cmp::Ordering::{Greater, Less};
+        matches!(
+            (
+                self.version.cmp(&other.version),
+                self.published_ms.cmp(&other.published_ms)
+            ),
+            (Greater, Less) | (Less, Greater)
+        )
+    }
+
     /// `name v3 (abcdef012345)`, for logs and tools.
     pub fn label(&self) -> String {
         format!("{} v{} ({})", self.name, self.version, self.hash.short())
+    }
+}
+
+/// Two releases of one name whose version order and publish order
+/// disagree (see [`Release::key`]): typically a member returning with the
+/// records of a ring that was rebuilt while it was away. The newer
+/// publish wins; the conflict is logged and shown in `ringhost status` and
+/// by `push`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The station name.
+    pub name: String,
+    /// The release kept: the one published later.
+    pub kept: Release,
+    /// The release set aside: a higher version, published earlier.
+    pub stale: Release,
+    /// The ring index of the member that held the other side, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<u32>,
+}
+
+impl Conflict {
+    /// The pair ordered: `a` and `b` must conflict (see
+    /// [`Release::conflicts_with`]).
+    pub fn of(a: &Release, b: &Release, peer: Option<u32>) -> Self {
+        let (kept, stale) = if a.newer_than(b) { (a, b) } else { (b, a) };
+        Self {
+            name: kept.name.clone(),
+            kept: kept.clone(),
+            stale: stale.clone(),
+            peer,
+        }
+    }
+
+    /// One line for logs and tools.
+    pub fn message(&self) -> String {
+        let earlier = self
+            .kept
+            .published_ms
+            .saturating_sub(self.stale.published_ms);
+        let from = self
+            .peer
+            .map_or(String::new(), |p| format!(" (other side: node {p})"));
+        format!(
+            "release conflict on {}: v{} ({}) has the higher version but was published {:.1} s \
+             before v{} ({}); kept v{}, the newer publish, set v{} aside{from}; \
+             a ring rebuilt while a member with old records was away?",
+            self.name,
+            self.stale.version,
+            self.stale.hash.short(),
+            earlier as f64 / 1e3,
+            self.kept.version,
+            self.kept.hash.short(),
+            self.kept.version,
+            self.stale.version,
+        )
     }
 }
 
@@ -192,6 +284,10 @@ pub struct Reply {
     /// A config entry (config get).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigEntry>,
+    /// Push: the module and config are those of the current release
+    /// (`release`), which stays; nothing new was published.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 impl Reply {
@@ -209,6 +305,10 @@ mod tests {
     use super::*;
 
     fn rel(version: u64, origin: u32, h: u8) -> Release {
+        at(version, origin, h, version * 1000)
+    }
+
+    fn at(version: u64, origin: u32, h: u8, published_ms: u64) -> Release {
         Release {
             name: "s".into(),
             version,
@@ -218,15 +318,33 @@ mod tests {
             config: vec![],
             signer: None,
             signature: None,
+            published_ms,
         }
     }
 
     #[test]
-    fn releases_order_by_version_then_origin_then_hash() {
+    fn releases_order_by_publish_time_then_version_origin_and_hash() {
         assert!(rel(2, 0, 0).newer_than(&rel(1, 9, 9)));
-        assert!(rel(2, 3, 0).newer_than(&rel(2, 1, 9)));
-        assert!(rel(2, 3, 5).newer_than(&rel(2, 3, 4)));
+        assert!(at(2, 3, 0, 5).newer_than(&at(2, 1, 9, 5)));
+        assert!(at(2, 3, 5, 5).newer_than(&at(2, 3, 4, 5)));
         assert!(!rel(2, 3, 4).newer_than(&rel(2, 3, 4)));
+        // A rebuilt ring's v1 published after the old ring's v3 wins.
+        let (old_v3, new_v1) = (at(3, 2, 6, 1_000), at(1, 0, 1, 9_000));
+        assert!(new_v1.newer_than(&old_v3));
+        assert!(new_v1.conflicts_with(&old_v3) && old_v3.conflicts_with(&new_v1));
+        let c = Conflict::of(&old_v3, &new_v1, Some(2));
+        assert_eq!((c.kept.version, c.stale.version), (1, 3));
+        let m = c.message();
+        assert!(
+            m.contains("v3") && m.contains("kept v1") && m.contains("8.0 s"),
+            "{m}"
+        );
+        // One history, or two pushes at once of the same version: no
+        // conflict.
+        assert!(!rel(2, 0, 0).conflicts_with(&rel(1, 0, 0)));
+        assert!(!at(1, 0, 0, 5).conflicts_with(&at(1, 3, 1, 7)));
+        // Records from before publish times: version order.
+        assert!(at(3, 0, 0, 0).newer_than(&at(2, 0, 0, 0)));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Module signatures: ed25519 over the module's sha-256 (with a domain
 //! prefix, so a signature made for ringhost means nothing elsewhere).
 //!
-//! Key files hold hex text: a secret key file the 32-byte seed, a public
-//! key the 32-byte verifying key. `--trust` takes either the hex itself or
-//! the path of a file holding it.
+//! Key files hold hex text under a one-line `#` header naming their kind:
+//! a secret key file the 32-byte seed ([`SECRET_HEADER`]), a public key
+//! file the 32-byte verifying key ([`PUBLIC_HEADER`]). A file of the wrong
+//! kind is refused, naming it. Files from before the headers (bare hex)
+//! are still read; a bare one named `*.pub` is taken as a public key.
+//! `--trust` takes either the hex itself or the path of a file holding it.
 
 use std::path::Path;
 
@@ -13,6 +16,38 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use crate::config::hex;
 
 const DOMAIN: &[u8] = b"ringhost station module v1\0";
+
+/// First line of a secret key file.
+pub const SECRET_HEADER: &str = "# ringhost secret key (ed25519 seed, hex): keep it private";
+
+/// First line of a public key file.
+pub const PUBLIC_HEADER: &str =
+    "# ringhost public key (ed25519, hex): give it to nodes with --trust";
+
+/// What a key file says it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Secret,
+    Public,
+    /// Bare hex, from before the headers.
+    Unmarked,
+}
+
+/// The kind of a key file's text and its hex (the lines not starting
+/// with `#`).
+fn key_text(text: &str) -> (KeyKind, String) {
+    let mut kind = KeyKind::Unmarked;
+    let mut hex = String::new();
+    for line in text.lines().map(str::trim) {
+        match line.strip_prefix('#') {
+            Some(c) if c.contains("ringhost secret key") => kind = KeyKind::Secret,
+            Some(c) if c.contains("ringhost public key") => kind = KeyKind::Public,
+            Some(_) => {}
+            None => hex.push_str(line),
+        }
+    }
+    (kind, hex)
+}
 
 fn message(hash: &[u8; 32]) -> Vec<u8> {
     [DOMAIN, hash.as_slice()].concat()
@@ -70,13 +105,23 @@ fn short(s: &str) -> &str {
 }
 
 /// Reads a secret key file written by [`write_key`].
-///
 /// # Errors
-/// When the file is missing or does not hold a key.
+/// When the file is missing, does not hold a key, or holds a public key
+/// (the `.pub` file where the secret key belongs).
 pub fn read_key(path: &Path) -> Result<SigningKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
-    let seed = parse_hex::<32>(&text).with_context(|| format!("key {}", path.display()))?;
+    let (kind, hex) = key_text(&text);
+    let public = kind == KeyKind::Public
+        || (kind == KeyKind::Unmarked && path.extension().is_some_and(|e| e == "pub"));
+    if public {
+        bail!(
+            "{} is a public key file; signing needs the secret key file `ringhost keygen` wrote \
+             beside it (without .pub)",
+            path.display()
+        );
+    }
+    let seed = parse_hex::<32>(&hex).with_context(|| format!("key {}", path.display()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -94,10 +139,11 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
-    writeln!(f, "{}", hex(&key.to_bytes()))?;
+    writeln!(f, "{SECRET_HEADER}\n{}", hex(&key.to_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
     let public = hex(key.verifying_key().as_bytes());
     let pub_path = path.with_extension("pub");
-    std::fs::write(&pub_path, format!("{public}\n"))
+    std::fs::write(&pub_path, format!("{PUBLIC_HEADER}\n{public}\n"))
         .with_context(|| format!("writing {}", pub_path.display()))?;
     Ok(public)
 }
@@ -105,13 +151,17 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
 /// A trusted public key given as hex or as the path of a file holding it.
 ///
 /// # Errors
-/// When it is neither.
+/// When it is neither, or names a secret key file.
 pub fn parse_public(arg: &str) -> Result<VerifyingKey> {
     let text = if Path::new(arg).is_file() {
         std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
     } else {
         arg.to_string()
     };
+    let (kind, text) = key_text(&text);
+    if kind == KeyKind::Secret {
+        bail!("{arg} is a secret key file; --trust takes the public key (the .pub file)");
+    }
     let bytes = parse_hex::<32>(&text).context("--trust takes a public key (hex) or its file")?;
     VerifyingKey::from_bytes(&bytes).context("not an ed25519 public key")
 }
@@ -152,6 +202,38 @@ mod tests {
         assert_eq!(from_file, key.verifying_key());
         assert_eq!(parse_public(&public).unwrap(), key.verifying_key());
         assert!(parse_public("zz").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_file_of_the_wrong_kind_is_refused_naming_it() {
+        let dir = std::env::temp_dir().join(format!("ringhost-kind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("deploy");
+        let key = generate();
+        write_key(&path, &key).unwrap();
+        let pub_path = dir.join("deploy.pub");
+        let err = format!("{:#}", read_key(&pub_path).unwrap_err());
+        assert!(err.contains("deploy.pub is a public key file"), "{err}");
+        let err = format!("{:#}", parse_public(path.to_str().unwrap()).unwrap_err());
+        assert!(err.contains("is a secret key file"), "{err}");
+        // Files from before the headers: bare hex still reads, and a bare
+        // `.pub` file is still taken for a public key.
+        let old = dir.join("old.key");
+        std::fs::write(&old, format!("{}\n", hex(&key.to_bytes()))).unwrap();
+        assert_eq!(read_key(&old).unwrap().to_bytes(), key.to_bytes());
+        let old_pub = dir.join("old.pub");
+        std::fs::write(
+            &old_pub,
+            format!("{}\n", hex(key.verifying_key().as_bytes())),
+        )
+        .unwrap();
+        assert!(read_key(&old_pub).is_err());
+        assert_eq!(
+            parse_public(old_pub.to_str().unwrap()).unwrap(),
+            key.verifying_key()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

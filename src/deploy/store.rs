@@ -189,6 +189,7 @@ mod tests {
             config: vec![],
             signer: None,
             signature: None,
+            published_ms: version,
         }
     }
 

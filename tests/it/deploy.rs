@@ -22,7 +22,7 @@ const MARK: &[u8; 16] = b"RINGHOST-MARK-00";
 
 /// The marker station with its 16-byte marker replaced by
 /// `RINGHOST-MARK-<n>`: a valid module with a one-constant change.
-fn marker(n: u8) -> Vec<u8> {
+pub(crate) fn marker(n: u8) -> Vec<u8> {
     let mut bytes = std::fs::read(test_station("marker")).expect("marker station built");
     let at = bytes
         .windows(16)
@@ -32,7 +32,7 @@ fn marker(n: u8) -> Vec<u8> {
     bytes
 }
 
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "ringhost-it-{name}-{}-{}",
         std::process::id(),
@@ -43,7 +43,12 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-async fn push_to(addr: &str, name: &str, bytes: &[u8], config: &[(&str, &str)]) -> Reply {
+pub(crate) async fn push_to(
+    addr: &str,
+    name: &str,
+    bytes: &[u8],
+    config: &[(&str, &str)],
+) -> Reply {
     push_signed(addr, name, bytes, config, None, None).await
 }
 
@@ -72,16 +77,16 @@ async fn push_signed(
         .0
 }
 
-fn released(reply: Reply) -> Release {
+pub(crate) fn released(reply: Reply) -> Release {
     assert_eq!(reply.error, None, "push accepted");
     reply.release.expect("a release")
 }
 
-fn addr(ring: &TestRing, i: usize) -> String {
+pub(crate) fn addr(ring: &TestRing, i: usize) -> String {
     ring.layout.members()[i].addr.clone()
 }
 
-fn view(ring: &TestRing, i: usize) -> DeployView {
+pub(crate) fn view(ring: &TestRing, i: usize) -> DeployView {
     ring.nodes[i]
         .as_ref()
         .expect("node running")
@@ -91,7 +96,13 @@ fn view(ring: &TestRing, i: usize) -> DeployView {
 }
 
 /// Waits until every node in `nodes` runs module `hash` as `name`.
-async fn wait_running(ring: &TestRing, nodes: &[usize], name: &str, hash: Hash, within: Duration) {
+pub(crate) async fn wait_running(
+    ring: &TestRing,
+    nodes: &[usize],
+    name: &str,
+    hash: Hash,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     for &i in nodes {
         let mut rx = ring.nodes[i].as_ref().expect("node running").deploy_view();
@@ -116,7 +127,12 @@ async fn wait_running(ring: &TestRing, nodes: &[usize], name: &str, hash: Hash, 
 }
 
 /// Waits until each node in `nodes` has logged a line containing `text`.
-async fn wait_logged(ring: &mut TestRing, nodes: &[usize], text: &str, within: Duration) {
+pub(crate) async fn wait_logged(
+    ring: &mut TestRing,
+    nodes: &[usize],
+    text: &str,
+    within: Duration,
+) {
     let mut missing: BTreeSet<usize> = nodes.iter().copied().collect();
     let already: Vec<usize> = ring
         .seen
@@ -141,7 +157,7 @@ async fn wait_logged(ring: &mut TestRing, nodes: &[usize], text: &str, within: D
     }
 }
 
-fn quick(c: &mut NodeConfig) {
+pub(crate) fn quick(c: &mut NodeConfig) {
     c.delay_ms = 2;
     c.deploy.watch = false;
 }
@@ -262,7 +278,11 @@ async fn invalid_modules_are_refused_by_the_first_node_and_never_travel() {
     ring.shutdown().await;
 }
 
-async fn start_node(ring: &mut TestRing, i: usize, configure: &impl Fn(&mut NodeConfig)) {
+pub(crate) async fn start_node(
+    ring: &mut TestRing,
+    i: usize,
+    configure: &impl Fn(&mut NodeConfig),
+) {
     let listener = TcpListener::bind(&ring.layout.members()[i].addr)
         .await
         .expect("rebind the member's port");
@@ -662,7 +682,7 @@ fn config_writes_survive_a_node_crash_and_none_is_lost() {
     }
 }
 
-async fn ringhost(args: &[&str]) -> std::process::Output {
+pub(crate) async fn ringhost(args: &[&str]) -> std::process::Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringhost"))
         .args(args)
         .kill_on_drop(true)
@@ -673,7 +693,7 @@ async fn ringhost(args: &[&str]) -> std::process::Output {
         .expect("ringhost runs")
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -2,6 +2,8 @@
 
 mod cut_link;
 mod deploy;
+mod deploy_client;
+mod deploy_order;
 mod health;
 mod ring;
 mod slow_stop;
