@@ -12,10 +12,12 @@
 //! - [`up`]: `ringhost up`, a whole local ring of node processes.
 //! - [`respawn`]: `--respawn`, a node restarting its dead local successor.
 //! - [`cli`]: command-line types and their translation into configs.
+//! - [`durable`]: fsynced atomic writes, damaged files moved aside.
 
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod durable;
 pub mod node;
 pub mod observe;
 pub mod respawn;
