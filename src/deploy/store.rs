@@ -181,6 +181,8 @@ impl Store {
     /// When the records cannot be written.
     pub fn set_current(&mut self, release: Release) -> Result<()> {
         match self.records.get_mut(&release.name) {
+            // The same release again (its module fetched back): no history.
+            Some(rec) if rec.current.key() == release.key() => rec.current = release,
             Some(rec) => {
                 let old = std::mem::replace(&mut rec.current, release);
                 rec.history.retain(|r| r.key() != old.key());

@@ -2,6 +2,7 @@
 
 mod cut_link;
 mod deploy;
+mod files;
 mod health;
 mod ring;
 mod stations;
