@@ -239,6 +239,7 @@ pub async fn start(
         let watch = crate::deploy::watch::start(
             started.files,
             Duration::from_millis(config.deploy.settle_ms),
+            Duration::from_millis(config.deploy.poll_ms),
             deploy_tx.clone(),
             cancel.clone(),
         );

@@ -20,8 +20,9 @@
 //! - Right after the watches are in place every file is looked at once:
 //!   a file replaced between the node's first read and the watch start is
 //!   picked up.
-//! - A slow poll ([`POLL`]) compares each file's identity (device, inode,
-//!   size, mtime) as a backstop, for events that never come (filesystems
+//! - A slow poll (every 3 s by default, `DeployConfig::poll_ms`) compares
+//!   each file's identity (device, inode, size, mtime) as a backstop, for
+//!   events that never come (hard links written elsewhere, filesystems
 //!   without inotify, watcher errors, a watch limit reached); when file
 //!   events cannot be had at all, the log says so once.
 //!
@@ -44,10 +45,6 @@ use tracing::{debug, warn};
 
 use super::agent::DeployMsg;
 use super::release::Hash;
-
-/// How often every watched file's identity is compared, whatever the
-/// events say.
-pub const POLL: Duration = Duration::from_secs(3);
 
 /// Most symlink hops followed from one path (the kernel allows 40).
 const MAX_HOPS: usize = 40;
@@ -92,6 +89,7 @@ struct Watch {
     /// Targets to look at, with the stamp seen at the last look.
     dirty: HashMap<usize, Option<Stamp>>,
     settle: Duration,
+    poll: Duration,
     agent: mpsc::Sender<DeployMsg>,
     /// Whether "events unavailable" was logged.
     degraded: bool,
@@ -99,10 +97,13 @@ struct Watch {
 
 /// Sets up watches on `files` and returns the task that reports changed
 /// files to `agent` until `cancel` (the caller spawns it, on its tracker).
-/// Never fails: without file events it polls, and says so once.
+/// A file is loaded once unchanged for `settle`; identities are compared
+/// every `poll` whatever the events say. Never fails: without file events
+/// it polls, and says so once.
 pub fn start(
     files: Vec<WatchedFile>,
     settle: Duration,
+    poll: Duration,
     agent: mpsc::Sender<DeployMsg>,
     cancel: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -122,6 +123,7 @@ pub fn start(
         watched: BTreeSet::new(),
         dirty: HashMap::new(),
         settle,
+        poll: poll.max(Duration::from_millis(100)),
         agent,
         degraded: false,
     };
@@ -153,7 +155,7 @@ impl Watch {
             return;
         }
         let mut due = Some(Instant::now());
-        let mut poll = tokio::time::interval_at(Instant::now() + POLL, POLL);
+        let mut poll = tokio::time::interval_at(Instant::now() + self.poll, self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let sleep = async {
@@ -306,7 +308,7 @@ impl Watch {
     fn degrade(&mut self, why: &str) {
         if !self.degraded {
             self.degraded = true;
-            warn!(cause = %why, poll = ?POLL, "file events unavailable for station files; polling them instead");
+            warn!(cause = %why, poll = ?self.poll, "file events unavailable for station files; polling them instead");
         }
     }
 }

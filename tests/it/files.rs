@@ -63,6 +63,8 @@ fn watching(file: &Path) -> impl Fn(&mut NodeConfig) + use<> {
         c.stations = vec![spec.clone()];
         c.deploy.watch = true;
         c.deploy.settle_ms = 50;
+        // Longer than any wait here: changes must come through events.
+        c.deploy.poll_ms = 60_000;
     }
 }
 
@@ -183,6 +185,30 @@ async fn a_file_replaced_while_the_node_starts_is_picked_up() {
     wait_running(&ring, 0, &marker(2), "replaced during start").await;
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_no_file_event_reports_is_found_by_the_slow_poll() {
+    // conf/s.wasm is a hard link to real/s.wasm, rewritten in place through
+    // real/: inotify reports that to watchers of real/ only, so the node
+    // (watching conf/) gets no event, as on a filesystem without inotify.
+    let root = scratch("poll");
+    std::fs::create_dir_all(root.join("conf")).unwrap();
+    std::fs::create_dir_all(root.join("real")).unwrap();
+    let real = root.join("real").join("s.wasm");
+    std::fs::write(&real, marker(1)).unwrap();
+    std::fs::hard_link(&real, root.join("conf").join("s.wasm")).unwrap();
+    let configure = watching(&root.join("conf").join("s.wasm"));
+    let ring = TestRing::start(1, move |c| {
+        configure(c);
+        c.deploy.poll_ms = 500;
+    })
+    .await;
+    wait_running(&ring, 0, &marker(1), "as started").await;
+    std::fs::write(&real, marker(2)).unwrap();
+    wait_running(&ring, 0, &marker(2), "changed without an event").await;
+    ring.shutdown().await;
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Counts `DeployFailed` events of node 0 arriving within `within`,
