@@ -203,12 +203,15 @@ pub struct StationArgs {
 
     /// Where compiled stations are cached between runs (default:
     /// $XDG_CACHE_HOME/ringhost or ~/.cache/ringhost; `none` disables).
+    /// Entries are checked by sha-256 before loading; a damaged one is
+    /// recompiled.
     #[arg(long, value_name = "DIR", env = "RINGHOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Keep deployed modules and release records here, so a restarted
     /// node runs the latest version it had (`up`: one subdirectory per
-    /// node). Default: in memory only.
+    /// node). Damaged files are moved aside (`*.damaged-<time>`). Default:
+    /// in memory only.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 

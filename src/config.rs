@@ -476,6 +476,22 @@ pub struct DeployConfig {
     pub rollback_window_ms: u64,
     /// How long a file must stay unchanged before it is loaded.
     pub settle_ms: u64,
+    /// How often watched files' identities are compared regardless of
+    /// file events (the backstop where events never come).
+    pub poll_ms: u64,
+    /// Run after the node has read its station files and before it starts
+    /// watching them (tests change a file in that window).
+    pub before_watch: Option<Hook>,
+}
+
+/// A callback for tests, run at a fixed point of a node's start.
+#[derive(Clone)]
+pub struct Hook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl Default for DeployConfig {
@@ -489,6 +505,8 @@ impl Default for DeployConfig {
             rollback_after: 3,
             rollback_window_ms: 10_000,
             settle_ms: 200,
+            poll_ms: 3000,
+            before_watch: None,
         }
     }
 }

@@ -13,10 +13,12 @@
 //! - [`lograte`]: backing off repeated log lines.
 //! - [`respawn`]: `--respawn`, a node restarting its dead local successor.
 //! - [`cli`]: command-line types and their translation into configs.
+//! - [`durable`]: fsynced atomic writes, damaged files moved aside.
 
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod durable;
 pub mod lograte;
 pub mod node;
 pub mod observe;

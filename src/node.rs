@@ -245,14 +245,19 @@ pub async fn start(
     let (seen_tx, seen_rx) = watch::channel(None);
 
     tracker.spawn(started.agent.run(cancel.clone()).instrument(span.clone()));
+    if let Some(hook) = &config.deploy.before_watch {
+        (hook.0)();
+    }
     if config.deploy.watch {
         let _entered = span.enter();
-        crate::deploy::watch::spawn(
-            deploy::watched_files(&config),
+        let watch = crate::deploy::watch::start(
+            started.files,
             Duration::from_millis(config.deploy.settle_ms),
+            Duration::from_millis(config.deploy.poll_ms),
             deploy_tx.clone(),
             cancel.clone(),
-        )?;
+        );
+        tracker.spawn(watch.instrument(span.clone()));
     }
 
     tracker.spawn(

@@ -148,7 +148,11 @@ pub async fn run(
                         info!(member, name = %m.name, pid = child.id(), attempt = slot.failures + 1, "respawned dead successor");
                         let tx = exit_tx.clone();
                         tokio::spawn(async move {
-                            let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
+                            let status = child.wait().await;
+                            if let Some(signal) = status.as_ref().ok().and_then(std::os::unix::process::ExitStatusExt::signal) {
+                                warn!(member, signal, "respawned member died by a signal; its next start checks every compile-cache entry's digest before loading it");
+                            }
+                            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                             let _ = tx.send((member, status));
                         });
                     }

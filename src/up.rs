@@ -234,6 +234,10 @@ impl Keeper {
             let cannot_bind = status
                 .as_ref()
                 .is_ok_and(|s| s.code() == Some(i32::from(crate::EXIT_CANNOT_BIND)));
+            let signal = status
+                .as_ref()
+                .ok()
+                .and_then(std::os::unix::process::ExitStatusExt::signal);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
             let _ = self
                 .report
@@ -267,6 +271,14 @@ impl Keeper {
             }
             backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
             warn!(port = self.port, attempt = failures, "respawning node");
+            if let Some(signal) = signal {
+                // Damaged compiled code is one way to die by a signal.
+                warn!(
+                    port = self.port,
+                    signal,
+                    "node died by a signal; it restarts checking every compile-cache entry's digest before loading it"
+                );
+            }
             child = match self.cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {

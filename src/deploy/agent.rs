@@ -182,6 +182,9 @@ pub struct Started {
     pub handle: DeployHandle,
     /// Commands for the owner task.
     pub owner_rx: mpsc::Receiver<OwnerCmd>,
+    /// The node's station files with the hash of what was read from each
+    /// (what the watcher compares against).
+    pub files: Vec<super::watch::WatchedFile>,
 }
 
 /// Shared pieces every station of this node is built with.
@@ -267,6 +270,7 @@ pub async fn start(
     let mut stations = Vec::new();
     let mut inboxes = Vec::new();
     let mut local = Vec::new();
+    let mut files = Vec::new();
     let mut names: Vec<String> = config.stations.iter().map(|s| s.name.clone()).collect();
     // Stations added by pushes run after the configured ones, in the order
     // they were added.
@@ -288,6 +292,13 @@ pub async fn start(
             configured = Some((spec, Arc::clone(&bytes)));
             let hash = store.put_module(Arc::clone(&bytes))?;
             local.push(hash);
+            if let StationSource::File(path) = &spec.source {
+                files.push(super::watch::WatchedFile {
+                    name: name.clone(),
+                    path: path.clone(),
+                    loaded: hash,
+                });
+            }
             if store.record(&name).is_none() {
                 store.set_current(Release {
                     name: name.clone(),
@@ -374,6 +385,7 @@ pub async fn start(
         agent,
         handle: DeployHandle { tx, view: view_rx },
         owner_rx,
+        files,
     })
 }
 
@@ -435,7 +447,16 @@ impl Agent {
                 let conflict = Conflict::of(&rel, c, Some(peer as u32));
                 self.note_conflict(conflict);
             }
-            let newer = self.current(&rel.name).is_none_or(|c| rel.newer_than(c))
+            // Our own current release counts as wanted when its module is
+            // gone here (moved aside as damaged): fetched back like a newer
+            // one. A module we have but do not run (a local rollback) is not.
+            let lost = |me: &mut Self, c: &Release| {
+                *c == rel
+                    && me.running.get(&rel.name) != Some(&rel.hash)
+                    && me.store.module(&rel.hash).is_none()
+            };
+            let current = self.current(&rel.name).cloned();
+            let newer = current.is_none_or(|c| rel.newer_than(&c) || lost(self, &c))
                 && self
                     .pending
                     .get(&rel.name)
@@ -1210,17 +1231,4 @@ pub async fn request(
     tokio::time::timeout(limit, exchange)
         .await
         .map_err(|_| anyhow!("no answer from {addr} within {limit:?}"))?
-}
-
-/// The sources of a node's file stations, by name (what the watcher
-/// watches).
-pub fn watched_files(config: &NodeConfig) -> Vec<(String, std::path::PathBuf)> {
-    config
-        .stations
-        .iter()
-        .filter_map(|s| match &s.source {
-            StationSource::File(p) => Some((s.name.clone(), p.clone())),
-            StationSource::Builtin(_) => None,
-        })
-        .collect()
 }

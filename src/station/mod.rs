@@ -15,6 +15,7 @@
 //! What this module does not own: when stations run (the ring protocol) and
 //! where components come from on disk (`node.rs`, later the deploy code).
 
+mod cache;
 mod host_api;
 
 use std::collections::VecDeque;
@@ -134,7 +135,7 @@ pub struct StationHost {
     /// process (tests, benches) compile each component once.
     compiled: std::sync::Mutex<std::collections::HashMap<[u8; 32], Component>>,
     /// Where compiled components are kept between runs, if anywhere.
-    cache: Option<std::path::PathBuf>,
+    cache: Option<cache::CompileCache>,
 }
 
 impl StationHost {
@@ -177,13 +178,7 @@ impl StationHost {
                 }
             })
             .context("starting the epoch ticker")?;
-        let cache = cache_dir.and_then(|dir| match std::fs::create_dir_all(&dir) {
-            Ok(()) => Some(dir),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), cause = %e, "compile cache disabled");
-                None
-            }
-        });
+        let cache = cache_dir.and_then(cache::CompileCache::open);
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -232,37 +227,16 @@ impl StationHost {
             .context("the component does not export the station world's functions")
     }
 
-    /// Compiles `bytes`, or loads the compiled code from the disk cache.
-    /// A cache entry is keyed by the module's hash and the engine's
-    /// compatibility hash; one that fails to load is a miss (and removed).
+    /// Compiles `bytes`, or loads the compiled code from the disk cache
+    /// (checked by digest first; see [`cache`]). A miss compiles and
+    /// rewrites the entry.
     fn compile_or_load(&self, key: &[u8; 32], bytes: &[u8]) -> Result<Component> {
-        use std::hash::{Hash, Hasher};
-        let Some(dir) = &self.cache else {
-            return wt(Component::new(&self.engine, bytes)).context("compiling the component");
-        };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let path = dir.join(format!(
-            "{}-{:016x}.cwasm",
-            crate::config::hex(key),
-            h.finish()
-        ));
-        if path.is_file() {
-            match load_compiled(&self.engine, &path) {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::debug!(path = %path.display(), cause = %e, "bad compile cache entry; recompiling");
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+        if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, key)) {
+            return Ok(c);
         }
         let c = wt(Component::new(&self.engine, bytes)).context("compiling the component")?;
-        if let Ok(code) = c.serialize() {
-            // Write then rename, so a reader never sees half a file.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, code).is_ok() && std::fs::rename(&tmp, &path).is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
+        if let Some(cache) = &self.cache {
+            cache.store(&self.engine, key, &c);
         }
         Ok(c)
     }
@@ -310,7 +284,7 @@ impl StationHost {
         let pre = tokio::task::spawn_blocking(move || host.compile_hashed(hash, &bytes))
             .await
             .context("compile task")?
-            .map_err(|e| anyhow!("station {name}: {e:#}"))?;
+            .map_err(|e| anyhow!("station {name}: {}", one_line(&format!("{e:#}"))))?;
         let mut station = Station {
             name: name.to_string(),
             config: config.to_vec(),
@@ -329,7 +303,7 @@ impl StationHost {
         station
             .ensure_live()
             .await
-            .map_err(|e| anyhow!("station {name}: {e}"))?;
+            .map_err(|e| anyhow!("station {name}: {}", one_line(&e.to_string())))?;
         Ok(station)
     }
 }
@@ -348,6 +322,21 @@ pub async fn read_source(source: &StationSource) -> Result<Vec<u8>> {
             .with_context(|| format!("reading station {}", path.display())),
     }
 }
+
+/// `text` (an error chain) as one line of at most [`MAX_ERROR_CHARS`]
+/// characters: wasmparser and friends put multi-line debug dumps (byte
+/// arrays) in their messages, and a log line must stay one line.
+pub fn one_line(text: &str) -> String {
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = line.char_indices().nth(MAX_ERROR_CHARS) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// Longest error text [`one_line`] keeps.
+pub const MAX_ERROR_CHARS: usize = 300;
 
 /// Resource bounds of one station.
 #[derive(Debug, Clone, Copy)]
@@ -569,21 +558,6 @@ impl Station {
     }
 }
 
-/// Loads compiled code from this node's own cache directory.
-///
-/// The only unsafe code in ringhost. `deserialize_file` is unsafe because
-/// the file is trusted to hold code this wasmtime compiled: ours does (we
-/// wrote it, keyed by the module hash and the engine's compatibility hash),
-/// wasmtime still checks its header, version and engine settings (a
-/// mismatch is an error, treated as a miss), and compiled code never comes
-/// from another machine. Whoever can write our cache directory can already
-/// replace our binary.
-#[allow(unsafe_code)]
-fn load_compiled(engine: &Engine, path: &std::path::Path) -> Result<Component> {
-    // SAFETY: see above; the file is ours and wasmtime validates it.
-    wt(unsafe { Component::deserialize_file(engine, path) })
-}
-
 /// Turns wasmtime's error type into ours (kept inside this module).
 fn wt<T>(r: wasmtime::Result<T>) -> Result<T> {
     r.map_err(anyhow::Error::from)
@@ -708,32 +682,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compile_cache_is_reused_and_a_corrupt_entry_is_a_miss() {
-        let dir = std::env::temp_dir().join(format!("ringhost-cache-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let echo = builtin::bytes("echo").expect("built in");
-        StationHost::with_cache(Some(dir.clone()))
-            .unwrap()
-            .compile(echo)
-            .unwrap();
-        let entries: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert_eq!(entries.len(), 1, "one entry: {entries:?}");
-        // A fresh host (a restart) loads it.
-        StationHost::with_cache(Some(dir.clone()))
-            .unwrap()
-            .compile(echo)
-            .unwrap();
-        // Corrupt it: the next host recompiles and rewrites it.
-        std::fs::write(&entries[0], b"not compiled code").unwrap();
-        StationHost::with_cache(Some(dir.clone()))
-            .unwrap()
-            .compile(echo)
-            .unwrap();
-        let len = std::fs::metadata(&entries[0]).unwrap().len();
-        assert!(len > 1000, "entry rewritten ({len} bytes)");
-        let _ = std::fs::remove_dir_all(&dir);
+    fn a_multi_line_error_becomes_one_bounded_line() {
+        let dump = "bad magic number - expected=[\n    0x0,\n    0x61,\n] (at offset 0x0)";
+        assert_eq!(
+            one_line(dump),
+            "bad magic number - expected=[ 0x0, 0x61, ] (at offset 0x0)"
+        );
+        let long = one_line(&"x ".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_ERROR_CHARS + 1);
+        assert!(long.ends_with('…'));
     }
 }

@@ -4,6 +4,7 @@ mod cut_link;
 mod deploy;
 mod deploy_client;
 mod deploy_order;
+mod files;
 mod health;
 mod ring;
 mod slow_stop;
