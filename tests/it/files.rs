@@ -9,34 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringhost::config::{Hook, NodeConfig, StationSpec};
-use ringhost::deploy::agent::request;
-use ringhost::deploy::release::{Hash, Request};
+use ringhost::deploy::release::Hash;
 use ringhost::node::{self, NodeHandle};
 use ringhost::observe::EventKind;
 use ringhost::station::StationHost;
-use tokio::net::TcpListener;
 
-use crate::support::{TestRing, host, test_station};
-
-const MARK: &[u8; 16] = b"RINGHOST-MARK-00";
-
-/// The marker station with its constant set to `RINGHOST-MARK-<n>`.
-fn marker(n: u8) -> Vec<u8> {
-    let mut bytes = std::fs::read(test_station("marker")).expect("marker station built");
-    let at = bytes
-        .windows(16)
-        .position(|w| w == MARK)
-        .expect("marker bytes in the module");
-    bytes[at..at + 16].copy_from_slice(format!("RINGHOST-MARK-{n:02}").as_bytes());
-    bytes
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringhost-it-files-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::deploy::{marker, push_to, released, scratch, start_node};
+use crate::support::TestRing;
 
 /// Writes `bytes` to a temp file and renames it over `path`.
 fn replace_file(path: &Path, bytes: &[u8]) {
@@ -320,31 +299,7 @@ async fn a_node_runs_its_station_although_the_compile_cache_entry_is_damaged_in_
 }
 
 async fn push(addr: &str, bytes: &[u8]) -> Hash {
-    let req = Request::Push {
-        name: "m".into(),
-        config: Vec::new(),
-        signer: None,
-        signature: None,
-        local: false,
-    };
-    let blob = bytes::Bytes::copy_from_slice(bytes);
-    let (reply, _) = request(addr, req, blob, 16 << 20, Duration::from_secs(60))
-        .await
-        .expect("the node answers");
-    assert_eq!(reply.error, None, "push accepted");
-    reply.release.expect("a release").hash
-}
-
-async fn restart(ring: &mut TestRing, i: usize, configure: &impl Fn(&mut NodeConfig)) {
-    let listener = TcpListener::bind(&ring.layout.members()[i].addr)
-        .await
-        .expect("rebind the member's port");
-    let mut config = NodeConfig::new(ring.layout.clone(), i);
-    configure(&mut config);
-    let handle = node::start(config, listener, host(), ring.observer.clone())
-        .await
-        .expect("node starts despite damaged data files");
-    ring.nodes[i] = Some(handle);
+    released(push_to(addr, "m", bytes, &[]).await).hash
 }
 
 fn moved_aside(dir: &Path, name: &str) -> usize {
@@ -408,7 +363,7 @@ async fn damaged_release_records_and_modules_are_moved_aside_and_the_node_catche
     for (n, (what, path, bytes)) in damages.into_iter().enumerate() {
         ring.nodes[1].take().unwrap().shutdown().await.unwrap();
         std::fs::write(&path, &bytes).unwrap();
-        restart(&mut ring, 1, &configure).await;
+        start_node(&mut ring, 1, &configure).await;
         // It starts on what it can verify, then catches up from node 0.
         wait_running(&ring, 1, &v1, what).await;
         let (dir, name) = (path.parent().unwrap(), path.file_name().unwrap());
