@@ -372,10 +372,20 @@ impl Owner {
         let mut events = VecDeque::from([Event::Start {
             now: Instant::now(),
         }]);
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = tokio::time::Instant::now() + TICK;
         loop {
-            self.drain(&mut events).await;
+            self.drain(&mut events, &mut rx).await;
+            // A tick is due whatever else waits: a node whose every visit
+            // is long, with messages always queued, still probes, detects
+            // failures and times out.
+            let now = tokio::time::Instant::now();
+            if now >= next_tick {
+                next_tick = now + TICK;
+                events.push_back(Event::Tick {
+                    now: Instant::now(),
+                });
+                continue;
+            }
             let hold = self.hold_until;
             tokio::select! {
                 biased;
@@ -389,16 +399,27 @@ impl Owner {
                 }
                 Some(msg) = rx.recv() => self.on_msg(msg, &mut events),
                 Some(cmd) = deploy_rx.recv() => self.on_deploy(cmd).await,
-                _ = ticker.tick() => events.push_back(Event::Tick { now: Instant::now() }),
+                () = tokio::time::sleep_until(next_tick) => {}
             }
         }
         info!("node stopped");
         Ok(())
     }
 
-    async fn drain(&mut self, events: &mut VecDeque<Event>) {
+    async fn drain(&mut self, events: &mut VecDeque<Event>, rx: &mut mpsc::Receiver<Msg>) {
         let mut actions = Vec::new();
-        while let Some(event) = events.pop_front() {
+        while let Some(mut event) = events.pop_front() {
+            if matches!(event, Event::ParticleArrived { .. }) {
+                // A visit may be long: first take what already arrived, so
+                // a newer particle waiting behind this one is visited
+                // instead (this one is then dropped as stale), rather than
+                // every queued particle costing a visit of its own.
+                for _ in 0..rx.max_capacity() {
+                    let Ok(msg) = rx.try_recv() else { break };
+                    self.on_msg(msg, events);
+                }
+                event = newest_particle_first(event, events);
+            }
             self.state.handle(event, &mut actions);
             // Before the actions: a visit runs inline, and the link tasks
             // must vouch for the particle meanwhile.
@@ -763,6 +784,32 @@ impl Owner {
             deploy: self.deploy_view.borrow().clone(),
         };
         serde_json::to_string(&report).expect("status serializes")
+    }
+}
+
+/// Of `event` (a particle arrival) and the arrivals queued in `events`,
+/// returns the one with the highest particle id, putting `event` back at
+/// the front of the queue if another was newer.
+fn newest_particle_first(event: Event, events: &mut VecDeque<Event>) -> Event {
+    let id = |e: &Event| match e {
+        Event::ParticleArrived { particle, .. } => Some(particle.id()),
+        _ => None,
+    };
+    let Some(first) = id(&event) else {
+        return event;
+    };
+    let newest = events
+        .iter()
+        .enumerate()
+        .filter_map(|(k, e)| id(e).map(|i| (i, k)))
+        .max()
+        .filter(|&(i, _)| i > first);
+    match newest.and_then(|(_, k)| events.remove(k)) {
+        Some(newer) => {
+            events.push_front(event);
+            newer
+        }
+        None => event,
     }
 }
 

@@ -511,6 +511,9 @@ impl RingState {
         match event {
             Event::Start { now } => {
                 self.last_particle_at = now;
+                // The clock of the pause check starts here: a first visit
+                // that keeps the owner busy is not the successor's silence.
+                self.last_tick = Some(now);
                 self.dial_next_candidate(self.p.me, out);
             }
             Event::Tick { now } => self.tick(now, out),
@@ -587,6 +590,16 @@ impl RingState {
         id
     }
 
+    /// How many steps after this node `peer` comes in ring order (this
+    /// node itself: the ring's size).
+    fn distance(&self, peer: usize) -> usize {
+        let n = self.p.size;
+        match (peer + n - self.p.me) % n {
+            0 => n,
+            d => d,
+        }
+    }
+
     /// Members after `from`, in ring order, ending with this node itself.
     fn after(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
         let n = self.p.size;
@@ -628,7 +641,16 @@ impl RingState {
                         state: LinkState::Up { last_heard: now },
                         redial: false,
                     };
-                    if let Some(old) = self.pending_switch.replace(probe_link) {
+                    // Several probes may answer while the switch waits:
+                    // the closest member after us is the successor.
+                    let pending_closer = self
+                        .pending_switch
+                        .as_ref()
+                        .is_some_and(|p| self.distance(p.peer) < self.distance(peer));
+                    if pending_closer {
+                        out.push(Action::Close { link });
+                        self.reprobe(peer, now);
+                    } else if let Some(old) = self.pending_switch.replace(probe_link) {
                         out.push(Action::Close { link: old.id });
                         self.reprobe(old.peer, now);
                     }
@@ -853,11 +875,14 @@ impl RingState {
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         // A long gap since our previous tick means *we* were paused
-        // (SIGSTOP, a starved CPU): the silence we see is ours, so blame
-        // nobody this time; restart the clocks instead.
+        // (SIGSTOP, a starved CPU) or busy (a long visit): the silence we
+        // see is ours, so blame nobody this time; restart the clocks
+        // instead. Probes go on: a node whose every visit is long still
+        // splices back the members it skipped.
         let gap = now.saturating_duration_since(self.last_tick.unwrap_or(now));
         self.last_tick = Some(now);
-        if gap > self.p.failure_timeout / 2 {
+        let paused = gap > self.p.failure_timeout / 2;
+        if paused {
             for l in self
                 .primary
                 .iter_mut()
@@ -868,6 +893,9 @@ impl RingState {
                 }
             }
             self.last_particle_at = (self.last_particle_at + gap).min(now);
+        }
+        self.probe_due(now, out);
+        if paused {
             return;
         }
         // Failure detection on the successor link.
@@ -896,7 +924,22 @@ impl RingState {
             out.push(Action::Close { link: l.id });
             self.reprobe(l.peer, now);
         }
-        // Probes of skipped members.
+        // Token timeout: regenerate, if we are still part of a ring.
+        if !self.has_particle() && self.in_flight.is_none() {
+            let upstream_live = self
+                .upstream_heard
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.p.failure_timeout);
+            if upstream_live
+                && self.downstream_up()
+                && now.saturating_duration_since(self.last_particle_at) > self.token_timeout()
+            {
+                self.create(Origin::Regenerated, now, out);
+            }
+        }
+    }
+
+    /// Dials the skipped members whose probe is due.
+    fn probe_due(&mut self, now: Instant, out: &mut Vec<Action>) {
         let due: Vec<usize> = self
             .skipped
             .iter()
@@ -913,18 +956,6 @@ impl RingState {
                 peer,
                 after: Duration::ZERO,
             });
-        }
-        // Token timeout: regenerate, if we are still part of a ring.
-        if !self.has_particle() && self.in_flight.is_none() {
-            let upstream_live = self
-                .upstream_heard
-                .is_some_and(|t| now.saturating_duration_since(t) <= self.p.failure_timeout);
-            if upstream_live
-                && self.downstream_up()
-                && now.saturating_duration_since(self.last_particle_at) > self.token_timeout()
-            {
-                self.create(Origin::Regenerated, now, out);
-            }
         }
     }
 
@@ -1443,6 +1474,30 @@ mod tests {
                 "seed {seed}: {:?}",
                 net.member_downs
             );
+        }
+    }
+
+    #[test]
+    fn a_slow_member_alone_at_first_splices_the_others_in_and_the_ring_settles() {
+        // The slow member starts alone (a ring of one, visits of 1.5 s at
+        // full speed), the others join: its probes must still go out and
+        // splice them in, the closest first, and the particles the others
+        // made meanwhile must not queue up behind its slow visits.
+        for seed in 0..4 {
+            let mut net = net_with_visit_bound(4, seed, 2000 * MS);
+            net.hold = Duration::ZERO;
+            net.slow.insert(0, 1500 * MS);
+            for i in 1..4 {
+                net.crash(i);
+            }
+            net.run(200 * MS);
+            for i in 1..4 {
+                net.restart(i);
+            }
+            net.run(8_000 * MS);
+            let created = net.created();
+            settled(&mut net, &[0, 1, 2, 3], 8_000 * MS);
+            assert_eq!(net.created(), created, "seed {seed}: no more regeneration");
         }
     }
 

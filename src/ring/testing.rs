@@ -71,6 +71,9 @@ struct SimNode {
     hung: bool,
     /// Running a slow visit: events wait, pings still go out.
     busy: bool,
+    /// Taken off the owner's queue before a slow visit began: handled as
+    /// soon as it ends, before anything newer.
+    pulled: Vec<Delivery>,
     /// Links this node dialed that are up: link id -> peer.
     links: BTreeMap<LinkId, usize>,
     /// Events that arrived while hung, replayed on resume.
@@ -144,6 +147,7 @@ impl Net {
                 up: true,
                 hung: false,
                 busy: false,
+                pulled: Vec::new(),
                 links: BTreeMap::new(),
                 backlog: Vec::new(),
             });
@@ -316,6 +320,11 @@ impl Net {
             self.nodes[i].backlog.push(d);
             return;
         }
+        self.take(i, d);
+    }
+
+    /// The owner takes `d` now (busy or not).
+    fn take(&mut self, i: usize, d: Delivery) {
         let now = self.instant();
         let e = match d {
             Delivery::Particle {
@@ -349,6 +358,13 @@ impl Net {
             Delivery::Alive(alive) => Event::UpstreamAlive { alive, now },
             Delivery::Heard(link) => Event::Heard { link, now },
             Delivery::VisitDone(particle) => {
+                // As node.rs: what the owner took off its queue before the
+                // visit comes first, then the visit's end, then a tick (it
+                // came due meanwhile), then what piled up, the newest
+                // particle of it first.
+                for d in std::mem::take(&mut self.nodes[i].pulled) {
+                    self.take(i, d);
+                }
                 self.nodes[i].busy = false;
                 self.event(
                     i,
@@ -358,9 +374,29 @@ impl Net {
                         now,
                     },
                 );
-                for d in std::mem::take(&mut self.nodes[i].backlog) {
-                    self.deliver(i, d);
+                self.event(i, Event::Tick { now });
+                let mut backlog = std::mem::take(&mut self.nodes[i].backlog);
+                let newest = backlog
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, d)| match d {
+                        Delivery::Particle { particle, .. } => Some((particle.id(), k)),
+                        _ => None,
+                    })
+                    .max();
+                if let Some((_, k)) = newest {
+                    let d = backlog.remove(k);
+                    backlog.insert(0, d);
                 }
+                let mut rest = backlog.into_iter();
+                for d in rest.by_ref() {
+                    self.deliver(i, d);
+                    if self.nodes[i].busy {
+                        break;
+                    }
+                }
+                // A visit started: the owner had taken the rest already.
+                self.nodes[i].pulled.extend(rest);
                 return;
             }
         };
@@ -428,6 +464,7 @@ impl Net {
         self.nodes[i].up = false;
         self.nodes[i].hung = false;
         self.nodes[i].busy = false;
+        self.nodes[i].pulled.clear();
         self.nodes[i].links.clear();
         self.nodes[i].backlog.clear();
         for j in 0..self.nodes.len() {
@@ -451,6 +488,7 @@ impl Net {
             up: true,
             hung: false,
             busy: false,
+            pulled: Vec::new(),
             links: BTreeMap::new(),
             backlog: Vec::new(),
         };
