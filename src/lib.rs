@@ -118,9 +118,12 @@ async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Re
             std::future::pending::<()>().await;
         }
     };
+    let stopped = handle.cancel_token();
     tokio::select! {
         () = shutdown => {}
         () = stdin_closed => {}
+        // The node stopped by itself (refused as a duplicate member).
+        () = stopped.cancelled() => {}
     }
     handle.shutdown().await
 }

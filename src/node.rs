@@ -117,6 +117,9 @@ enum Msg {
         why: String,
     },
     Status(oneshot::Sender<String>),
+    /// A successor refused us as a second process of our member: this
+    /// process is the duplicate and stops.
+    Duplicate(String),
 }
 
 /// A running node. Dropping it cancels the node without waiting; call
@@ -294,6 +297,7 @@ pub async fn start(
         beacon_news: None,
         refusals: LogBackoff::default(),
         instance: rand::random::<u64>() | 1,
+        fatal: None,
         linked: None,
         stats: Stats::default(),
         started: Instant::now(),
@@ -354,6 +358,8 @@ struct Owner {
     refusals: LogBackoff,
     /// Drawn at start: tells this process from another claiming our name.
     instance: u64,
+    /// Why the node stopped by itself (refused as a duplicate member).
+    fatal: Option<String>,
     /// The successor last reported linked (to log changes only).
     linked: Option<usize>,
     stats: Stats,
@@ -403,7 +409,13 @@ impl Owner {
             }
         }
         info!("node stopped");
-        Ok(())
+        match self.fatal.take() {
+            Some(why) => Err(anyhow::anyhow!(
+                "refused as a duplicate: {why}; stop the other process or start this one \
+                 as another member"
+            )),
+            None => Ok(()),
+        }
     }
 
     async fn drain(&mut self, events: &mut VecDeque<Event>, rx: &mut mpsc::Receiver<Msg>) {
@@ -579,6 +591,11 @@ impl Owner {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status_json());
             }
+            Msg::Duplicate(why) => {
+                error!(%why, "another live process runs this member; this one stops");
+                self.fatal = Some(why);
+                self.cancel.cancel();
+            }
         }
     }
 
@@ -727,7 +744,12 @@ impl Owner {
                                 );
                                 (DialResult::Up { peer_seen }, Some(Downlink { writer, task }))
                             }
-                            Err(e) => (e, None),
+                            Err((e, duplicate)) => {
+                                if duplicate && let DialResult::Refused(why) = &e {
+                                    let _ = tx.send(Msg::Duplicate(why.clone())).await;
+                                }
+                                (e, None)
+                            }
                         };
                         let _ = tx.send(Msg::Dialed { link, result, downlink }).await;
                     } => {}
@@ -833,23 +855,37 @@ struct Dialed {
 }
 
 /// Connects to a member and exchanges hellos, all within the handshake
-/// timeout.
-async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, DialResult> {
+/// timeout. The error says how the dial ended, and whether the member
+/// refused us as a duplicate of a live member.
+async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, (DialResult, bool)> {
+    dial_inner(addr, hello, config).await.map_err(|e| match e {
+        DialError::Ended(r) => (r, false),
+        DialError::Duplicate(why) => (DialResult::Refused(why), true),
+    })
+}
+
+enum DialError {
+    Ended(DialResult),
+    Duplicate(String),
+}
+
+async fn dial_inner(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, DialError> {
     let limit = Duration::from_millis(config.handshake_timeout_ms);
     let attempt = async {
+        let e = DialError::Ended;
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| DialResult::Failed(format!("connect {addr}: {e}")))?;
+            .map_err(|err| e(DialResult::Failed(format!("connect {addr}: {err}"))))?;
         stream
             .set_nodelay(true)
-            .map_err(|e| DialResult::Failed(e.to_string()))?;
+            .map_err(|err| e(DialResult::Failed(err.to_string())))?;
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r, config.max_frame_bytes);
         let mut writer = FrameWriter::new(w, config.max_frame_bytes);
         writer
             .write_frame(&Frame::Hello(hello))
             .await
-            .map_err(|e| DialResult::Failed(format!("sending hello: {e}")))?;
+            .map_err(|err| e(DialResult::Failed(format!("sending hello: {err}"))))?;
         match reader.read_frame().await {
             Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => Ok(Dialed {
                 writer,
@@ -858,11 +894,12 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
                 releases: w.releases,
                 beacons: w.beacons,
             }),
-            Ok(Some(Frame::Welcome(w))) => Err(DialResult::Refused(format!(
+            Ok(Some(Frame::Welcome(w))) => Err(e(DialResult::Refused(format!(
                 "successor speaks protocol {}, we speak {PROTOCOL_VERSION}",
                 w.version
-            ))),
-            Ok(Some(Frame::Refuse(r))) => Err(DialResult::Refused(match r.ring_hash {
+            )))),
+            Ok(Some(Frame::Refuse(r))) if r.duplicate => Err(DialError::Duplicate(r.reason)),
+            Ok(Some(Frame::Refuse(r))) => Err(e(DialResult::Refused(match r.ring_hash {
                 // Worded from our side: the reader of our log is "ours".
                 Some(theirs) => format!(
                     "{addr} runs another ring: its enumeration hashes to {}, ours to {} ({}); \
@@ -872,20 +909,20 @@ async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, D
                     config.ring.describe()
                 ),
                 None => r.reason,
-            })),
-            Ok(Some(other)) => Err(DialResult::Failed(format!(
+            }))),
+            Ok(Some(other)) => Err(e(DialResult::Failed(format!(
                 "unexpected {} in answer to hello",
                 other.kind_name()
-            ))),
-            Ok(None) => Err(DialResult::Failed("closed during handshake".into())),
-            Err(e) => Err(DialResult::Failed(format!("handshake: {e}"))),
+            )))),
+            Ok(None) => Err(e(DialResult::Failed("closed during handshake".into()))),
+            Err(err) => Err(e(DialResult::Failed(format!("handshake: {err}")))),
         }
     };
     match timeout(limit, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(DialResult::Failed(format!(
+        Err(_) => Err(DialError::Ended(DialResult::Failed(format!(
             "handshake with {addr} timed out after {limit:?}"
-        ))),
+        )))),
     }
 }
 
@@ -1100,7 +1137,9 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         Err(_) => return reject(format!("no hello within {limit:?}")),
     };
     let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
+    let mut duplicate = false;
     let checked = check_hello(&hello, &config).and_then(|()| {
+        duplicate = true;
         claim(
             &claims,
             &hello,
@@ -1121,12 +1160,14 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             writer.write_frame(&Frame::Refuse(Refuse {
                 reason: reason.clone(),
                 ring_hash,
+                duplicate,
             })),
         )
         .await;
         return reject(format!(
-            "refused {} from {remote}: {reason}",
-            hello.from_name
+            "refused {} from {}: {reason}",
+            hello.from_name,
+            remote.ip()
         ));
     }
     let welcome = Frame::Welcome(Welcome {
@@ -1252,16 +1293,15 @@ fn claim(
                 && mine.instance != 0
                 && mine.last_heard.saturating_duration_since(c.last_heard) <= failure_timeout =>
         {
+            // No ports or times in the words: the log backs off repeats of
+            // a line, and a redialing process comes from a new port each time.
             Err(format!(
-                "member {} ({}) is already linked from {} (heard {} ms ago); a second process \
-                 claims it from {}: two nodes started as the same member?",
+                "member {} ({}) is already linked from {}, alive; a second process claims it \
+                 from {}: two nodes started as the same member?",
                 hello.from_index,
                 hello.from_name,
-                c.addr,
-                mine.last_heard
-                    .saturating_duration_since(c.last_heard)
-                    .as_millis(),
-                mine.addr
+                c.addr.ip(),
+                mine.addr.ip()
             ))
         }
         _ => {

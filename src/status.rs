@@ -185,10 +185,11 @@ pub fn render(r: &Report) -> String {
     let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     let _ = writeln!(
         s,
-        "node {} ({}) at {}, up {:.1} s; ring of {} (hash {})",
+        "node {} ({}) at {}, pid {}, up {:.1} s; ring of {} (hash {})",
         r.node.index,
         r.node.name,
         r.node.addr,
+        r.node.pid,
         r.uptime_s,
         r.ring_size,
         &r.ring_hash[..r.ring_hash.len().min(12)]

@@ -92,6 +92,10 @@ pub struct Refuse {
     /// the mismatch from its own side ("ours", "theirs").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_hash: Option<String>,
+    /// The dialer claims a member another live process already runs: it is
+    /// a duplicate and should stop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// A frame on the ring port.
@@ -606,6 +610,7 @@ mod tests {
             Frame::Refuse(Refuse {
                 reason: "ring mismatch".into(),
                 ring_hash: Some("cd".repeat(32)),
+                duplicate: true,
             }),
             Frame::Particle(sample_particle()),
             Frame::Particle(Particle::new(1, 0)),

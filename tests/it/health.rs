@@ -444,6 +444,8 @@ fn a_respawning_ring_stopped_with_sigterm_stays_stopped() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    // Start-up may have counted members not yet up as dead: count from here.
+    let downs = ring.status(0).expect("status").member_downs;
     stop(&mut ring, 1);
     ring.wait_converged(&[0, 2], Duration::from_secs(20), "after node 1 left");
     // Far past the first respawn backoff (200 ms): nobody serves member 1.
@@ -453,7 +455,7 @@ fn a_respawning_ring_stopped_with_sigterm_stays_stopped() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let r = ring.status(0).expect("status");
-    assert_eq!(r.member_downs, 0, "a leave is not a failure");
+    assert_eq!(r.member_downs, downs, "a leave is not a failure");
     stop(&mut ring, 2);
     stop(&mut ring, 0);
     let until = Instant::now() + Duration::from_secs(2);
@@ -590,4 +592,62 @@ fn a_station_logging_every_visit_at_full_speed_is_held_to_a_bounded_rate() {
     }
     assert!(held, "the log says lines were held back");
     assert!(bytes < 200_000, "{bytes} bytes of log in 3 s");
+}
+
+#[test]
+fn refusals_are_logged_with_backoff_on_both_sides() {
+    // Node A's ring names B as its successor; B was started with another
+    // ring. A redials every probe interval; each side logs the refusal at
+    // once, then after 1 s, 2 s, 4 s … not every 120 ms.
+    let base = port_block(3);
+    let (a, b) = (base, base + 1);
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut children: Vec<Child> = Vec::new();
+    for (k, ring, port) in [
+        (0, format!("127.0.0.1:{a}-{}", a + 1), a),
+        (1, format!("127.0.0.1:{b}-{}", b + 1), b),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+            .args(["--port", &port.to_string(), "--ring", &ring, "--no-watch"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn node");
+        let out = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((k, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        children.push(child);
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    let (mut dialer, mut refuser) = (0, 0);
+    while Instant::now() < end {
+        if let Ok((k, line)) = rx.recv_timeout(Duration::from_millis(50)) {
+            if k == 0 && line.contains("a successor refused our link") {
+                assert!(line.contains("ours to"), "{line}");
+                dialer += 1;
+            }
+            if k == 1 && line.contains("upstream connection closed") {
+                refuser += 1;
+            }
+        }
+    }
+    for c in children {
+        reap(c);
+    }
+    // About 40 refusals in 5 s; logged at 0, 1 and 3 s.
+    assert!((1..=4).contains(&dialer), "dialer logged {dialer} refusals");
+    assert!(
+        (1..=4).contains(&refuser),
+        "refuser logged {refuser} refusals"
+    );
 }
