@@ -1340,3 +1340,49 @@ fn check_hello(hello: &Hello, config: &NodeConfig) -> Result<(), String> {
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(generation: u64, from: UpstreamId) -> Event {
+        Event::ParticleArrived {
+            particle: Particle::new(generation, 0),
+            from,
+            now: Instant::now(),
+        }
+    }
+
+    fn generations(events: &VecDeque<Event>) -> Vec<u64> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::ParticleArrived { particle, .. } => particle.generation,
+                _ => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_newest_queued_particle_is_visited_first_and_the_older_wait_to_be_dropped() {
+        let now = Instant::now();
+        let mut events = VecDeque::from([
+            arrival(3, 1),
+            Event::Tick { now },
+            arrival(5, 1),
+            arrival(4, 1),
+        ]);
+        let first = newest_particle_first(arrival(2, 1), &mut events);
+        assert!(
+            matches!(first, Event::ParticleArrived { ref particle, .. } if particle.generation == 5)
+        );
+        // The one taken first goes back to the front; the rest keep order.
+        assert_eq!(generations(&events), vec![2, 3, 0, 4]);
+        // Nothing newer queued: the event itself, the queue untouched.
+        let first = newest_particle_first(arrival(9, 1), &mut events);
+        assert!(
+            matches!(first, Event::ParticleArrived { ref particle, .. } if particle.generation == 9)
+        );
+        assert_eq!(generations(&events), vec![2, 3, 0, 4]);
+    }
+}
