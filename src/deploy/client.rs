@@ -495,11 +495,13 @@ pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // And carried on: the successor has this entry or a later one.
+    // (A successor index the node's own member list lacks is not followed.)
     if let Some(next) = me
         .successor
         .filter(|s| *s != me.node.index && me.successor_up)
+        .and_then(|s| me.members.get(s))
     {
-        let addr = &me.members[next].addr;
+        let addr = &next.addr;
         loop {
             let e = get(addr, key).await?;
             if e.ver.unwrap_or(0) >= ver {
