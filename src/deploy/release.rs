@@ -103,7 +103,7 @@ impl Release {
     /// member with the old records was away) are ordered by when they were
     /// published: the operator's newest push wins, whatever the version
     /// numbers say. Where the two orders disagree the pair is a
-    /// [`Conflict`], reported by every node that sees it.
+    /// [`Conflict`], reported by the nodes that meet both releases.
     pub fn key(&self) -> OrderKey {
         (self.published_ms, self.version, self.origin, self.hash)
     }
