@@ -52,7 +52,9 @@ pub enum Command {
     /// station must run on the nodes).
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Make an ed25519 key pair for signing pushes (KEY and KEY.pub).
+    /// Make an ed25519 key pair for signing pushes: the secret key in
+    /// --out, the public key beside it with the extension replaced by .pub
+    /// (deploy.key and deploy.pub).
     Keygen(KeygenArgs),
 }
 
@@ -135,7 +137,9 @@ pub enum ConfigCmd {
 /// `ringhost keygen`.
 #[derive(Debug, Clone, Args)]
 pub struct KeygenArgs {
-    /// Where to write the secret key (the public key goes to KEY.pub).
+    /// Where to write the secret key. The public key goes beside it, the
+    /// extension replaced by `.pub` (`deploy.key` -> `deploy.pub`; `deploy`
+    /// -> `deploy.pub`). Neither file may exist yet.
     #[arg(long, value_name = "KEY", default_value = "ringhost.key")]
     pub out: PathBuf,
 }

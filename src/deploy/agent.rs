@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::release::{ConfigEntry, Conflict, Hash, OrderKey, Payload, Release, Reply, Request};
+use super::release::{
+    ConfigEntry, Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release, Reply, Request, settings,
+};
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
@@ -36,6 +38,13 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// Release conflicts a node keeps for `status` (the newest ones).
 const MAX_CONFLICTS: usize = 8;
+
+/// The first wait before a failed fetch of a release is tried again; it
+/// doubles with every failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries of a failed fetch.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What the agent asks of the node's owner task.
 pub enum OwnerCmd {
@@ -231,6 +240,9 @@ pub struct Agent {
     rejected: Vec<OrderKey>,
     /// Release conflicts seen here, newest last (at most [`MAX_CONFLICTS`]).
     conflicts: Vec<Conflict>,
+    /// Per name, a release whose fetch failed: not tried again before the
+    /// instant, and the wait after the next failure.
+    retry: HashMap<String, (OrderKey, Instant, Duration)>,
     /// The newest refused release per name, passed on to the successor.
     relayed: std::collections::BTreeMap<String, Release>,
     /// Deltas made or received, to serve the next node without redoing.
@@ -334,6 +346,9 @@ pub async fn start(
                 }
                 None => warn!(release = %rel.label(), "module of the recorded release missing"),
             }
+            if loaded.is_none() {
+                loaded = load_older(&mut store, &host, &base, &name, &inbox, limits).await;
+            }
         }
         let station = match (loaded, configured) {
             (Some(s), _) => s,
@@ -370,6 +385,7 @@ pub async fn start(
         sign_key,
         rejected: Vec::new(),
         conflicts: Vec::new(),
+        retry: HashMap::new(),
         relayed: Default::default(),
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
@@ -433,9 +449,15 @@ impl Agent {
 
     /// Starts fetching every release `peer` has that is newer than ours.
     fn consider(&mut self, peer: usize) {
+        // Linked to ourselves (every other member down): nothing to learn,
+        // and nothing to fetch from here.
+        if peer == self.config.index {
+            return;
+        }
         let Some(list) = self.peers.get(&peer).cloned() else {
             return;
         };
+        let now_ms = crate::station::unix_ms();
         for rel in list {
             if rel.version == 0 {
                 continue;
@@ -443,9 +465,35 @@ impl Agent {
             if self.rejected.contains(&rel.key()) {
                 continue; // refused once (hash or signature): not again
             }
-            if let Some(c) = self.current(&rel.name).filter(|c| rel.conflicts_with(c)) {
+            let current = self.current(&rel.name).cloned();
+            let ahead = rel.published_ms.saturating_sub(now_ms);
+            if ahead > MAX_AHEAD_MS {
+                // Adopting it would make it win every comparison until the
+                // clocks catch up: set aside and reported instead.
+                let conflict = Conflict::future(&rel, current.as_ref(), ahead, Some(peer as u32));
+                self.note_conflict(conflict);
+                continue;
+            }
+            // Our own current release from the future (recorded here before
+            // the clocks were put right, or by another history) orders
+            // below any release published in the present.
+            let own_ahead = current
+                .as_ref()
+                .map_or(0, |c| c.published_ms.saturating_sub(now_ms));
+            let future_own = own_ahead > MAX_AHEAD_MS;
+            if let Some(c) = current.as_ref().filter(|_| future_own) {
+                let conflict = Conflict::future(c, Some(&rel), own_ahead, None);
+                self.note_conflict(conflict);
+            } else if let Some(c) = current.as_ref().filter(|c| rel.conflicts_with(c)) {
                 let conflict = Conflict::of(&rel, c, Some(peer as u32));
                 self.note_conflict(conflict);
+            }
+            if self
+                .retry
+                .get(&rel.name)
+                .is_some_and(|(key, at, _)| *key == rel.key() && Instant::now() < *at)
+            {
+                continue; // its fetch failed lately: backing off
             }
             // Our own current release counts as wanted when its module is
             // gone here (moved aside as damaged): fetched back like a newer
@@ -455,8 +503,8 @@ impl Agent {
                     && me.running.get(&rel.name) != Some(&rel.hash)
                     && me.store.module(&rel.hash).is_none()
             };
-            let current = self.current(&rel.name).cloned();
-            let newer = current.is_none_or(|c| rel.newer_than(&c) || lost(self, &c))
+            let newer = current
+                .is_none_or(|c| (future_own && c != rel) || rel.newer_than(&c) || lost(self, &c))
                 && self
                     .pending
                     .get(&rel.name)
@@ -485,7 +533,10 @@ impl Agent {
                 .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
                 .collect();
             have.retain(|h| bases.contains_key(h));
-            let addr = self.config.ring.members()[peer].addr.clone();
+            let Some(addr) = self.config.ring.members().get(peer).map(|m| m.addr.clone()) else {
+                self.pending.remove(&rel.name);
+                continue;
+            };
             let max_frame = self.config.max_frame_bytes;
             let tx = self.tx.clone();
             let cache = self.deltas.clone();
@@ -546,9 +597,13 @@ impl Agent {
                 .map_err(|e| format!("recording it: {e:#}"))
         });
         let bytes = match recorded {
-            Ok(b) => b,
+            Ok(b) => {
+                self.retry.remove(&release.name);
+                b
+            }
             Err(e) => {
                 self.pending.remove(&release.name);
+                self.back_off(&release);
                 self.fail(
                     &release.name,
                     Some(release.version),
@@ -675,7 +730,20 @@ impl Agent {
                         return;
                     }
                 };
-                let (version, published_ms) = self.next_stamp(&name);
+                let (version, published_ms) = match self.next_stamp(&name) {
+                    Ok(stamp) => stamp,
+                    Err(e) => {
+                        let e = format!("publishing {name} refused, nothing propagates: {e:#}");
+                        warn!(station = %name, cause = %e, "cannot publish");
+                        match reply {
+                            Some(r) => {
+                                let _ = r.send((Reply::error(e), Bytes::new()));
+                            }
+                            None => self.fail(&name, None, e),
+                        }
+                        return;
+                    }
+                };
                 let release = Release {
                     name: name.clone(),
                     version,
@@ -782,32 +850,56 @@ impl Agent {
     }
 
     /// The version and publish time of the next release of `name` made
-    /// here: above every version and publish time this node knows of the
-    /// name (current, history, pending, conflicts set aside), and no
-    /// earlier than now.
-    fn next_stamp(&self, name: &str) -> (u64, u64) {
-        let known = self
-            .store
-            .record(name)
+    /// here: a version above every one this node knows of the name
+    /// (current, history, pending, conflicts set aside), and a publish time
+    /// after what it has adopted (current, pending, and the kept side of
+    /// its conflicts) and no earlier than now.
+    ///
+    /// # Errors
+    /// See [`super::release::next_stamp`]: the counter exhausted, or a
+    /// release adopted here far in the future.
+    fn next_stamp(&self, name: &str) -> Result<(u64, u64)> {
+        let record = self.store.record(name);
+        let conflicts = self.conflicts.iter().filter(|c| c.name == name);
+        let known = record
             .into_iter()
             .flat_map(|r| r.history.iter().chain(std::iter::once(&r.current)))
             .chain(self.pending.get(name))
             .chain(
-                self.conflicts
-                    .iter()
-                    .filter(|c| c.name == name)
-                    .flat_map(|c| [&c.kept, &c.stale]),
+                conflicts
+                    .clone()
+                    .flat_map(|c| c.kept.iter().chain(std::iter::once(&c.stale))),
             );
-        let (version, published) = known.fold((0, 0), |(v, p), r| {
-            (v.max(r.version), p.max(r.published_ms))
-        });
-        (version + 1, crate::station::unix_ms().max(published + 1))
+        let floor = record
+            .map(|r| &r.current)
+            .into_iter()
+            .chain(self.pending.get(name))
+            .chain(conflicts.filter_map(|c| c.kept.as_ref()));
+        super::release::next_stamp(name, known, floor, crate::station::unix_ms())
+    }
+
+    /// Holds off the next fetch of `release` after a failure: 1 s, doubling
+    /// with each failure of the same release up to [`RETRY_MAX`].
+    fn back_off(&mut self, release: &Release) {
+        let wait = match self.retry.get(&release.name) {
+            Some((key, _, wait)) if *key == release.key() => *wait,
+            _ => RETRY_FIRST,
+        };
+        let next = (wait * 2).min(RETRY_MAX);
+        self.retry.insert(
+            release.name.clone(),
+            (release.key(), Instant::now() + wait, next),
+        );
     }
 
     /// Logs and keeps a release conflict (once per pair).
     fn note_conflict(&mut self, conflict: Conflict) {
+        // A release from the future is one report, whatever was kept.
         let same = |c: &Conflict| {
-            c.kept.key() == conflict.kept.key() && c.stale.key() == conflict.stale.key()
+            c.stale.key() == conflict.stale.key()
+                && (conflict.ahead_ms.is_some() && c.ahead_ms.is_some()
+                    || c.kept.as_ref().map(Release::key)
+                        == conflict.kept.as_ref().map(Release::key))
         };
         if self.conflicts.iter().any(same) {
             return;
@@ -896,6 +988,8 @@ impl Agent {
                 signature,
                 local,
             } => {
+                // A config is settings: stored sorted, last value per key.
+                let config = settings(&config);
                 let bytes = Arc::new(blob.to_vec());
                 let fake = Release {
                     name: name.clone(),
@@ -916,11 +1010,14 @@ impl Agent {
                     let _ = reply.send((Reply::error(e), Bytes::new()));
                     return;
                 }
+                // What runs here is what was pushed (a release, or the
+                // module the node was started with, version 0): nothing to
+                // publish.
                 let current = self.current(&name).filter(|c| {
-                    c.version > 0
-                        && c.hash == fake.hash
-                        && c.config == config
+                    c.hash == fake.hash
+                        && settings(&c.config) == config
                         && self.running.get(&name) == Some(&c.hash)
+                        && !self.rolled_back.contains_key(&name)
                 });
                 if let (false, Some(c)) = (local, current) {
                     info!(release = %c.label(), "push of the module already current: nothing to do");
@@ -1136,6 +1233,43 @@ impl Agent {
         info!(station = %name, bytes = bytes.len(), "station file changed; validating");
         self.publish(name, config, bytes, signer, signature, None);
     }
+}
+
+/// The newest older release of `name` whose module is on disk (verified
+/// by its hash) and loads, run while the recorded one is missing or
+/// damaged; the neighbours bring that one back.
+async fn load_older(
+    store: &mut Store,
+    host: &Arc<StationHost>,
+    base: &EnvBase,
+    name: &str,
+    inbox: &Inbox,
+    limits: StationLimits,
+) -> Option<Station> {
+    let record = store.record(name)?;
+    let current = record.current.clone();
+    let older: Vec<Release> = record
+        .history
+        .iter()
+        .rev()
+        .filter(|r| r.hash != current.hash)
+        .cloned()
+        .collect();
+    for r in older {
+        let Some(bytes) = store.module(&r.hash) else {
+            continue;
+        };
+        let env = base.env(name, inbox.clone());
+        if let Ok(s) = host.load_bytes(name, &r.config, bytes, env, limits).await {
+            warn!(
+                release = %current.label(),
+                meanwhile = %r.label(),
+                "the recorded release cannot run here; running an older one until a neighbour brings it back"
+            );
+            return Some(s);
+        }
+    }
+    None
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -35,8 +35,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Visits each node makes with the new version before `push` calls it
-/// settled: past the default `--rollback-after` (3 faults).
-const SETTLE_VISITS: u64 = 5;
+/// settled: past the default `--rollback-after` (3 faults), and long
+/// enough for a version that traps after a few good visits to show it.
+/// Any fault of the pushed station on any node in that window fails the
+/// push.
+const SETTLE_VISITS: u64 = 8;
 
 /// Bound on the settle window (a slow or stalled particle).
 const SETTLE_MAX: Duration = Duration::from_secs(10);
@@ -91,12 +94,13 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         args.to
     );
     let req = Request::Push {
-        name,
+        name: name.clone(),
         config,
         signer,
         signature,
         local: false,
     };
+    let before = faults_before(&args.to, &name).await;
     let (release, unchanged) = publish(&args.to, req, Bytes::from(bytes)).await?;
     if unchanged {
         println!(
@@ -114,7 +118,13 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         println!("{}", release.label());
         return Ok(());
     }
-    wait_ring(&args.to, &release, Duration::from_secs(args.timeout_s)).await
+    wait_ring(
+        &args.to,
+        &release,
+        &before,
+        Duration::from_secs(args.timeout_s),
+    )
+    .await
 }
 
 /// `ringhost rollback`.
@@ -127,9 +137,16 @@ pub async fn rollback(args: &RollbackArgs) -> Result<()> {
         name: args.name.clone(),
     };
     probe(&args.to).await?;
+    let before = faults_before(&args.to, &args.name).await;
     let (release, _) = publish(&args.to, req, Bytes::new()).await?;
     eprintln!("rolling back: {} published by {}", release.label(), args.to);
-    wait_ring(&args.to, &release, Duration::from_secs(args.timeout_s)).await
+    wait_ring(
+        &args.to,
+        &release,
+        &before,
+        Duration::from_secs(args.timeout_s),
+    )
+    .await
 }
 
 /// Refuses a module over the nodes' module limit before sending it.
@@ -149,6 +166,34 @@ fn check_module_size(file: &std::path::Path, size: u64) -> Result<()> {
 /// Checks that `to` answers like a ringhost node, within a short bound.
 async fn probe(to: &str) -> Result<status::Report> {
     status::query(to, PROBE_TIMEOUT).await
+}
+
+/// Each member's fault count of station `name` before a push (members
+/// that do not answer, or do not run it, are left out): what the settle
+/// window compares against, so faults of the version being replaced are
+/// not blamed on the new one.
+async fn faults_before(to: &str, name: &str) -> BTreeMap<usize, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(first) = status::query(to, Duration::from_secs(2)).await else {
+        return out;
+    };
+    for m in &first.members {
+        if let Ok(r) = status::query(&m.addr, Duration::from_secs(1)).await
+            && let Some(f) = faults_of(&r, name)
+        {
+            out.insert(m.index, f);
+        }
+    }
+    out
+}
+
+/// The fault count of station `name` in a member's status.
+fn faults_of(report: &status::Report, name: &str) -> Option<u64> {
+    report
+        .stations
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.faults)
 }
 
 /// Sends a push or rollback; returns the release and whether it was
@@ -178,8 +223,15 @@ enum Standing {
 /// it, or runs something newer; then keeps watching while the release
 /// settles (until each member running it has made [`SETTLE_VISITS`] visits
 /// with it, at most [`SETTLE_MAX`]), so a version every node rolls back
-/// after a few traps is reported as failed.
-async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
+/// after a few traps is reported as failed, and so is any fault of the
+/// station on a node running the release (`before`: each member's fault
+/// count before the push, see [`faults_before`]).
+async fn wait_ring(
+    to: &str,
+    release: &Release,
+    before: &BTreeMap<usize, u64>,
+    limit: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     let first = status::query(to, Duration::from_secs(5)).await?;
     let members: Vec<(usize, String, String)> = first
@@ -192,6 +244,9 @@ async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
     // A member's visit count when first seen running the release, and the
     // latest one.
     let mut visits: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    // A member's fault count of the station when last seen running the
+    // release.
+    let mut faults: BTreeMap<usize, u64> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
     let mut settle_until: Option<Instant> = None;
     let mut last_line = String::new();
@@ -213,10 +268,24 @@ async fn wait_ring(to: &str, release: &Release, limit: Duration) -> Result<()> {
                             notes.push(note);
                         }
                     }
-                    let now = standing_of(&r, release);
+                    let mut now = standing_of(&r, release);
                     if now == Standing::Running {
                         let v = visits.entry(*index).or_insert((r.visits, r.visits));
                         v.1 = r.visits;
+                        let count = faults_of(&r, &release.name).unwrap_or(0);
+                        let new = match faults.insert(*index, count) {
+                            // First seen running it: faults that are not
+                            // the old version's count are the new one's.
+                            None => count > 0 && before.get(index) != Some(&count),
+                            // A smaller count is a fresh instance.
+                            Some(last) => count > last || (count < last && count > 0),
+                        };
+                        if new {
+                            now = Standing::Failed(format!(
+                                "the station faulted running it ({count} fault(s) since it \
+                                 was loaded; the node's log has the trap)"
+                            ));
+                        }
                     }
                     now
                 }
@@ -306,7 +375,7 @@ fn count(m: &BTreeMap<usize, Standing>, f: impl Fn(&Standing) -> bool) -> usize 
 fn conflicts_about(view: &DeployView, release: &Release) -> Vec<String> {
     view.conflicts
         .iter()
-        .filter(|c| c.kept.key() == release.key() || c.stale.key() == release.key())
+        .filter(|c| c.involves(release))
         .map(|c| c.message())
         .collect()
 }
@@ -323,7 +392,12 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
     let current: OrderKey = (d.published_ms, d.version, d.origin, d.hash);
     if current == release.key() {
         return if d.running == release.hash {
-            Standing::Running
+            // Running it, but it keeps faulting with nothing to roll back
+            // to: a failure all the same.
+            match &d.rolled_back {
+                Some(r) => Standing::Failed(r.clone()),
+                None => Standing::Running,
+            }
         } else if let Some(e) = d
             .error
             .as_ref()
@@ -421,11 +495,13 @@ pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // And carried on: the successor has this entry or a later one.
+    // (A successor index the node's own member list lacks is not followed.)
     if let Some(next) = me
         .successor
         .filter(|s| *s != me.node.index && me.successor_up)
+        .and_then(|s| me.members.get(s))
     {
-        let addr = &me.members[next].addr;
+        let addr = &next.addr;
         loop {
             let e = get(addr, key).await?;
             if e.ver.unwrap_or(0) >= ver {
@@ -451,7 +527,7 @@ pub fn keygen(args: &KeygenArgs) -> Result<()> {
     eprintln!(
         "secret key: {} (keep it private); public key: {}",
         args.out.display(),
-        args.out.with_extension("pub").display()
+        sign::public_path(&args.out).display()
     );
     println!("{public}");
     Ok(())

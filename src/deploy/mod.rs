@@ -7,8 +7,10 @@
 //!   checks it against the station world and runs its `init`; only then
 //!   does it become a [`release::Release`]: name, a version one above the
 //!   highest it knows, its publish time, its own index as origin, the
-//!   module's sha-256. A push of the module and config the current release
-//!   already has publishes nothing (the reply says `unchanged`).
+//!   module's sha-256. A push of the module and config (compared as
+//!   settings: last value per key, key order irrelevant) that the node
+//!   runs as its current release, version 0 included, publishes nothing
+//!   (the reply says `unchanged`).
 //! - A node with a new current release tells its successor on the ring
 //!   link (an `announce` frame: its current releases). A node that sees a
 //!   release newer than its own fetches the module from that neighbour on
@@ -30,12 +32,22 @@
 //!   it was away (empty data dirs, versions counted from 1 again) from
 //!   overriding the operator's newest push with its higher version. When
 //!   version order and publish order disagree the pair is a
-//!   [`release::Conflict`]: the newer publish is kept, and every node that
-//!   sees the pair logs it, shows it in `status` and to `push`. A node's
-//!   next release of the name takes a version above every one it knows
+//!   [`release::Conflict`]: the newer publish is kept, and the nodes that
+//!   meet both releases (the member holding the stale one and the
+//!   neighbours it offers it to) log it once, show it in `status` and to
+//!   `push`; the others only ever see the kept release. A node's next
+//!   release of the name takes a version above every one it knows
 //!   (set-aside ones included). Wall clocks only decide between releases
-//!   that never saw each other; a publisher's clock far ahead can still
-//!   win such a race, which the conflict report makes visible.
+//!   that never saw each other, within a bound: a release published more
+//!   than [`release::MAX_AHEAD_MS`] (60 s) ahead of a node's clock is not
+//!   adopted there (a conflict), a node's own record from that far ahead
+//!   gives way to any release of the present, and a push that would have
+//!   to be stamped after such a release is refused rather than carrying
+//!   the skew on.
+//! - A failed fetch is retried after 1 s, doubling up to 60 s; a node
+//!   never fetches from itself (linked to itself when every other member
+//!   is down), and while its recorded module is missing it runs the newest
+//!   older module of the station it can verify.
 //! - The link handshake (hello and welcome) carries both sides' current
 //!   releases, so a node that was down or cut off during a deploy catches
 //!   up as soon as it links again, in either direction.

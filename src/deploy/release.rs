@@ -103,7 +103,7 @@ impl Release {
     /// member with the old records was away) are ordered by when they were
     /// published: the operator's newest push wins, whatever the version
     /// numbers say. Where the two orders disagree the pair is a
-    /// [`Conflict`], reported by every node that sees it.
+    /// [`Conflict`], reported by the nodes that meet both releases.
     pub fn key(&self) -> OrderKey {
         (self.published_ms, self.version, self.origin, self.hash)
     }
@@ -134,19 +134,38 @@ impl Release {
     }
 }
 
-/// Two releases of one name whose version order and publish order
-/// disagree (see [`Release::key`]): typically a member returning with the
-/// records of a ring that was rebuilt while it was away. The newer
-/// publish wins; the conflict is logged and shown in `ringhost status` and
-/// by `push`.
+/// How far ahead of a node's wall clock a release's publish time may be
+/// (unix ms) and still be adopted there, and how far ahead of it a node
+/// stamps a release of its own: 60 s. Clocks of a ring differ by far less
+/// when they are synchronised at all; a publish time further ahead is a
+/// clock set wrong, or a record from another history, and adopting it
+/// would let that release win every order comparison until the clocks
+/// catch up (see [`Conflict`]).
+pub const MAX_AHEAD_MS: u64 = 60_000;
+
+/// A release of a name that is not adopted silently, as `status` and
+/// `push` show it: either two releases whose version order and publish
+/// order disagree (see [`Release::key`]), typically a member returning
+/// with the records of a ring that was rebuilt while it was away, where
+/// the newer publish wins; or a release published more than
+/// [`MAX_AHEAD_MS`] ahead of the reporting node's clock, which is set
+/// aside. Reported by the nodes that met both sides (the one holding the
+/// stale release and the ones it offered it to).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     /// The station name.
     pub name: String,
-    /// The release kept: the one published later.
-    pub kept: Release,
-    /// The release set aside: a higher version, published earlier.
+    /// The release kept: the one published later, or (for a release from
+    /// the future) what the node had, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Release>,
+    /// The release set aside: a higher version published earlier, or a
+    /// release from the future.
     pub stale: Release,
+    /// How far (ms) `stale` was published ahead of the reporting node's
+    /// clock when it was set aside for that; `None` for an order conflict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ahead_ms: Option<u64>,
     /// The ring index of the member that held the other side, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<u32>,
@@ -159,21 +178,56 @@ impl Conflict {
         let (kept, stale) = if a.newer_than(b) { (a, b) } else { (b, a) };
         Self {
             name: kept.name.clone(),
-            kept: kept.clone(),
+            kept: Some(kept.clone()),
             stale: stale.clone(),
+            ahead_ms: None,
             peer,
         }
     }
 
+    /// `stale` set aside because it was published `ahead_ms` after `now`
+    /// (more than [`MAX_AHEAD_MS`]); `kept` is what the node has instead.
+    pub fn future(
+        stale: &Release,
+        kept: Option<&Release>,
+        ahead_ms: u64,
+        peer: Option<u32>,
+    ) -> Self {
+        Self {
+            name: stale.name.clone(),
+            kept: kept.cloned(),
+            stale: stale.clone(),
+            ahead_ms: Some(ahead_ms),
+            peer,
+        }
+    }
+
+    /// Whether `release` is one of the two sides.
+    pub fn involves(&self, release: &Release) -> bool {
+        self.stale.key() == release.key()
+            || self.kept.as_ref().is_some_and(|k| k.key() == release.key())
+    }
+
     /// One line for logs and tools.
     pub fn message(&self) -> String {
-        let earlier = self
-            .kept
-            .published_ms
-            .saturating_sub(self.stale.published_ms);
         let from = self
             .peer
             .map_or(String::new(), |p| format!(" (other side: node {p})"));
+        let Some(kept) = self.kept.as_ref().filter(|_| self.ahead_ms.is_none()) else {
+            let ahead = self.ahead_ms.unwrap_or(0);
+            let kept = self.kept.as_ref().map_or(String::new(), |k| {
+                format!("; kept v{} ({})", k.version, k.hash.short())
+            });
+            return format!(
+                "release conflict on {}: v{} ({}) was published {:.0} s in the future: a clock \
+                 ahead, or a record from another history; not adopted{kept}{from}",
+                self.name,
+                self.stale.version,
+                self.stale.hash.short(),
+                ahead as f64 / 1e3,
+            );
+        };
+        let earlier = kept.published_ms.saturating_sub(self.stale.published_ms);
         format!(
             "release conflict on {}: v{} ({}) has the higher version but was published {:.1} s \
              before v{} ({}); kept v{}, the newer publish, set v{} aside{from}; \
@@ -182,12 +236,69 @@ impl Conflict {
             self.stale.version,
             self.stale.hash.short(),
             earlier as f64 / 1e3,
-            self.kept.version,
-            self.kept.hash.short(),
-            self.kept.version,
+            kept.version,
+            kept.hash.short(),
+            kept.version,
             self.stale.version,
         )
     }
+}
+
+/// A station config as settings: the last value given for a key wins and
+/// the order of distinct keys does not matter. Returned sorted by key,
+/// which is how releases carry it, so two configs with the same settings
+/// are equal lists.
+pub fn settings(config: &[(String, String)]) -> Vec<(String, String)> {
+    let map: std::collections::BTreeMap<&str, &str> = config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    map.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The version and publish time (unix ms) of the next release of a name
+/// made at wall-clock time `now_ms`: a version above every one in
+/// `known`, and a publish time after every one in `floor` (the releases
+/// the new one must order after: what the node has adopted) and no
+/// earlier than `now_ms`.
+///
+/// # Errors
+/// When the version counter is at its maximum ("version counter of NAME
+/// exhausted"), or when ordering after a release of `floor` would take the
+/// publish time more than [`MAX_AHEAD_MS`] past `now_ms` (naming that
+/// release): publishing would carry its clock skew on.
+pub fn next_stamp<'a>(
+    name: &str,
+    known: impl IntoIterator<Item = &'a Release>,
+    floor: impl IntoIterator<Item = &'a Release>,
+    now_ms: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let top = known.into_iter().map(|r| r.version).max().unwrap_or(0);
+    let version = top.checked_add(1).ok_or_else(|| {
+        anyhow::anyhow!(
+            "version counter of {name} exhausted (v{top} is recorded); \
+             the version cannot go higher"
+        )
+    })?;
+    let latest = floor.into_iter().max_by_key(|r| r.published_ms);
+    let mut published = now_ms;
+    if let Some(r) = latest {
+        let after = r.published_ms.saturating_add(1);
+        let ahead = after.saturating_sub(now_ms);
+        if ahead > MAX_AHEAD_MS {
+            anyhow::bail!(
+                "{} was published {:.0} s in the future of this node's clock (a clock ahead, \
+                 or a record from another history); a release ordered after it would carry \
+                 that skew on: correct the clock, or push to a node that has not adopted it",
+                r.label(),
+                ahead as f64 / 1e3
+            );
+        }
+        published = published.max(after);
+    }
+    Ok((version, published))
 }
 
 /// A request a tool (or a node fetching a module) sends as the first frame
@@ -333,7 +444,7 @@ mod tests {
         assert!(new_v1.newer_than(&old_v3));
         assert!(new_v1.conflicts_with(&old_v3) && old_v3.conflicts_with(&new_v1));
         let c = Conflict::of(&old_v3, &new_v1, Some(2));
-        assert_eq!((c.kept.version, c.stale.version), (1, 3));
+        assert_eq!((c.kept.as_ref().unwrap().version, c.stale.version), (1, 3));
         let m = c.message();
         assert!(
             m.contains("v3") && m.contains("kept v1") && m.contains("8.0 s"),
@@ -345,6 +456,56 @@ mod tests {
         assert!(!at(1, 0, 0, 5).conflicts_with(&at(1, 3, 1, 7)));
         // Records from before publish times: version order.
         assert!(at(3, 0, 0, 0).newer_than(&at(2, 0, 0, 0)));
+    }
+
+    #[test]
+    fn configs_compare_as_settings() {
+        let kv = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ab = settings(&kv(&[("a", "1"), ("b", "2")]));
+        assert_eq!(ab, settings(&kv(&[("b", "2"), ("a", "1")])));
+        assert_eq!(ab, settings(&kv(&[("a", "0"), ("b", "2"), ("a", "1")])));
+        assert_ne!(ab, settings(&kv(&[("a", "1"), ("b", "2"), ("a", "0")])));
+    }
+
+    #[test]
+    fn stamps_refuse_an_exhausted_counter_and_a_floor_far_in_the_future() {
+        let now = 1_000_000_000;
+        let (a, b) = (at(2, 0, 1, now - 5), at(7, 0, 2, now - 9));
+        assert_eq!(next_stamp("s", [&a, &b], [&a], now).unwrap(), (8, now));
+        // Just ahead (a neighbour's clock a little fast): after it.
+        let near = at(3, 0, 3, now + 500);
+        assert_eq!(
+            next_stamp("s", [&near], [&near], now).unwrap(),
+            (4, now + 501)
+        );
+        let max = at(u64::MAX, 0, 4, now);
+        let e = next_stamp("s", [&max], [&max], now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version counter of s exhausted"), "{e}");
+        let far = at(3, 0, 5, now + 3_600_000);
+        let e = next_stamp("s", [&far], [&far], now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s v3") && e.contains("3600 s in the future"),
+            "{e}"
+        );
+        // Known only for its version (set aside): no floor.
+        assert_eq!(next_stamp("s", [&far], [&a], now).unwrap(), (4, now));
+        let top = at(3, 0, 6, u64::MAX);
+        assert!(next_stamp("s", [&top], [&top], now).is_err());
+        let c = Conflict::future(&far, Some(&a), 3_600_000, Some(2));
+        let m = c.message();
+        assert!(
+            m.contains("3600 s in the future") && m.contains("kept v2"),
+            "{m}"
+        );
+        assert!(c.involves(&far) && c.involves(&a) && !c.involves(&b));
     }
 
     #[test]

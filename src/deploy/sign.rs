@@ -126,13 +126,30 @@ pub fn read_key(path: &Path) -> Result<SigningKey> {
 }
 
 /// Writes a secret key (owner-only permissions) and its public key beside
-/// it (`<path>.pub`); returns the public key's hex.
+/// it ([`public_path`]: `deploy.key` -> `deploy.pub`); returns the public
+/// key's hex.
 ///
 /// # Errors
-/// When either file cannot be written, or the key file already exists.
+/// When either file cannot be written or already exists, or `path` itself
+/// ends in `.pub`.
 pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let pub_path = public_path(path);
+    if pub_path == path {
+        bail!(
+            "{}: the secret key file cannot end in .pub (that is where the public key goes); \
+             use e.g. deploy.key",
+            path.display()
+        );
+    }
+    if pub_path.exists() {
+        bail!(
+            "{} already exists (the public key of {} would go there)",
+            pub_path.display(),
+            path.display()
+        );
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -142,10 +159,21 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
     writeln!(f, "{SECRET_HEADER}\n{}", hex(&key.to_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
     let public = hex(key.verifying_key().as_bytes());
-    let pub_path = path.with_extension("pub");
-    std::fs::write(&pub_path, format!("{PUBLIC_HEADER}\n{public}\n"))
+    let mut p = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pub_path)
+        .with_context(|| format!("creating {} (it must not exist yet)", pub_path.display()))?;
+    write!(p, "{PUBLIC_HEADER}\n{public}\n")
         .with_context(|| format!("writing {}", pub_path.display()))?;
     Ok(public)
+}
+
+/// Where [`write_key`] puts the public key of the secret key file `path`:
+/// beside it, the extension replaced by `.pub` (`deploy.key` ->
+/// `deploy.pub`).
+pub fn public_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("pub")
 }
 
 /// A trusted public key given as hex or as the path of a file holding it.
@@ -202,6 +230,22 @@ mod tests {
         assert_eq!(from_file, key.verifying_key());
         assert_eq!(parse_public(&public).unwrap(), key.verifying_key());
         assert!(parse_public("zz").is_err());
+        // `--out k.key` writes k.key and k.pub (what the help says); a key
+        // path ending in .pub would be overwritten by its own public key,
+        // and an existing public key is never overwritten.
+        let k = dir.join("k.key");
+        write_key(&k, &key).unwrap();
+        assert!(dir.join("k.pub").is_file() && public_path(&k) == dir.join("k.pub"));
+        let e = format!("{:#}", write_key(&dir.join("x.pub"), &key).unwrap_err());
+        assert!(
+            e.contains("x.pub") && e.contains("cannot end in .pub"),
+            "{e}"
+        );
+        assert!(!dir.join("x.pub").exists());
+        std::fs::write(dir.join("y.pub"), "other").unwrap();
+        let e = format!("{:#}", write_key(&dir.join("y.key"), &key).unwrap_err());
+        assert!(e.contains("y.pub already exists"), "{e}");
+        assert!(!dir.join("y.key").exists(), "nothing written");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

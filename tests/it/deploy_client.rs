@@ -46,7 +46,12 @@ async fn a_push_that_every_node_rolls_back_fails_and_a_repeat_push_is_a_no_op() 
     std::fs::write(&file, marker(2)).unwrap();
     let out = ringhost(&["push", &f, "--to", &to, "--config", "trap_after=0"]).await;
     assert!(!out.status.success(), "exit 1: {}", text(&out));
-    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    // Named by its first fault, or by the rollback when that came first.
+    let t = text(&out);
+    assert!(
+        t.contains("rolled back") || t.contains("faulted running it"),
+        "{t}"
+    );
     wait_running(&ring, &[0, 1, 2], "marker", good, Duration::from_secs(10)).await;
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -172,4 +177,95 @@ async fn config_get_of_an_unset_key_exits_1_in_both_forms() {
     let help = ringhost(&["config", "get", "--help"]).await;
     assert!(text(&help).contains("exit 1"), "{}", text(&help));
     ring.shutdown().await;
+}
+
+/// Any fault of the pushed station on any node while the push settles
+/// fails it: a new station that traps at every visit (nothing to roll
+/// back to), and a version that traps only after a few good visits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_station_faults_anywhere_while_it_settles_fails() {
+    let ring = TestRing::start(3, |c| {
+        c.delay_ms = 50;
+        c.deploy.watch = false;
+    })
+    .await;
+    let to = addr(&ring, 0);
+    let trap = crate::support::test_station("trap");
+    let out = ringhost(&["push", trap.to_str().unwrap(), "--to", &to]).await;
+    let t = text(&out);
+    assert!(!out.status.success(), "exit 1: {t}");
+    assert!(
+        t.contains("not running everywhere") && t.contains("fault"),
+        "{t}"
+    );
+
+    let dir = scratch("faults");
+    let file = dir.join("marker.wasm");
+    std::fs::write(&file, marker(1)).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let out = ringhost(&["push", &f, "--to", &to]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&file, marker(2)).unwrap();
+    let out = ringhost(&["push", &f, "--to", &to, "--config", "trap_after=4"]).await;
+    let t = text(&out);
+    assert!(!out.status.success(), "exit 1: {t}");
+    assert!(t.contains("faulted running it"), "{t}");
+    ring.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A push of what already runs is a no-op even when what runs is the
+/// module the node was started with (version 0), and configs compare as
+/// settings: the same keys and values in another order are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushing_what_runs_is_a_no_op_and_configs_compare_as_settings() {
+    let ring = TestRing::start(2, quick).await;
+    let to = addr(&ring, 0);
+    let tick = crate::support::test_station("tick");
+    let v0 = view(&ring, 0);
+    let running = v0.stations.iter().find(|s| s.name == "tick").unwrap();
+    assert_eq!(running.running, Hash::of(&std::fs::read(&tick).unwrap()));
+    let out = ringhost(&["push", tick.to_str().unwrap(), "--as", "tick", "--to", &to]).await;
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("nothing to push"), "{t}");
+    assert!(view(&ring, 0).releases.is_empty(), "no tick v1");
+
+    let dir = scratch("settings");
+    let file = dir.join("marker.wasm");
+    std::fs::write(&file, marker(1)).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let (a, b) = ("trap_after=1000000", "fail_init=0");
+    let out = ringhost(&["push", &f, "--to", &to, "--config", a, "--config", b]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let hash = Hash::of(&marker(1));
+    wait_running(&ring, &[0, 1], "marker", hash, Duration::from_secs(20)).await;
+    let out = ringhost(&["push", &f, "--to", &to, "--config", b, "--config", a]).await;
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("nothing to push"), "{t}");
+    let out = ringhost(&[
+        "push",
+        &f,
+        "--to",
+        &to,
+        "--config",
+        "trap_after=3",
+        "--config",
+        b,
+        "--config",
+        a,
+    ])
+    .await;
+    assert!(
+        text(&out).contains("nothing to push"),
+        "last value wins: {}",
+        text(&out)
+    );
+    let st = view(&ring, 0)
+        .stations
+        .into_iter()
+        .find(|s| s.name == "marker")
+        .unwrap();
+    assert_eq!(st.version, 1);
+    ring.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

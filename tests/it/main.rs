@@ -4,6 +4,7 @@ mod cut_link;
 mod deploy;
 mod deploy_client;
 mod deploy_order;
+mod deploy_records;
 mod files;
 mod health;
 mod ring;
