@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ringhost::config::NodeConfig;
-use ringhost::deploy::release::Hash;
+use ringhost::deploy::release::{Hash, Release};
 use ringhost::observe::EventKind;
 
 use crate::deploy::{
@@ -13,9 +13,20 @@ use crate::deploy::{
 };
 use crate::support::TestRing;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
-    let data = scratch("rebuild");
+/// The scenario up to node 2's return: a 3-node ring with data
+/// dirs gets marker v1..v3 (the last MARK-06); all stop; nodes 0 and 1 are
+/// rebuilt from empty data dirs and get MARK-01, now v1, while node 2
+/// stays away with its old records. Returns the ring (node 2 down), the
+/// data root, the node settings and the rebuilt ring's release.
+async fn rebuilt_ring(
+    name: &str,
+) -> (
+    TestRing,
+    std::path::PathBuf,
+    impl Fn(&mut NodeConfig) + use<>,
+    Release,
+) {
+    let data = scratch(name);
     let dir = data.clone();
     let configure = move |c: &mut NodeConfig| {
         quick(c);
@@ -23,7 +34,6 @@ async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
     };
     let all = [0, 1, 2];
     let mut ring = TestRing::start(3, &configure).await;
-    // v1..v3 on the old ring; the last is MARK-06.
     for n in [4, 5, 6] {
         let r = released(push_to(&addr(&ring, 0), "marker", &marker(n), &[]).await);
         wait_running(&ring, &all, "marker", r.hash, Duration::from_secs(20)).await;
@@ -31,7 +41,6 @@ async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
     for i in all {
         ring.nodes[i].take().unwrap().shutdown().await.unwrap();
     }
-    // Nodes 0 and 1 are rebuilt from scratch; node 2 stays away.
     for i in [0, 1] {
         std::fs::remove_dir_all(data.join(i.to_string())).unwrap();
         start_node(&mut ring, i, &configure).await;
@@ -46,6 +55,13 @@ async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
         Duration::from_secs(20),
     )
     .await;
+    (ring, data, configure, newest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
+    let (mut ring, data, configure, newest) = rebuilt_ring("rebuild").await;
+    let all = [0, 1, 2];
 
     // Node 2 returns with its old data dir (v3, MARK-06).
     start_node(&mut ring, 2, &configure).await;
@@ -97,34 +113,8 @@ async fn a_member_returning_with_old_state_does_not_override_a_rebuilt_ring() {
 /// history) does not win; it is set aside and reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_member_whose_release_is_from_the_future_does_not_win() {
-    let data = scratch("rebuild-future");
-    let dir = data.clone();
-    let configure = move |c: &mut NodeConfig| {
-        quick(c);
-        c.deploy.data_dir = Some(dir.join(c.index.to_string()));
-    };
+    let (mut ring, data, configure, newest) = rebuilt_ring("rebuild-future").await;
     let all = [0, 1, 2];
-    let mut ring = TestRing::start(3, &configure).await;
-    for n in [4, 5, 6] {
-        let r = released(push_to(&addr(&ring, 0), "marker", &marker(n), &[]).await);
-        wait_running(&ring, &all, "marker", r.hash, Duration::from_secs(20)).await;
-    }
-    for i in all {
-        ring.nodes[i].take().unwrap().shutdown().await.unwrap();
-    }
-    for i in [0, 1] {
-        std::fs::remove_dir_all(data.join(i.to_string())).unwrap();
-        start_node(&mut ring, i, &configure).await;
-    }
-    let newest = released(push_to(&addr(&ring, 0), "marker", &marker(1), &[]).await);
-    wait_running(
-        &ring,
-        &[0, 1],
-        "marker",
-        newest.hash,
-        Duration::from_secs(20),
-    )
-    .await;
     crate::deploy_records::edit_current(&data.join("2"), "marker", |c| {
         c["published_ms"] = (c["published_ms"].as_u64().unwrap() + 3_600_000).into();
     });

@@ -509,33 +509,29 @@ fn killing_the_particle_holder_resends_the_same_particle() {
     ring.assert_one_particle(Duration::from_millis(500));
 }
 
-#[test]
-fn a_station_logging_every_visit_at_full_speed_is_held_to_a_bounded_rate() {
-    // `--delay-ms 0`: thousands of visits a second, each with a tick line;
-    // the log carries at most the station log rate, and says how many
-    // lines it held back.
-    let base = port_block(2);
-    let ring = format!("127.0.0.1:{base}-{}", base + 1);
-    let (tx, rx) = mpsc::channel::<(usize, String)>();
-    let mut children: Vec<Child> = Vec::new();
-    struct Reap<'a>(&'a mut Vec<Child>);
-    impl Drop for Reap<'_> {
-        fn drop(&mut self) {
-            for c in self.0.drain(..) {
-                reap(c);
-            }
-        }
+/// Node processes started by hand, their stdout lines sent as (k, line);
+/// every one killed and reaped on drop, also when the test fails.
+struct Nodes {
+    children: Vec<Child>,
+    tx: mpsc::Sender<(usize, String)>,
+}
+
+impl Nodes {
+    fn new() -> (Self, mpsc::Receiver<(usize, String)>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Self {
+                children: Vec::new(),
+                tx,
+            },
+            rx,
+        )
     }
-    let guard = Reap(&mut children);
-    for i in 0..2 {
+
+    /// Starts `ringhost ARGS` at INFO, its lines tagged `k`.
+    fn spawn(&mut self, k: usize, args: &[&str]) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringhost"))
-            .args([
-                "--port",
-                &(usize::from(base) + i).to_string(),
-                "--ring",
-                &ring,
-            ])
-            .args(["--delay-ms", "0", "--no-watch"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -543,16 +539,49 @@ fn a_station_logging_every_visit_at_full_speed_is_held_to_a_bounded_rate() {
             .spawn()
             .expect("spawn node");
         let out = child.stdout.take().unwrap();
-        let tx = tx.clone();
+        let tx = self.tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if tx.send((i, line)).is_err() {
+                if tx.send((k, line)).is_err() {
                     break;
                 }
             }
         });
-        guard.0.push(child);
+        self.children.push(child);
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in self.children.drain(..) {
+            reap(c);
+        }
+    }
+}
+
+#[test]
+fn a_station_logging_every_visit_at_full_speed_is_held_to_a_bounded_rate() {
+    // `--delay-ms 0`: thousands of visits a second, each with a tick line;
+    // the log carries at most the station log rate, and says how many
+    // lines it held back.
+    let base = port_block(2);
+    let ring = format!("127.0.0.1:{base}-{}", base + 1);
+    let (mut nodes, rx) = Nodes::new();
+    for i in 0..2 {
+        let port = (usize::from(base) + i).to_string();
+        nodes.spawn(
+            i,
+            &[
+                "--port",
+                &port,
+                "--ring",
+                &ring,
+                "--delay-ms",
+                "0",
+                "--no-watch",
+            ],
+        );
     }
     // From the first tick on, count for 3 s.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -577,7 +606,7 @@ fn a_station_logging_every_visit_at_full_speed_is_held_to_a_bounded_rate() {
             }
         }
     }
-    drop(guard);
+    drop(nodes);
     let rate = ringhost::station::LOG_LINES_PER_SEC;
     let bound = (ringhost::station::LOG_BURST + rate * 3.5) as u64;
     assert!(
@@ -601,32 +630,15 @@ fn refusals_are_logged_with_backoff_on_both_sides() {
     // once, then after 1 s, 2 s, 4 s … not every 120 ms.
     let base = port_block(3);
     let (a, b) = (base, base + 1);
-    let (tx, rx) = mpsc::channel::<(usize, String)>();
-    let mut children: Vec<Child> = Vec::new();
+    let (mut nodes, rx) = Nodes::new();
     for (k, ring, port) in [
         (0, format!("127.0.0.1:{a}-{}", a + 1), a),
         (1, format!("127.0.0.1:{b}-{}", b + 1), b),
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringhost"))
-            .args(["--port", &port.to_string(), "--ring", &ring, "--no-watch"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node");
-        let out = child.stdout.take().unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((k, line)).is_err() {
-                    break;
-                }
-            }
-        });
-        children.push(child);
+        nodes.spawn(
+            k,
+            &["--port", &port.to_string(), "--ring", &ring, "--no-watch"],
+        );
     }
     let end = Instant::now() + Duration::from_secs(5);
     let (mut dialer, mut refuser) = (0, 0);
@@ -641,9 +653,7 @@ fn refusals_are_logged_with_backoff_on_both_sides() {
             }
         }
     }
-    for c in children {
-        reap(c);
-    }
+    drop(nodes);
     // About 40 refusals in 5 s; logged at 0, 1 and 3 s.
     assert!((1..=4).contains(&dialer), "dialer logged {dialer} refusals");
     assert!(
