@@ -263,6 +263,11 @@ pub async fn start(
         tracker.spawn(watch.instrument(span.clone()));
     }
 
+    // Cancelled by the owner once it has passed on a particle it held (or
+    // found none) while stopping: only then do the upstream links say the
+    // node leaves, so no predecessor resends what this node is still
+    // visiting.
+    let released = CancellationToken::new();
     tracker.spawn(
         accept_loop(
             listener,
@@ -272,6 +277,7 @@ pub async fn start(
                 seen: seen_rx,
                 observer: observer.clone(),
                 cancel: cancel.clone(),
+                released: released.clone(),
                 deploy_tx: deploy_tx.clone(),
                 deploy_view: deploy_view.clone(),
                 claims: Claims::default(),
@@ -303,6 +309,7 @@ pub async fn start(
         started: Instant::now(),
         addr,
         cancel: cancel.clone(),
+        released,
         tracker: tracker.clone(),
     };
     info!(
@@ -366,6 +373,8 @@ struct Owner {
     started: Instant,
     addr: SocketAddr,
     cancel: CancellationToken,
+    /// Cancelled when the owner ends (see `start`).
+    released: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -375,6 +384,9 @@ impl Owner {
         mut rx: mpsc::Receiver<Msg>,
         mut deploy_rx: mpsc::Receiver<OwnerCmd>,
     ) -> Result<()> {
+        // However the owner ends (even by a panic), the upstream links may
+        // then say the node leaves.
+        let _released = self.released.clone().drop_guard();
         let mut events = VecDeque::from([Event::Start {
             now: Instant::now(),
         }]);
@@ -481,8 +493,10 @@ impl Owner {
         self.state.release(Instant::now(), &mut actions);
         let mut ignored = VecDeque::new();
         for action in actions {
-            if let Action::Send { .. } | Action::Ack { .. } = action {
+            if let Action::Send { .. } = action {
                 info!("passing the particle on before stopping");
+            }
+            if let Action::Send { .. } | Action::Ack { .. } = action {
                 self.execute(action, &mut ignored).await;
             }
         }
@@ -1021,6 +1035,8 @@ struct Upstreams {
     seen: watch::Receiver<Option<ParticleId>>,
     observer: Observer,
     cancel: CancellationToken,
+    /// The owner is done with the particle while stopping.
+    released: CancellationToken,
     deploy_tx: mpsc::Sender<DeployMsg>,
     deploy_view: watch::Receiver<DeployView>,
 }
@@ -1063,6 +1079,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         seen,
         observer,
         cancel,
+        released,
         deploy_tx,
         deploy_view,
         claims,
@@ -1192,14 +1209,12 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let ack: AckSlot = Arc::default();
     let write_limit = Duration::from_millis(config.write_timeout_ms);
     let end = loop {
+        // A clean stop: once the owner has passed on the particle it held
+        // (it may be in a long visit still; pings are answered meanwhile),
+        // tell the predecessor this is a leave, so it skips us at once
+        // and nobody respawns us.
         let frame = tokio::select! {
-            () = cancel.cancelled() => {
-                // A clean stop: tell the predecessor this is a leave, so it
-                // skips us at once and nobody respawns us.
-                let limit = write_limit.min(Duration::from_millis(200));
-                let _ = timeout(limit, writer.write_frame(&Frame::Leave)).await;
-                return;
-            }
+            () = released.cancelled() => return say_leave(&mut writer, &ack, write_limit).await,
             r = reader.read_frame() => r,
         };
         let n = match frame {
@@ -1210,7 +1225,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
                     ack: Arc::clone(&ack),
                 };
                 if tx.send(msg).await.is_err() {
-                    return; // the node is stopping
+                    return say_leave(&mut writer, &ack, write_limit).await; // the node is stopping
                 }
                 continue;
             }
@@ -1245,7 +1260,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             break Some(why);
         }
         if tx.send(Msg::UpstreamAlive(alive)).await.is_err() {
-            return;
+            return say_leave(&mut writer, &ack, write_limit).await;
         }
         // Custody acks ride along with the pongs.
         let owed = ack.lock().expect("ack slot").take();
@@ -1272,6 +1287,21 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         Some(reason) => reject(reason),
         None => debug!(predecessor = hello.from_index, "predecessor link closed"),
     }
+}
+
+/// Tells the predecessor this node leaves, after the custody ack it is
+/// owed (the particle went on: no need to resend it), bounded so a stuck
+/// peer does not hold up the stop.
+async fn say_leave(writer: &mut FrameWriter<OwnedWriteHalf>, ack: &AckSlot, write_limit: Duration) {
+    let limit = write_limit.min(Duration::from_millis(200));
+    let owed = ack.lock().expect("ack slot").take();
+    let _ = timeout(limit, async {
+        if let Some((id, hop)) = owed {
+            writer.write_frame(&Frame::Forwarded { id, hop }).await?;
+        }
+        writer.write_frame(&Frame::Leave).await
+    })
+    .await;
 }
 
 /// Records `mine` as the live link of member `hello.from_index`, unless

@@ -74,3 +74,57 @@ async fn a_hold_longer_than_the_token_timeout_does_not_livelock_the_ring() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_during_a_long_visit_passes_its_writes_on_before_it_leaves() {
+    // Node 1 runs `tick` then a station spinning to its 1 s deadline. It is
+    // stopped cleanly right after its tick wrote: it finishes the visit,
+    // passes the particle on, and only then says it leaves, so the
+    // predecessor does not resend an older copy and the tick sequence
+    // goes on from node 1's write, once each.
+    let mut ring = TestRing::start(3, |c| {
+        c.delay_ms = 5;
+        if c.index == 1 {
+            c.stations = vec![
+                StationSpec::builtin("tick"),
+                StationSpec::file(test_station("spin")),
+            ];
+            c.station_timeout_ms = 1000;
+            c.deploy.rollback_after = 0;
+        }
+    })
+    .await;
+    let seq_of = |e: &ringhost::observe::NodeEvent| match &e.kind {
+        EventKind::StationLog { station, message, .. } if station == "tick" => message
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("seq="))
+            .and_then(|v| v.parse::<u64>().ok()),
+        _ => None,
+    };
+    // Node 1's second tick: it is now spinning.
+    let mut seen_at_1 = 0;
+    let ev = ring
+        .wait_for(Duration::from_secs(30), "node 1 ticking", |e| {
+            if e.node == 1 && seq_of(e).is_some() {
+                seen_at_1 += 1;
+            }
+            seen_at_1 == 2
+        })
+        .await;
+    let written = seq_of(&ev).expect("a tick line");
+    let from = ring.seen.len();
+    let node = ring.nodes[1].take().expect("node 1");
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("node 1 stops within 10 s")
+        .expect("node 1 stopped cleanly");
+    // The others go on: the next ticks follow node 1's write, once each.
+    ring.visits(2 * 4, Duration::from_secs(20)).await;
+    let after: Vec<u64> = ring.seen[from..].iter().filter_map(seq_of).collect();
+    assert!(after.len() >= 6, "ticks go on: {after:?}");
+    assert_eq!(after[0], written + 1, "node 1's write went on: {after:?}");
+    for w in after.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "each tick once: {after:?}");
+    }
+    ring.shutdown().await;
+}
