@@ -437,12 +437,18 @@ impl Owner {
                 // A visit may be long: first take what already arrived, so
                 // a newer particle waiting behind this one is visited
                 // instead (this one is then dropped as stale), rather than
-                // every queued particle costing a visit of its own.
+                // every queued particle costing a visit of its own; and
+                // what is not a particle (probe results, pongs, custody
+                // acks) is handled before the visit, not after it.
                 for _ in 0..rx.max_capacity() {
                     let Ok(msg) = rx.try_recv() else { break };
                     self.on_msg(msg, events);
                 }
                 event = newest_particle_first(event, events);
+                match controls_first(event, events) {
+                    Some(first) => event = first,
+                    None => continue,
+                }
             }
             self.state.handle(event, &mut actions);
             // Before the actions: a visit runs inline, and the link tasks
@@ -847,6 +853,22 @@ fn newest_particle_first(event: Event, events: &mut VecDeque<Event>) -> Event {
         }
         None => event,
     }
+}
+
+/// Moves the events queued behind particle arrival `event` that are not
+/// arrivals ahead of it, keeping their order: `None` when there were any
+/// (`event` now waits behind them, the caller pops again), else `event`.
+fn controls_first(event: Event, events: &mut VecDeque<Event>) -> Option<Event> {
+    let arrival = |e: &Event| matches!(e, Event::ParticleArrived { .. });
+    if events.iter().all(arrival) {
+        return Some(event);
+    }
+    let (arrivals, mut controls): (VecDeque<Event>, VecDeque<Event>) =
+        events.drain(..).partition(arrival);
+    controls.push_back(event);
+    controls.extend(arrivals);
+    *events = controls;
+    None
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
@@ -1414,5 +1436,11 @@ mod tests {
             matches!(first, Event::ParticleArrived { ref particle, .. } if particle.generation == 9)
         );
         assert_eq!(generations(&events), vec![2, 3, 0, 4]);
+        // What is not an arrival goes first; the arrival waits behind it.
+        assert!(controls_first(first, &mut events).is_none());
+        assert_eq!(generations(&events), vec![0, 9, 2, 3, 4]);
+        events.pop_front();
+        let first = events.pop_front().expect("the arrival");
+        assert!(controls_first(first, &mut events).is_some());
     }
 }

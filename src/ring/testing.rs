@@ -360,8 +360,8 @@ impl Net {
             Delivery::VisitDone(particle) => {
                 // As node.rs: what the owner took off its queue before the
                 // visit comes first, then the visit's end, then a tick (it
-                // came due meanwhile), then what piled up, the newest
-                // particle of it first.
+                // came due meanwhile), then what piled up: what is not a
+                // particle, then the newest particle, then the older ones.
                 for d in std::mem::take(&mut self.nodes[i].pulled) {
                     self.take(i, d);
                 }
@@ -384,9 +384,15 @@ impl Net {
                         _ => None,
                     })
                     .max();
+                // What is not a particle first, then the newest particle.
                 if let Some((_, k)) = newest {
                     let d = backlog.remove(k);
-                    backlog.insert(0, d);
+                    let (mut ordered, particles): (Vec<_>, Vec<_>) = backlog
+                        .into_iter()
+                        .partition(|d| !matches!(d, Delivery::Particle { .. }));
+                    ordered.push(d);
+                    ordered.extend(particles);
+                    backlog = ordered;
                 }
                 let mut rest = backlog.into_iter();
                 for d in rest.by_ref() {

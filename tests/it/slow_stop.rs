@@ -95,7 +95,9 @@ async fn a_node_stopped_during_a_long_visit_passes_its_writes_on_before_it_leave
     })
     .await;
     let seq_of = |e: &ringhost::observe::NodeEvent| match &e.kind {
-        EventKind::StationLog { station, message, .. } if station == "tick" => message
+        EventKind::StationLog {
+            station, message, ..
+        } if station == "tick" => message
             .split_whitespace()
             .find_map(|w| w.strip_prefix("seq="))
             .and_then(|v| v.parse::<u64>().ok()),
