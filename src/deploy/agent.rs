@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::release::{
     ConfigEntry, Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release, Reply, Request, settings,
 };
+use super::sources::Sources;
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
@@ -38,13 +39,6 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// Release conflicts a node keeps for `status` (the newest ones).
 const MAX_CONFLICTS: usize = 8;
-
-/// The first wait before a failed fetch of a release is tried again; it
-/// doubles with every failure up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-
-/// The longest wait between two tries of a failed fetch.
-const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What the agent asks of the node's owner task.
 pub enum OwnerCmd {
@@ -93,7 +87,9 @@ pub enum DeployMsg {
     },
     Fetched {
         release: Release,
-        result: Result<(Arc<Vec<u8>>, Payload, usize), String>,
+        /// The peer asked.
+        from: usize,
+        result: Result<(Arc<Vec<u8>>, Payload, usize), FetchError>,
     },
     Loaded {
         job: Job,
@@ -240,9 +236,9 @@ pub struct Agent {
     rejected: Vec<OrderKey>,
     /// Release conflicts seen here, newest last (at most [`MAX_CONFLICTS`]).
     conflicts: Vec<Conflict>,
-    /// Per name, a release whose fetch failed: not tried again before the
-    /// instant, and the wait after the next failure.
-    retry: HashMap<String, (OrderKey, Instant, Duration)>,
+    /// Who offered the releases being fetched, who lacks them, and who is
+    /// not asked again for a while.
+    sources: Sources,
     /// The newest refused release per name, passed on to the successor.
     relayed: std::collections::BTreeMap<String, Release>,
     /// Deltas made or received, to serve the next node without redoing.
@@ -385,7 +381,7 @@ pub async fn start(
         sign_key,
         rejected: Vec::new(),
         conflicts: Vec::new(),
-        retry: HashMap::new(),
+        sources: Sources::default(),
         relayed: Default::default(),
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
@@ -427,13 +423,22 @@ impl Agent {
     async fn on_msg(&mut self, msg: DeployMsg) {
         match msg {
             DeployMsg::PeerReleases { peer, releases } => {
+                // A link coming up again repeats the same list: only a
+                // changed one is news about which modules the peer keeps.
+                if self.peers.get(&peer) != Some(&releases) {
+                    self.sources.announced(peer);
+                }
                 self.peers.insert(peer, releases);
                 self.consider(peer);
             }
             DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
             DeployMsg::Faulty { name, cause } => self.on_faulty(name, cause),
             DeployMsg::FileChanged { name, bytes } => self.on_file(name, bytes),
-            DeployMsg::Fetched { release, result } => self.on_fetched(release, result),
+            DeployMsg::Fetched {
+                release,
+                from,
+                result,
+            } => self.on_fetch_reply(release, from, result),
             DeployMsg::Loaded { job, result } => self.on_loaded(job, result).await,
         }
         self.publish_view();
@@ -488,12 +493,16 @@ impl Agent {
                 let conflict = Conflict::of(&rel, c, Some(peer as u32));
                 self.note_conflict(conflict);
             }
-            if self
-                .retry
-                .get(&rel.name)
-                .is_some_and(|(key, at, _)| *key == rel.key() && Instant::now() < *at)
+            if self.pending.get(&rel.name) == Some(&rel) {
+                // Being fetched from another peer: this one is asked next
+                // if that fails.
+                self.sources.offered(&rel.name, rel.key(), peer);
+                continue;
+            }
+            if self.sources.lacks(rel.key(), peer)
+                || self.sources.backing_off(&rel.name, rel.key(), peer)
             {
-                continue; // its fetch failed lately: backing off
+                continue; // its fetch from this peer failed lately
             }
             // Our own current release counts as wanted when its module is
             // gone here (moved aside as damaged): fetched back like a newer
@@ -519,41 +528,87 @@ impl Agent {
                 self.on_fetched(rel, Ok((bytes, Payload::Full, 0)));
                 continue;
             }
-            let have_recorded = self
-                .store
-                .record(&rel.name)
-                .map(|r| r.hashes())
-                .unwrap_or_default();
-            let mut have: Vec<Hash> = self.running.get(&rel.name).copied().into_iter().collect();
-            have.extend(have_recorded);
-            have.dedup();
-            // Offer only bases we can patch.
-            let bases: HashMap<Hash, Arc<Vec<u8>>> = have
-                .iter()
-                .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
-                .collect();
-            have.retain(|h| bases.contains_key(h));
-            let Some(addr) = self.config.ring.members().get(peer).map(|m| m.addr.clone()) else {
-                self.pending.remove(&rel.name);
-                continue;
-            };
-            let max_frame = self.config.max_frame_bytes;
-            let tx = self.tx.clone();
-            let cache = self.deltas.clone();
-            tokio::spawn(
-                async move {
-                    let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
-                        .await
-                        .map_err(|e| format!("fetching from {addr}: {e:#}"));
-                    let _ = tx
-                        .send(DeployMsg::Fetched {
-                            release: rel,
-                            result,
-                        })
-                        .await;
-                }
-                .in_current_span(),
-            );
+            self.start_fetch(rel, peer);
+        }
+    }
+
+    /// Fetches pending release `rel`'s module from `peer`; the answer
+    /// comes back as [`DeployMsg::Fetched`].
+    fn start_fetch(&mut self, rel: Release, peer: usize) {
+        self.sources.asking(&rel.name, rel.key(), peer);
+        let have_recorded = self
+            .store
+            .record(&rel.name)
+            .map(|r| r.hashes())
+            .unwrap_or_default();
+        let mut have: Vec<Hash> = self.running.get(&rel.name).copied().into_iter().collect();
+        have.extend(have_recorded);
+        have.dedup();
+        // Offer only bases we can patch.
+        let bases: HashMap<Hash, Arc<Vec<u8>>> = have
+            .iter()
+            .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
+            .collect();
+        have.retain(|h| bases.contains_key(h));
+        let Some(addr) = self.config.ring.members().get(peer).map(|m| m.addr.clone()) else {
+            self.pending.remove(&rel.name);
+            return;
+        };
+        let max_frame = self.config.max_frame_bytes;
+        let tx = self.tx.clone();
+        let cache = self.deltas.clone();
+        tokio::spawn(
+            async move {
+                let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
+                    .await
+                    .map_err(|e| FetchError {
+                        missing: e.downcast_ref::<NotKept>().is_some(),
+                        message: format!("fetching from {addr}: {e:#}"),
+                    });
+                let _ = tx
+                    .send(DeployMsg::Fetched {
+                        release: rel,
+                        from: peer,
+                        result,
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A fetch from `from` ended: a failure there moves on to the next
+    /// peer that offered the release, if any.
+    fn on_fetch_reply(
+        &mut self,
+        release: Release,
+        from: usize,
+        result: Result<(Arc<Vec<u8>>, Payload, usize), FetchError>,
+    ) {
+        if self.pending.get(&release.name) != Some(&release) {
+            return; // overtaken by a newer release
+        }
+        let e = match result {
+            Ok(fetched) => return self.on_fetched(release, Ok(fetched)),
+            Err(e) => e,
+        };
+        let next = self
+            .sources
+            .failed(&release.name, release.key(), from, e.missing);
+        match next {
+            Some(peer) => {
+                info!(release = %release.label(), cause = %e.message, next = peer,
+                    "fetch failed; asking the next neighbour that has it");
+                self.start_fetch(release, peer);
+            }
+            None => {
+                self.pending.remove(&release.name);
+                self.fail(
+                    &release.name,
+                    Some(release.version),
+                    format!("{}: {}", release.label(), e.message),
+                );
+            }
         }
     }
 
@@ -598,12 +653,12 @@ impl Agent {
         });
         let bytes = match recorded {
             Ok(b) => {
-                self.retry.remove(&release.name);
+                self.sources.done(&release.name, release.key());
                 b
             }
             Err(e) => {
                 self.pending.remove(&release.name);
-                self.back_off(&release);
+                self.sources.back_off(&release.name, release.key(), None);
                 self.fail(
                     &release.name,
                     Some(release.version),
@@ -878,20 +933,6 @@ impl Agent {
         super::release::next_stamp(name, known, floor, crate::station::unix_ms())
     }
 
-    /// Holds off the next fetch of `release` after a failure: 1 s, doubling
-    /// with each failure of the same release up to [`RETRY_MAX`].
-    fn back_off(&mut self, release: &Release) {
-        let wait = match self.retry.get(&release.name) {
-            Some((key, _, wait)) if *key == release.key() => *wait,
-            _ => RETRY_FIRST,
-        };
-        let next = (wait * 2).min(RETRY_MAX);
-        self.retry.insert(
-            release.name.clone(),
-            (release.key(), Instant::now() + wait, next),
-        );
-    }
-
     /// Logs and keeps a release conflict (once per pair).
     fn note_conflict(&mut self, conflict: Conflict) {
         // A release from the future is one report, whatever was kept.
@@ -1063,10 +1104,11 @@ impl Agent {
             }
             Request::Fetch { release, have } => {
                 let Some(target) = self.store.module(&release.hash) else {
-                    let _ = reply.send((
-                        Reply::error(format!("{} is not kept here", release.label())),
-                        Bytes::new(),
-                    ));
+                    let reply_missing = Reply {
+                        missing: true,
+                        ..Reply::error(format!("{} is not kept here", release.label()))
+                    };
+                    let _ = reply.send((reply_missing, Bytes::new()));
                     return;
                 };
                 let base = have
@@ -1287,6 +1329,19 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Why a fetch failed.
+pub struct FetchError {
+    /// The peer said it does not keep the module.
+    missing: bool,
+    /// One line naming the peer and the cause.
+    message: String,
+}
+
+/// A peer's answer that it does not keep the module asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotKept(String);
+
 /// Fetches `release`'s module from the node at `addr`, offering `have` as
 /// delta bases; rebuilds and checks it. Returns the module, how it came
 /// and the bytes that travelled.
@@ -1310,6 +1365,9 @@ async fn fetch(
     )
     .await?;
     if let Some(e) = reply.error {
+        if reply.missing {
+            return Err(NotKept(e).into());
+        }
         bail!("{e}");
     }
     let payload = reply.payload.context("reply without a payload")?;

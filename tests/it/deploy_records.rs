@@ -27,7 +27,7 @@ pub(crate) fn edit_current(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_
 
 /// Every event the ring reports during `window` (an observation window:
 /// what must not happen in it).
-async fn events_during(ring: &mut TestRing, window: Duration) -> Vec<NodeEvent> {
+pub(crate) async fn events_during(ring: &mut TestRing, window: Duration) -> Vec<NodeEvent> {
     let end = Instant::now() + window;
     let mut out = Vec::new();
     while let Ok(Some(ev)) = tokio::time::timeout(
