@@ -214,6 +214,9 @@ impl EnvBase {
     }
 }
 
+/// What faulted: a module and its config (`None`: not known, any config).
+type Faulted = (Hash, Option<Vec<(String, String)>>);
+
 /// The deploy agent of one node.
 pub struct Agent {
     config: Arc<NodeConfig>,
@@ -225,6 +228,14 @@ pub struct Agent {
     running: HashMap<String, Hash>,
     errors: HashMap<String, (Option<u64>, String)>,
     rolled_back: HashMap<String, String>,
+    /// Per name, the release swapped in last (when it was one).
+    runs: HashMap<String, Release>,
+    /// Per name, what faulted here often enough to be rolled back: module
+    /// and config (`None`: not known, any config of that module). A
+    /// rollback never returns to one of these.
+    faulted: HashMap<String, Vec<Faulted>>,
+    /// Names with an automatic rollback being loaded.
+    rolling: Vec<String>,
     /// Releases being fetched or loaded, by name.
     pending: HashMap<String, Release>,
     /// The last releases each neighbour told us of.
@@ -375,6 +386,9 @@ pub async fn start(
             .collect(),
         errors: HashMap::new(),
         rolled_back: HashMap::new(),
+        runs: HashMap::new(),
+        faulted: HashMap::new(),
+        rolling: Vec::new(),
         pending: HashMap::new(),
         peers: HashMap::new(),
         local,
@@ -852,36 +866,68 @@ impl Agent {
                     }
                 }
             },
-            Job::LocalRollback { to, cause } => match result {
-                Ok(station) => {
-                    let what = format!(
-                        "rolled back to v{} ({}) after repeated faults: {cause}",
-                        to.version,
-                        to.hash.short()
-                    );
-                    warn!(station = %to.name, "{what}");
-                    self.base.observer.emit(
-                        self.config.index,
-                        EventKind::RolledBack {
-                            station: to.name.clone(),
-                            cause: what.clone(),
-                        },
-                    );
-                    self.rolled_back.insert(to.name.clone(), what);
-                    self.swap(station, Some(to.version)).await;
-                }
-                Err(e) => self.fail(
+            Job::LocalRollback { to, cause } => {
+                self.rolling.retain(|n| *n != to.name);
+                self.on_rolled_back(to, cause, result).await;
+            }
+        }
+    }
+
+    /// An automatic rollback to `to` loaded (or not).
+    async fn on_rolled_back(
+        &mut self,
+        to: Release,
+        cause: String,
+        result: Result<Box<Station>, String>,
+    ) {
+        match result {
+            Ok(station) => {
+                let what = format!(
+                    "rolled back to v{} ({}) after repeated faults: {cause}",
+                    to.version,
+                    to.hash.short()
+                );
+                warn!(station = %to.name, "{what}");
+                self.base.observer.emit(
+                    self.config.index,
+                    EventKind::RolledBack {
+                        station: to.name.clone(),
+                        cause: what.clone(),
+                    },
+                );
+                self.rolled_back.insert(to.name.clone(), what);
+                self.swap(station, Some(to.version)).await;
+            }
+            Err(e) => {
+                self.fail(
                     &to.name,
                     None,
                     format!("rollback to v{} failed: {e}", to.version),
-                ),
-            },
+                );
+                // Not a place to return to: try the one before.
+                self.faulted
+                    .entry(to.name.clone())
+                    .or_default()
+                    .push((to.hash, Some(to.config.clone())));
+                self.on_faulty(to.name, cause);
+            }
         }
     }
 
     async fn swap(&mut self, station: Box<Station>, version: Option<u64>) {
         let name = station.name().to_string();
         self.running.insert(name.clone(), station.hash());
+        let release = version.and_then(|v| {
+            let record = self.store.record(&name)?;
+            std::iter::once(&record.current)
+                .chain(record.history.iter().rev())
+                .find(|r| r.version == v && r.hash == station.hash())
+                .cloned()
+        });
+        match release {
+            Some(r) => self.runs.insert(name.clone(), r),
+            None => self.runs.remove(&name),
+        };
         self.errors.remove(&name);
         if version.is_some_and(|v| self.current(&name).is_some_and(|c| c.version == v)) {
             self.rolled_back.remove(&name);
@@ -1198,28 +1244,69 @@ impl Agent {
         }
     }
 
+    /// Station `name` faulted often enough here: what runs is marked as
+    /// faulted, and the node rolls back to the newest recorded release that
+    /// has not faulted here (whatever ran before, a rolled-back-to version
+    /// included), or says once that it keeps faulting.
     fn on_faulty(&mut self, name: String, cause: String) {
-        if self.rolled_back.contains_key(&name) {
-            return;
+        if self.rolling.contains(&name) {
+            return; // a rollback is loading: what faulted is replaced soon
         }
-        let running = self.running.get(&name).copied();
-        let prev = self.store.record(&name).and_then(|r| {
-            r.history
-                .iter()
-                .rev()
-                .chain(std::iter::once(&r.current))
-                .find(|p| Some(p.hash) != running)
-                .cloned()
-        });
-        let Some(prev) = prev.filter(|p| self.store.module(&p.hash).is_some()) else {
-            warn!(station = %name, %cause, "station keeps faulting and has no previous version to roll back to");
-            self.rolled_back.insert(
-                name,
-                format!("keeps faulting, nothing to roll back to: {cause}"),
-            );
+        let Some(running) = self.running.get(&name).copied() else {
             return;
         };
-        let bytes = self.store.module(&prev.hash).expect("checked above");
+        let config = self
+            .runs
+            .get(&name)
+            .filter(|r| r.hash == running)
+            .map(|r| r.config.clone());
+        let faulted = self.faulted.entry(name.clone()).or_default();
+        if !faulted.contains(&(running, config.clone())) {
+            faulted.push((running, config));
+        }
+        let faulted = &self.faulted[&name];
+        let has_faulted = |r: &Release| {
+            faulted
+                .iter()
+                .any(|(h, c)| *h == r.hash && c.as_ref().is_none_or(|c| *c == r.config))
+        };
+        let candidates: Vec<Release> = self
+            .store
+            .record(&name)
+            .map(|r| {
+                r.history
+                    .iter()
+                    .rev()
+                    .chain(std::iter::once(&r.current))
+                    .filter(|p| !has_faulted(p))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prev = candidates
+            .into_iter()
+            .find_map(|p| self.store.module(&p.hash).map(|bytes| (p, bytes)));
+        let Some((prev, bytes)) = prev else {
+            let what = format!("keeps faulting, nothing to roll back to: {cause}");
+            if self
+                .rolled_back
+                .get(&name)
+                .is_some_and(|r| r.starts_with("keeps faulting"))
+            {
+                return; // said once
+            }
+            warn!(station = %name, %cause, "station keeps faulting and has no version left to roll back to that has not faulted here");
+            self.base.observer.emit(
+                self.config.index,
+                EventKind::RolledBack {
+                    station: name.clone(),
+                    cause: what.clone(),
+                },
+            );
+            self.rolled_back.insert(name, what);
+            return;
+        };
+        self.rolling.push(name.clone());
         self.spawn_load(
             name,
             prev.config.clone(),
