@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::release::{
     ConfigEntry, Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release, Reply, Request, settings,
 };
+use super::sources::Sources;
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
@@ -38,13 +39,6 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// Release conflicts a node keeps for `status` (the newest ones).
 const MAX_CONFLICTS: usize = 8;
-
-/// The first wait before a failed fetch of a release is tried again; it
-/// doubles with every failure up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-
-/// The longest wait between two tries of a failed fetch.
-const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// What the agent asks of the node's owner task.
 pub enum OwnerCmd {
@@ -93,7 +87,9 @@ pub enum DeployMsg {
     },
     Fetched {
         release: Release,
-        result: Result<(Arc<Vec<u8>>, Payload, usize), String>,
+        /// The peer asked.
+        from: usize,
+        result: Result<(Arc<Vec<u8>>, Payload, usize), FetchError>,
     },
     Loaded {
         job: Job,
@@ -218,6 +214,9 @@ impl EnvBase {
     }
 }
 
+/// What faulted: a module and its config (`None`: not known, any config).
+type Faulted = (Hash, Option<Vec<(String, String)>>);
+
 /// The deploy agent of one node.
 pub struct Agent {
     config: Arc<NodeConfig>,
@@ -229,6 +228,14 @@ pub struct Agent {
     running: HashMap<String, Hash>,
     errors: HashMap<String, (Option<u64>, String)>,
     rolled_back: HashMap<String, String>,
+    /// Per name, the release swapped in last (when it was one).
+    runs: HashMap<String, Release>,
+    /// Per name, what faulted here often enough to be rolled back: module
+    /// and config (`None`: not known, any config of that module). A
+    /// rollback never returns to one of these.
+    faulted: HashMap<String, Vec<Faulted>>,
+    /// Names with an automatic rollback being loaded.
+    rolling: Vec<String>,
     /// Releases being fetched or loaded, by name.
     pending: HashMap<String, Release>,
     /// The last releases each neighbour told us of.
@@ -240,9 +247,9 @@ pub struct Agent {
     rejected: Vec<OrderKey>,
     /// Release conflicts seen here, newest last (at most [`MAX_CONFLICTS`]).
     conflicts: Vec<Conflict>,
-    /// Per name, a release whose fetch failed: not tried again before the
-    /// instant, and the wait after the next failure.
-    retry: HashMap<String, (OrderKey, Instant, Duration)>,
+    /// Who offered the releases being fetched, who lacks them, and who is
+    /// not asked again for a while.
+    sources: Sources,
     /// The newest refused release per name, passed on to the successor.
     relayed: std::collections::BTreeMap<String, Release>,
     /// Deltas made or received, to serve the next node without redoing.
@@ -379,13 +386,16 @@ pub async fn start(
             .collect(),
         errors: HashMap::new(),
         rolled_back: HashMap::new(),
+        runs: HashMap::new(),
+        faulted: HashMap::new(),
+        rolling: Vec::new(),
         pending: HashMap::new(),
         peers: HashMap::new(),
         local,
         sign_key,
         rejected: Vec::new(),
         conflicts: Vec::new(),
-        retry: HashMap::new(),
+        sources: Sources::default(),
         relayed: Default::default(),
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
@@ -427,13 +437,22 @@ impl Agent {
     async fn on_msg(&mut self, msg: DeployMsg) {
         match msg {
             DeployMsg::PeerReleases { peer, releases } => {
+                // A link coming up again repeats the same list: only a
+                // changed one is news about which modules the peer keeps.
+                if self.peers.get(&peer) != Some(&releases) {
+                    self.sources.announced(peer);
+                }
                 self.peers.insert(peer, releases);
                 self.consider(peer);
             }
             DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
             DeployMsg::Faulty { name, cause } => self.on_faulty(name, cause),
             DeployMsg::FileChanged { name, bytes } => self.on_file(name, bytes),
-            DeployMsg::Fetched { release, result } => self.on_fetched(release, result),
+            DeployMsg::Fetched {
+                release,
+                from,
+                result,
+            } => self.on_fetch_reply(release, from, result),
             DeployMsg::Loaded { job, result } => self.on_loaded(job, result).await,
         }
         self.publish_view();
@@ -488,12 +507,16 @@ impl Agent {
                 let conflict = Conflict::of(&rel, c, Some(peer as u32));
                 self.note_conflict(conflict);
             }
-            if self
-                .retry
-                .get(&rel.name)
-                .is_some_and(|(key, at, _)| *key == rel.key() && Instant::now() < *at)
+            if self.pending.get(&rel.name) == Some(&rel) {
+                // Being fetched from another peer: this one is asked next
+                // if that fails.
+                self.sources.offered(&rel.name, rel.key(), peer);
+                continue;
+            }
+            if self.sources.lacks(rel.key(), peer)
+                || self.sources.backing_off(&rel.name, rel.key(), peer)
             {
-                continue; // its fetch failed lately: backing off
+                continue; // its fetch from this peer failed lately
             }
             // Our own current release counts as wanted when its module is
             // gone here (moved aside as damaged): fetched back like a newer
@@ -519,41 +542,87 @@ impl Agent {
                 self.on_fetched(rel, Ok((bytes, Payload::Full, 0)));
                 continue;
             }
-            let have_recorded = self
-                .store
-                .record(&rel.name)
-                .map(|r| r.hashes())
-                .unwrap_or_default();
-            let mut have: Vec<Hash> = self.running.get(&rel.name).copied().into_iter().collect();
-            have.extend(have_recorded);
-            have.dedup();
-            // Offer only bases we can patch.
-            let bases: HashMap<Hash, Arc<Vec<u8>>> = have
-                .iter()
-                .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
-                .collect();
-            have.retain(|h| bases.contains_key(h));
-            let Some(addr) = self.config.ring.members().get(peer).map(|m| m.addr.clone()) else {
-                self.pending.remove(&rel.name);
-                continue;
-            };
-            let max_frame = self.config.max_frame_bytes;
-            let tx = self.tx.clone();
-            let cache = self.deltas.clone();
-            tokio::spawn(
-                async move {
-                    let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
-                        .await
-                        .map_err(|e| format!("fetching from {addr}: {e:#}"));
-                    let _ = tx
-                        .send(DeployMsg::Fetched {
-                            release: rel,
-                            result,
-                        })
-                        .await;
-                }
-                .in_current_span(),
-            );
+            self.start_fetch(rel, peer);
+        }
+    }
+
+    /// Fetches pending release `rel`'s module from `peer`; the answer
+    /// comes back as [`DeployMsg::Fetched`].
+    fn start_fetch(&mut self, rel: Release, peer: usize) {
+        self.sources.asking(&rel.name, rel.key(), peer);
+        let have_recorded = self
+            .store
+            .record(&rel.name)
+            .map(|r| r.hashes())
+            .unwrap_or_default();
+        let mut have: Vec<Hash> = self.running.get(&rel.name).copied().into_iter().collect();
+        have.extend(have_recorded);
+        have.dedup();
+        // Offer only bases we can patch.
+        let bases: HashMap<Hash, Arc<Vec<u8>>> = have
+            .iter()
+            .filter_map(|h| self.store.module(h).map(|m| (*h, m)))
+            .collect();
+        have.retain(|h| bases.contains_key(h));
+        let Some(addr) = self.config.ring.members().get(peer).map(|m| m.addr.clone()) else {
+            self.pending.remove(&rel.name);
+            return;
+        };
+        let max_frame = self.config.max_frame_bytes;
+        let tx = self.tx.clone();
+        let cache = self.deltas.clone();
+        tokio::spawn(
+            async move {
+                let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
+                    .await
+                    .map_err(|e| FetchError {
+                        missing: e.downcast_ref::<NotKept>().is_some(),
+                        message: format!("fetching from {addr}: {e:#}"),
+                    });
+                let _ = tx
+                    .send(DeployMsg::Fetched {
+                        release: rel,
+                        from: peer,
+                        result,
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A fetch from `from` ended: a failure there moves on to the next
+    /// peer that offered the release, if any.
+    fn on_fetch_reply(
+        &mut self,
+        release: Release,
+        from: usize,
+        result: Result<(Arc<Vec<u8>>, Payload, usize), FetchError>,
+    ) {
+        if self.pending.get(&release.name) != Some(&release) {
+            return; // overtaken by a newer release
+        }
+        let e = match result {
+            Ok(fetched) => return self.on_fetched(release, Ok(fetched)),
+            Err(e) => e,
+        };
+        let next = self
+            .sources
+            .failed(&release.name, release.key(), from, e.missing);
+        match next {
+            Some(peer) => {
+                info!(release = %release.label(), cause = %e.message, next = peer,
+                    "fetch failed; asking the next neighbour that has it");
+                self.start_fetch(release, peer);
+            }
+            None => {
+                self.pending.remove(&release.name);
+                self.fail(
+                    &release.name,
+                    Some(release.version),
+                    format!("{}: {}", release.label(), e.message),
+                );
+            }
         }
     }
 
@@ -598,12 +667,12 @@ impl Agent {
         });
         let bytes = match recorded {
             Ok(b) => {
-                self.retry.remove(&release.name);
+                self.sources.done(&release.name, release.key());
                 b
             }
             Err(e) => {
                 self.pending.remove(&release.name);
-                self.back_off(&release);
+                self.sources.back_off(&release.name, release.key(), None);
                 self.fail(
                     &release.name,
                     Some(release.version),
@@ -797,36 +866,68 @@ impl Agent {
                     }
                 }
             },
-            Job::LocalRollback { to, cause } => match result {
-                Ok(station) => {
-                    let what = format!(
-                        "rolled back to v{} ({}) after repeated faults: {cause}",
-                        to.version,
-                        to.hash.short()
-                    );
-                    warn!(station = %to.name, "{what}");
-                    self.base.observer.emit(
-                        self.config.index,
-                        EventKind::RolledBack {
-                            station: to.name.clone(),
-                            cause: what.clone(),
-                        },
-                    );
-                    self.rolled_back.insert(to.name.clone(), what);
-                    self.swap(station, Some(to.version)).await;
-                }
-                Err(e) => self.fail(
+            Job::LocalRollback { to, cause } => {
+                self.rolling.retain(|n| *n != to.name);
+                self.on_rolled_back(to, cause, result).await;
+            }
+        }
+    }
+
+    /// An automatic rollback to `to` loaded (or not).
+    async fn on_rolled_back(
+        &mut self,
+        to: Release,
+        cause: String,
+        result: Result<Box<Station>, String>,
+    ) {
+        match result {
+            Ok(station) => {
+                let what = format!(
+                    "rolled back to v{} ({}) after repeated faults: {cause}",
+                    to.version,
+                    to.hash.short()
+                );
+                warn!(station = %to.name, "{what}");
+                self.base.observer.emit(
+                    self.config.index,
+                    EventKind::RolledBack {
+                        station: to.name.clone(),
+                        cause: what.clone(),
+                    },
+                );
+                self.rolled_back.insert(to.name.clone(), what);
+                self.swap(station, Some(to.version)).await;
+            }
+            Err(e) => {
+                self.fail(
                     &to.name,
                     None,
                     format!("rollback to v{} failed: {e}", to.version),
-                ),
-            },
+                );
+                // Not a place to return to: try the one before.
+                self.faulted
+                    .entry(to.name.clone())
+                    .or_default()
+                    .push((to.hash, Some(to.config.clone())));
+                self.on_faulty(to.name, cause);
+            }
         }
     }
 
     async fn swap(&mut self, station: Box<Station>, version: Option<u64>) {
         let name = station.name().to_string();
         self.running.insert(name.clone(), station.hash());
+        let release = version.and_then(|v| {
+            let record = self.store.record(&name)?;
+            std::iter::once(&record.current)
+                .chain(record.history.iter().rev())
+                .find(|r| r.version == v && r.hash == station.hash())
+                .cloned()
+        });
+        match release {
+            Some(r) => self.runs.insert(name.clone(), r),
+            None => self.runs.remove(&name),
+        };
         self.errors.remove(&name);
         if version.is_some_and(|v| self.current(&name).is_some_and(|c| c.version == v)) {
             self.rolled_back.remove(&name);
@@ -876,20 +977,6 @@ impl Agent {
             .chain(self.pending.get(name))
             .chain(conflicts.filter_map(|c| c.kept.as_ref()));
         super::release::next_stamp(name, known, floor, crate::station::unix_ms())
-    }
-
-    /// Holds off the next fetch of `release` after a failure: 1 s, doubling
-    /// with each failure of the same release up to [`RETRY_MAX`].
-    fn back_off(&mut self, release: &Release) {
-        let wait = match self.retry.get(&release.name) {
-            Some((key, _, wait)) if *key == release.key() => *wait,
-            _ => RETRY_FIRST,
-        };
-        let next = (wait * 2).min(RETRY_MAX);
-        self.retry.insert(
-            release.name.clone(),
-            (release.key(), Instant::now() + wait, next),
-        );
     }
 
     /// Logs and keeps a release conflict (once per pair).
@@ -1063,10 +1150,11 @@ impl Agent {
             }
             Request::Fetch { release, have } => {
                 let Some(target) = self.store.module(&release.hash) else {
-                    let _ = reply.send((
-                        Reply::error(format!("{} is not kept here", release.label())),
-                        Bytes::new(),
-                    ));
+                    let reply_missing = Reply {
+                        missing: true,
+                        ..Reply::error(format!("{} is not kept here", release.label()))
+                    };
+                    let _ = reply.send((reply_missing, Bytes::new()));
                     return;
                 };
                 let base = have
@@ -1156,28 +1244,69 @@ impl Agent {
         }
     }
 
+    /// Station `name` faulted often enough here: what runs is marked as
+    /// faulted, and the node rolls back to the newest recorded release that
+    /// has not faulted here (whatever ran before, a rolled-back-to version
+    /// included), or says once that it keeps faulting.
     fn on_faulty(&mut self, name: String, cause: String) {
-        if self.rolled_back.contains_key(&name) {
-            return;
+        if self.rolling.contains(&name) {
+            return; // a rollback is loading: what faulted is replaced soon
         }
-        let running = self.running.get(&name).copied();
-        let prev = self.store.record(&name).and_then(|r| {
-            r.history
-                .iter()
-                .rev()
-                .chain(std::iter::once(&r.current))
-                .find(|p| Some(p.hash) != running)
-                .cloned()
-        });
-        let Some(prev) = prev.filter(|p| self.store.module(&p.hash).is_some()) else {
-            warn!(station = %name, %cause, "station keeps faulting and has no previous version to roll back to");
-            self.rolled_back.insert(
-                name,
-                format!("keeps faulting, nothing to roll back to: {cause}"),
-            );
+        let Some(running) = self.running.get(&name).copied() else {
             return;
         };
-        let bytes = self.store.module(&prev.hash).expect("checked above");
+        let config = self
+            .runs
+            .get(&name)
+            .filter(|r| r.hash == running)
+            .map(|r| r.config.clone());
+        let faulted = self.faulted.entry(name.clone()).or_default();
+        if !faulted.contains(&(running, config.clone())) {
+            faulted.push((running, config));
+        }
+        let faulted = &self.faulted[&name];
+        let has_faulted = |r: &Release| {
+            faulted
+                .iter()
+                .any(|(h, c)| *h == r.hash && c.as_ref().is_none_or(|c| *c == r.config))
+        };
+        let candidates: Vec<Release> = self
+            .store
+            .record(&name)
+            .map(|r| {
+                r.history
+                    .iter()
+                    .rev()
+                    .chain(std::iter::once(&r.current))
+                    .filter(|p| !has_faulted(p))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prev = candidates
+            .into_iter()
+            .find_map(|p| self.store.module(&p.hash).map(|bytes| (p, bytes)));
+        let Some((prev, bytes)) = prev else {
+            let what = format!("keeps faulting, nothing to roll back to: {cause}");
+            if self
+                .rolled_back
+                .get(&name)
+                .is_some_and(|r| r.starts_with("keeps faulting"))
+            {
+                return; // said once
+            }
+            warn!(station = %name, %cause, "station keeps faulting and has no version left to roll back to that has not faulted here");
+            self.base.observer.emit(
+                self.config.index,
+                EventKind::RolledBack {
+                    station: name.clone(),
+                    cause: what.clone(),
+                },
+            );
+            self.rolled_back.insert(name, what);
+            return;
+        };
+        self.rolling.push(name.clone());
         self.spawn_load(
             name,
             prev.config.clone(),
@@ -1287,6 +1416,19 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Why a fetch failed.
+pub struct FetchError {
+    /// The peer said it does not keep the module.
+    missing: bool,
+    /// One line naming the peer and the cause.
+    message: String,
+}
+
+/// A peer's answer that it does not keep the module asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotKept(String);
+
 /// Fetches `release`'s module from the node at `addr`, offering `have` as
 /// delta bases; rebuilds and checks it. Returns the module, how it came
 /// and the bytes that travelled.
@@ -1310,6 +1452,9 @@ async fn fetch(
     )
     .await?;
     if let Some(e) = reply.error {
+        if reply.missing {
+            return Err(NotKept(e).into());
+        }
         bail!("{e}");
     }
     let payload = reply.payload.context("reply without a payload")?;

@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::agent::DeployView;
 use super::agent::request;
-use super::release::{ConfigEntry, Hash, OrderKey, Release, Reply, Request};
+use super::release::{ConfigEntry, Hash, MAX_AHEAD_MS, OrderKey, Release, Reply, Request};
 use super::sign;
 use crate::cli::{ConfigCmd, KeygenArgs, PushArgs, RollbackArgs};
 use crate::station::MAX_MODULE_BYTES;
@@ -410,8 +410,26 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
             Standing::Waiting
         };
     }
-    if current > release.key() {
-        return Standing::Superseded(format!("v{} from node {}", d.version, d.origin));
+    // A record the member set aside as a conflict, or one published in
+    // the future (by the member's clock or ours), supersedes nothing: the
+    // member replaces it with the release, or reports the conflict.
+    let set_aside = report
+        .deploy
+        .conflicts
+        .iter()
+        .any(|c| c.name == release.name && c.stale.key() == current);
+    let future = d.published_ms.saturating_sub(crate::station::unix_ms()) > MAX_AHEAD_MS;
+    if set_aside || future {
+        if d.running == release.hash {
+            return Standing::Running;
+        }
+    } else if current > release.key() {
+        return Standing::Superseded(format!(
+            "v{} ({}), which that node records (first published on node {})",
+            d.version,
+            d.hash.short(),
+            d.origin
+        ));
     }
     match &d.error {
         Some(e) if d.failed_version == Some(release.version) => Standing::Failed(e.clone()),

@@ -67,6 +67,7 @@ pub mod client;
 pub mod delta;
 pub mod release;
 pub mod sign;
+mod sources;
 pub mod store;
 pub mod watch;
 

@@ -399,6 +399,10 @@ pub struct Reply {
     /// (`release`), which stays; nothing new was published.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unchanged: bool,
+    /// Fetch: the error says the module is not kept on the answering node
+    /// (another node may have it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 impl Reply {

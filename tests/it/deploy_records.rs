@@ -27,7 +27,7 @@ pub(crate) fn edit_current(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_
 
 /// Every event the ring reports during `window` (an observation window:
 /// what must not happen in it).
-async fn events_during(ring: &mut TestRing, window: Duration) -> Vec<NodeEvent> {
+pub(crate) async fn events_during(ring: &mut TestRing, window: Duration) -> Vec<NodeEvent> {
     let end = Instant::now() + window;
     let mut out = Vec::new();
     while let Ok(Some(ev)) = tokio::time::timeout(
@@ -171,6 +171,66 @@ async fn a_missing_recorded_module_runs_the_older_one_and_is_never_fetched_from_
     start_node(&mut ring, 1, &configure).await;
     wait_running(&ring, &[0, 1], "marker", hashes[1], Duration::from_secs(20)).await;
     assert_eq!(Hash::of(&marker(2)), hashes[1]);
+    ring.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A member that returned with a record from the future (set aside as a
+/// conflict) before a push runs the pushed release: `push` succeeds and
+/// does not call the set-aside record newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_not_superseded_by_a_record_from_the_future_set_aside_before_it() {
+    let data = scratch("future-push");
+    let dir = data.clone();
+    let configure = move |c: &mut NodeConfig| {
+        quick(c);
+        c.deploy.data_dir = Some(dir.join(c.index.to_string()));
+    };
+    let mut ring = TestRing::start(3, &configure).await;
+    for n in [2, 4, 6] {
+        let r = released(push_to(&addr(&ring, 0), "marker", &marker(n), &[]).await);
+        wait_running(&ring, &[0, 1, 2], "marker", r.hash, Duration::from_secs(20)).await;
+    }
+    for i in [0, 1, 2] {
+        ring.nodes[i].take().unwrap().shutdown().await.unwrap();
+    }
+    // Nodes 0 and 1 are rebuilt; node 2 returns with its v3 an hour ahead.
+    for i in ["0", "1"] {
+        std::fs::remove_dir_all(data.join(i)).unwrap();
+    }
+    edit_current(&data.join("2"), "marker", |c| {
+        c["published_ms"] = (c["published_ms"].as_u64().unwrap() + 3_600_000).into();
+    });
+    for i in [0, 1, 2] {
+        start_node(&mut ring, i, &configure).await;
+    }
+    // Its neighbours meet the record and set it aside.
+    ring.wait_for(Duration::from_secs(10), "node 2's record set aside", |e| {
+        matches!(&e.kind, EventKind::DeployConflict { message, .. } if message.contains("in the future"))
+    })
+    .await;
+    let file = data.join("mark01.wasm");
+    std::fs::write(&file, marker(1)).unwrap();
+    let out = crate::deploy::ringhost(&[
+        "push",
+        file.to_str().unwrap(),
+        "--as",
+        "marker",
+        "--to",
+        &addr(&ring, 0),
+    ])
+    .await;
+    let t = crate::deploy::text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("superseded"), "{t}");
+    wait_running(
+        &ring,
+        &[0, 1, 2],
+        "marker",
+        Hash::of(&marker(1)),
+        Duration::from_secs(10),
+    )
+    .await;
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -5,6 +5,8 @@ mod deploy;
 mod deploy_client;
 mod deploy_order;
 mod deploy_records;
+mod deploy_rollback;
+mod deploy_sources;
 mod files;
 mod health;
 mod ring;

@@ -1,0 +1,57 @@
+//! Automatic rollback on a node (issue 8 follow-up): fault accounting goes
+//! on after a rollback, and a rollback never returns to a version that
+//! already faulted on the node.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ringhost::observe::EventKind;
+
+use crate::deploy::{addr, marker, push_to, quick, released, view, wait_running};
+use crate::support::TestRing;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_to_version_that_faults_is_rolled_back_further_and_never_returned_to() {
+    let mut ring = TestRing::start(3, quick).await;
+    let all = [0, 1, 2];
+    let to = addr(&ring, 0);
+    let v1 = released(push_to(&to, "marker", &marker(1), &[]).await);
+    wait_running(&ring, &all, "marker", v1.hash, Duration::from_secs(20)).await;
+    // v2 faults, but only every 100 visits; v3 follows at once and faults
+    // at every visit. Each node rolls back to v2, sees v2 fault too and
+    // goes on to v1 (before the fix: v2 kept faulting, nothing happened).
+    let v2 = released(push_to(&to, "marker", &marker(2), &[("trap_after", "100")]).await);
+    wait_running(&ring, &all, "marker", v2.hash, Duration::from_secs(20)).await;
+    let v3 = released(push_to(&to, "marker", &marker(3), &[("trap_after", "0")]).await);
+    assert_eq!(v3.version, 3);
+    wait_running(&ring, &all, "marker", v1.hash, Duration::from_secs(30)).await;
+    for i in all {
+        let v = view(&ring, i);
+        let st = v.stations.iter().find(|s| s.name == "marker").unwrap();
+        let said = st.rolled_back.as_deref().unwrap_or_default();
+        assert!(said.contains("rolled back to v1"), "node {i}: {said}");
+    }
+
+    // v4 faults at once: the rollback skips v3 and v2, which faulted here.
+    while let Ok(ev) = ring.events.try_recv() {
+        ring.seen.push(ev); // reports of the rollbacks above
+    }
+    let v4 = released(push_to(&to, "marker", &marker(4), &[("trap_after", "0")]).await);
+    assert_eq!(v4.version, 4);
+    let mut rolled: BTreeSet<usize> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rolled.len() < 3 {
+        let ev = ring.next_event(deadline, "three rollbacks of v4").await;
+        if let EventKind::RolledBack { station, cause } = &ev.kind {
+            assert_eq!(station, "marker");
+            assert!(
+                cause.starts_with("rolled back to v1 "),
+                "node {}: {cause}",
+                ev.node
+            );
+            rolled.insert(ev.node);
+        }
+    }
+    wait_running(&ring, &all, "marker", v1.hash, Duration::from_secs(20)).await;
+    ring.shutdown().await;
+}
