@@ -155,7 +155,7 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+        .map_err(|e| creating(path, e))?;
     writeln!(f, "{SECRET_HEADER}\n{}", hex(&key.to_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
     let public = hex(key.verifying_key().as_bytes());
@@ -163,10 +163,24 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<String> {
         .write(true)
         .create_new(true)
         .open(&pub_path)
-        .with_context(|| format!("creating {} (it must not exist yet)", pub_path.display()))?;
+        .map_err(|e| creating(&pub_path, e))?;
     write!(p, "{PUBLIC_HEADER}\n{public}\n")
         .with_context(|| format!("writing {}", pub_path.display()))?;
     Ok(public)
+}
+
+/// Why a key file could not be created, in words: it exists (never
+/// overwritten), or the cause (a missing directory, permissions…).
+fn creating(path: &Path, e: std::io::Error) -> anyhow::Error {
+    let what = if e.kind() == std::io::ErrorKind::AlreadyExists {
+        format!(
+            "{} already exists: keygen never overwrites a key",
+            path.display()
+        )
+    } else {
+        format!("creating {}", path.display())
+    };
+    anyhow::Error::new(e).context(what)
 }
 
 /// Where [`write_key`] puts the public key of the secret key file `path`:
