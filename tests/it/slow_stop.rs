@@ -42,6 +42,17 @@ async fn one_particle_and_every_tick(
     ring.shutdown().await;
 }
 
+/// `tick`, then a station that spins to its `deadline_ms` at every visit
+/// (never rolled back).
+fn tick_then_spin(c: &mut NodeConfig, deadline_ms: u64) {
+    c.stations = vec![
+        StationSpec::builtin("tick"),
+        StationSpec::file(test_station("spin")),
+    ];
+    c.station_timeout_ms = deadline_ms;
+    c.deploy.rollback_after = 0;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_station_slower_than_the_token_timeout_does_not_livelock_the_ring() {
     // The field case: node 1 runs a station that spins until its 1.5 s
@@ -49,12 +60,7 @@ async fn a_station_slower_than_the_token_timeout_does_not_livelock_the_ring() {
     one_particle_and_every_tick(4, Duration::from_secs(60), |c| {
         c.delay_ms = 20;
         if c.index == 1 {
-            c.stations = vec![
-                StationSpec::builtin("tick"),
-                StationSpec::file(test_station("spin")),
-            ];
-            c.station_timeout_ms = 1500;
-            c.deploy.rollback_after = 0;
+            tick_then_spin(c, 1500);
         }
     })
     .await;
@@ -85,12 +91,7 @@ async fn a_node_stopped_during_a_long_visit_passes_its_writes_on_before_it_leave
     let mut ring = TestRing::start(3, |c| {
         c.delay_ms = 5;
         if c.index == 1 {
-            c.stations = vec![
-                StationSpec::builtin("tick"),
-                StationSpec::file(test_station("spin")),
-            ];
-            c.station_timeout_ms = 1000;
-            c.deploy.rollback_after = 0;
+            tick_then_spin(c, 1000);
         }
     })
     .await;
