@@ -634,8 +634,10 @@ impl Owner {
                     lap_time: stop.lap_time,
                 };
                 let hold = self.pipeline.run(&base, &mut particle).await;
-                for (name, cause) in self.pipeline.take_faulty() {
-                    let _ = self.deploy_tx.try_send(DeployMsg::Faulty { name, cause });
+                for (name, hash, cause) in self.pipeline.take_faulty() {
+                    let _ = self
+                        .deploy_tx
+                        .try_send(DeployMsg::Faulty { name, hash, cause });
                 }
                 let hold = hold.max(Duration::from_millis(self.config.delay_ms));
                 if let Some(t) = stop.lap_time {

@@ -75,6 +75,9 @@ pub enum DeployMsg {
     Faulty {
         /// Station name.
         name: String,
+        /// The module that faulted: a report about a module no longer
+        /// running (it was replaced while the report waited) is ignored.
+        hash: Hash,
         /// The last fault.
         cause: String,
     },
@@ -446,7 +449,7 @@ impl Agent {
                 self.consider(peer);
             }
             DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
-            DeployMsg::Faulty { name, cause } => self.on_faulty(name, cause),
+            DeployMsg::Faulty { name, hash, cause } => self.on_faulty(name, hash, cause),
             DeployMsg::FileChanged { name, bytes } => self.on_file(name, bytes),
             DeployMsg::Fetched {
                 release,
@@ -909,7 +912,9 @@ impl Agent {
                     .entry(to.name.clone())
                     .or_default()
                     .push((to.hash, Some(to.config.clone())));
-                self.on_faulty(to.name, cause);
+                if let Some(running) = self.running.get(&to.name).copied() {
+                    self.on_faulty(to.name, running, cause);
+                }
             }
         }
     }
@@ -1248,13 +1253,16 @@ impl Agent {
     /// faulted, and the node rolls back to the newest recorded release that
     /// has not faulted here (whatever ran before, a rolled-back-to version
     /// included), or says once that it keeps faulting.
-    fn on_faulty(&mut self, name: String, cause: String) {
+    fn on_faulty(&mut self, name: String, hash: Hash, cause: String) {
         if self.rolling.contains(&name) {
             return; // a rollback is loading: what faulted is replaced soon
         }
         let Some(running) = self.running.get(&name).copied() else {
             return;
         };
+        if running != hash {
+            return; // about a module already replaced (a swap overtook it)
+        }
         let config = self
             .runs
             .get(&name)

@@ -591,7 +591,7 @@ pub struct Pipeline {
     stations: Vec<Station>,
     node_index: usize,
     /// Stations due for an automatic rollback, with the last fault.
-    faulty: Vec<(String, String)>,
+    faulty: Vec<(String, Hash, String)>,
 }
 
 /// The stop facts shared by every station of one stop.
@@ -629,8 +629,9 @@ impl Pipeline {
         }
     }
 
-    /// Stations that faulted often enough to be rolled back, each once.
-    pub fn take_faulty(&mut self) -> Vec<(String, String)> {
+    /// Stations that faulted often enough to be rolled back, each once:
+    /// name, the module that faulted, the last fault.
+    pub fn take_faulty(&mut self) -> Vec<(String, Hash, String)> {
         std::mem::take(&mut self.faulty)
     }
 
@@ -665,7 +666,8 @@ impl Pipeline {
                 Err(e) => {
                     if station.report_fault(self.node_index, &e) {
                         station.recent_faults.clear();
-                        self.faulty.push((station.name.clone(), e.to_string()));
+                        self.faulty
+                            .push((station.name.clone(), station.hash(), e.to_string()));
                     }
                     if !slot.is_empty() {
                         particle.slots.insert(station.name.clone(), slot);
