@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringhost::config::{NodeConfig, StationSpec};
-use ringhost::deploy::agent::{DeployView, request};
+use ringhost::deploy::agent::{DeployView, StationDeploy, request};
 use ringhost::deploy::release::{Hash, Release, Reply, Request};
 use ringhost::deploy::{client, sign};
 use ringhost::observe::EventKind;
@@ -93,6 +93,15 @@ pub(crate) fn view(ring: &TestRing, i: usize) -> DeployView {
         .deploy_view()
         .borrow()
         .clone()
+}
+
+/// What node `i` says of its `marker` station.
+pub(crate) fn marker_at(ring: &TestRing, i: usize) -> StationDeploy {
+    view(ring, i)
+        .stations
+        .into_iter()
+        .find(|s| s.name == "marker")
+        .unwrap_or_else(|| panic!("node {i} runs a marker station"))
 }
 
 /// Waits until every node in `nodes` runs module `hash` as `name`.
@@ -754,11 +763,7 @@ async fn keygen_push_and_rollback_commands_report_what_happened() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("marker v3"), "{}", text(&out));
     for i in 0..3 {
-        let st = view(&ring, i)
-            .stations
-            .into_iter()
-            .find(|s| s.name == "marker")
-            .unwrap();
+        let st = marker_at(&ring, i);
         assert_eq!((st.version, st.running, st.rolled_back), (3, good, None));
     }
     ring.shutdown().await;

@@ -9,7 +9,7 @@ use ringhost::deploy::release::Hash;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::deploy::{addr, marker, quick, ringhost, scratch, text, view, wait_running};
+use crate::deploy::{addr, marker, marker_at, quick, ringhost, scratch, text, view, wait_running};
 use crate::support::TestRing;
 
 /// At the default hold (50 ms a stop), a version that passes `init` and
@@ -35,11 +35,7 @@ async fn a_push_that_every_node_rolls_back_fails_and_a_repeat_push_is_a_no_op() 
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("nothing to push"), "{}", text(&out));
     for i in 0..3 {
-        let st = view(&ring, i)
-            .stations
-            .into_iter()
-            .find(|s| s.name == "marker")
-            .unwrap();
+        let st = marker_at(&ring, i);
         assert_eq!((st.version, st.running), (1, good), "node {i}");
     }
 
@@ -260,12 +256,7 @@ async fn pushing_what_runs_is_a_no_op_and_configs_compare_as_settings() {
         "last value wins: {}",
         text(&out)
     );
-    let st = view(&ring, 0)
-        .stations
-        .into_iter()
-        .find(|s| s.name == "marker")
-        .unwrap();
-    assert_eq!(st.version, 1);
+    assert_eq!(marker_at(&ring, 0).version, 1);
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
