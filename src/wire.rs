@@ -539,16 +539,10 @@ mod tests {
     }
 
     fn sample_release() -> Release {
+        let hash = crate::deploy::release::Hash([0xcd; 32]);
         Release {
-            name: "tick".into(),
-            version: 3,
-            origin: 1,
-            hash: crate::deploy::release::Hash([0xcd; 32]),
             size: 1234,
-            config: vec![],
-            signer: None,
-            signature: None,
-            published_ms: 1_700_000_000_000,
+            ..Release::sample("tick", 3, 1, hash, 1_700_000_000_000)
         }
     }
 

@@ -557,17 +557,7 @@ mod tests {
     use crate::deploy::release::Conflict;
 
     fn rel(version: u64, h: u8, published_ms: u64) -> Release {
-        Release {
-            name: "marker".into(),
-            version,
-            origin: 0,
-            hash: Hash([h; 32]),
-            size: 1,
-            config: vec![],
-            signer: None,
-            signature: None,
-            published_ms,
-        }
+        Release::sample("marker", version, 0, Hash([h; 32]), published_ms)
     }
 
     #[test]

@@ -416,6 +416,30 @@ impl Reply {
 }
 
 #[cfg(test)]
+impl Release {
+    /// A release for tests: one byte, no config, unsigned.
+    pub(crate) fn sample(
+        name: &str,
+        version: u64,
+        origin: u32,
+        hash: Hash,
+        published_ms: u64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            version,
+            origin,
+            hash,
+            size: 1,
+            config: vec![],
+            signer: None,
+            signature: None,
+            published_ms,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -424,17 +448,7 @@ mod tests {
     }
 
     fn at(version: u64, origin: u32, h: u8, published_ms: u64) -> Release {
-        Release {
-            name: "s".into(),
-            version,
-            origin,
-            hash: Hash([h; 32]),
-            size: 1,
-            config: vec![],
-            signer: None,
-            signature: None,
-            published_ms,
-        }
+        Release::sample("s", version, origin, Hash([h; 32]), published_ms)
     }
 
     #[test]

@@ -220,15 +220,8 @@ mod tests {
 
     fn rel(version: u64, bytes: &[u8]) -> Release {
         Release {
-            name: "s".into(),
-            version,
-            origin: 0,
-            hash: Hash::of(bytes),
             size: bytes.len() as u64,
-            config: vec![],
-            signer: None,
-            signature: None,
-            published_ms: version,
+            ..Release::sample("s", version, 0, Hash::of(bytes), version)
         }
     }
 
