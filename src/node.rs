@@ -499,11 +499,13 @@ impl Owner {
         self.state.release(Instant::now(), &mut actions);
         let mut ignored = VecDeque::new();
         for action in actions {
-            if let Action::Send { .. } = action {
-                info!("passing the particle on before stopping");
-            }
-            if let Action::Send { .. } | Action::Ack { .. } = action {
-                self.execute(action, &mut ignored).await;
+            match action {
+                Action::Send { .. } => {
+                    info!("passing the particle on before stopping");
+                    self.execute(action, &mut ignored).await;
+                }
+                Action::Ack { .. } => self.execute(action, &mut ignored).await,
+                _ => {}
             }
         }
     }
@@ -766,11 +768,10 @@ impl Owner {
                                 );
                                 (DialResult::Up { peer_seen }, Some(Downlink { writer, task }))
                             }
-                            Err((e, duplicate)) => {
-                                if duplicate && let DialResult::Refused(why) = &e {
-                                    let _ = tx.send(Msg::Duplicate(why.clone())).await;
-                                }
-                                (e, None)
+                            Err(DialError::Ended(e)) => (e, None),
+                            Err(DialError::Duplicate(why)) => {
+                                let _ = tx.send(Msg::Duplicate(why.clone())).await;
+                                (DialResult::Refused(why), None)
                             }
                         };
                         let _ = tx.send(Msg::Dialed { link, result, downlink }).await;
@@ -892,22 +893,18 @@ struct Dialed {
     beacons: bool,
 }
 
-/// Connects to a member and exchanges hellos, all within the handshake
-/// timeout. The error says how the dial ended, and whether the member
-/// refused us as a duplicate of a live member.
-async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, (DialResult, bool)> {
-    dial_inner(addr, hello, config).await.map_err(|e| match e {
-        DialError::Ended(r) => (r, false),
-        DialError::Duplicate(why) => (DialResult::Refused(why), true),
-    })
-}
-
+/// How a dial that did not link ended.
 enum DialError {
+    /// Failed or refused, for the protocol.
     Ended(DialResult),
+    /// Refused because another live process runs our member: this
+    /// process is the duplicate.
     Duplicate(String),
 }
 
-async fn dial_inner(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, DialError> {
+/// Connects to a member and exchanges hellos, all within the handshake
+/// timeout.
+async fn dial(addr: &str, hello: Hello, config: &NodeConfig) -> Result<Dialed, DialError> {
     let limit = Duration::from_millis(config.handshake_timeout_ms);
     let attempt = async {
         let e = DialError::Ended;

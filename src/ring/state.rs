@@ -723,19 +723,14 @@ impl RingState {
     }
 
     fn on_left(&mut self, link: LinkId, now: Instant, out: &mut Vec<Action>) {
-        if self.pending_switch.as_ref().is_some_and(|l| l.id == link) {
-            let lost = self.pending_switch.take().expect("checked");
-            out.push(Action::Close { link });
-            self.reprobe(lost.peer, now);
-            return;
-        }
         let Some(peer) = self
             .primary
             .as_ref()
             .filter(|l| l.id == link)
             .map(|l| l.peer)
         else {
-            return;
+            // A probe's link, or one already replaced: as if lost.
+            return self.on_link_lost(link, now, out);
         };
         out.push(Action::Close { link });
         if peer != self.p.me {
