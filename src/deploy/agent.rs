@@ -671,6 +671,10 @@ impl Agent {
         let bytes = match recorded {
             Ok(b) => {
                 self.sources.done(&release.name, release.key());
+                // A rollback here was from the release this one replaces:
+                // the note is not about the new one (which, until it is
+                // swapped in, may be the very module the rollback runs).
+                self.rolled_back.remove(&release.name);
                 b
             }
             Err(e) => {
