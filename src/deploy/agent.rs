@@ -258,6 +258,10 @@ pub struct Agent {
     /// Deltas made or received, to serve the next node without redoing.
     deltas: delta::Cache,
     counters: (u64, u64, u64),
+    /// Events of the message being handled: sent after the view that
+    /// shows their effect is published, so whoever sees an event and then
+    /// reads the view finds it there.
+    events: Vec<EventKind>,
     tx: mpsc::Sender<DeployMsg>,
     rx: mpsc::Receiver<DeployMsg>,
     owner: mpsc::Sender<OwnerCmd>,
@@ -402,6 +406,7 @@ pub async fn start(
         relayed: Default::default(),
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
+        events: Vec::new(),
         tx: tx.clone(),
         rx,
         owner: owner_tx,
@@ -423,6 +428,7 @@ impl Agent {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.settle();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -432,6 +438,7 @@ impl Agent {
                     for peer in peers {
                         self.consider(peer);
                     }
+                    self.settle();
                 }
             }
         }
@@ -458,7 +465,15 @@ impl Agent {
             } => self.on_fetch_reply(release, from, result),
             DeployMsg::Loaded { job, result } => self.on_loaded(job, result).await,
         }
+        self.settle();
+    }
+
+    /// Publishes the view, then the events that led to it.
+    fn settle(&mut self) {
         self.publish_view();
+        for kind in std::mem::take(&mut self.events) {
+            self.base.observer.emit(self.config.index, kind);
+        }
     }
 
     fn me(&self) -> u32 {
@@ -792,13 +807,10 @@ impl Agent {
                         match reply {
                             Some(r) => {
                                 warn!(station = %name, cause = %e, "push refused");
-                                self.base.observer.emit(
-                                    self.config.index,
-                                    EventKind::DeployFailed {
-                                        station: name.clone(),
-                                        reason: e.clone(),
-                                    },
-                                );
+                                self.events.push(EventKind::DeployFailed {
+                                    station: name.clone(),
+                                    reason: e.clone(),
+                                });
                                 let _ = r.send((Reply::error(e), Bytes::new()));
                             }
                             None => self.fail(&name, None, e),
@@ -895,13 +907,10 @@ impl Agent {
                     to.hash.short()
                 );
                 warn!(station = %to.name, "{what}");
-                self.base.observer.emit(
-                    self.config.index,
-                    EventKind::RolledBack {
-                        station: to.name.clone(),
-                        cause: what.clone(),
-                    },
-                );
+                self.events.push(EventKind::RolledBack {
+                    station: to.name.clone(),
+                    cause: what.clone(),
+                });
                 self.rolled_back.insert(to.name.clone(), what);
                 self.swap(station, Some(to.version)).await;
             }
@@ -949,13 +958,10 @@ impl Agent {
 
     fn fail(&mut self, name: &str, version: Option<u64>, reason: String) {
         warn!(station = %name, %reason, "deploy failed here; the running version stays");
-        self.base.observer.emit(
-            self.config.index,
-            EventKind::DeployFailed {
-                station: name.to_string(),
-                reason: reason.clone(),
-            },
-        );
+        self.events.push(EventKind::DeployFailed {
+            station: name.to_string(),
+            reason: reason.clone(),
+        });
         self.errors.insert(name.to_string(), (version, reason));
     }
 
@@ -1002,13 +1008,10 @@ impl Agent {
         }
         let message = conflict.message();
         warn!(station = %conflict.name, "{message}");
-        self.base.observer.emit(
-            self.config.index,
-            EventKind::DeployConflict {
-                station: conflict.name.clone(),
-                message,
-            },
-        );
+        self.events.push(EventKind::DeployConflict {
+            station: conflict.name.clone(),
+            message,
+        });
         self.conflicts.push(conflict);
         if self.conflicts.len() > MAX_CONFLICTS {
             self.conflicts.remove(0);
@@ -1308,13 +1311,10 @@ impl Agent {
                 return; // said once
             }
             warn!(station = %name, %cause, "station keeps faulting and has no version left to roll back to that has not faulted here");
-            self.base.observer.emit(
-                self.config.index,
-                EventKind::RolledBack {
-                    station: name.clone(),
-                    cause: what.clone(),
-                },
-            );
+            self.events.push(EventKind::RolledBack {
+                station: name.clone(),
+                cause: what.clone(),
+            });
             self.rolled_back.insert(name, what);
             return;
         };
