@@ -3,8 +3,13 @@
 //! off the particle's path: fetching, checking, compiling, running `init`.
 //! The node's owner task only ever receives a ready [`Station`] and swaps
 //! it in between two visits.
+//!
+//! The decisions (what to fetch from whom, when a release wins, when to
+//! retry, what to announce) are [`DeployState`]'s; the agent is the shell
+//! that feeds it events and carries out its actions with the store, the
+//! network and the station host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,10 +21,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::release::{
-    ConfigEntry, Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release, Reply, Request, settings,
-};
-use super::sources::Sources;
+pub use super::decide::FetchError;
+use super::decide::{Action, DeployState, Event, Fetched, Trust};
+use super::release::{ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings};
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
@@ -36,9 +40,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often releases seen at neighbours are looked at again (a fetch
 /// that failed is retried this often).
 const RECHECK: Duration = Duration::from_secs(1);
-
-/// Release conflicts a node keeps for `status` (the newest ones).
-const MAX_CONFLICTS: usize = 8;
 
 /// What the agent asks of the node's owner task.
 pub enum OwnerCmd {
@@ -239,22 +240,9 @@ pub struct Agent {
     faulted: HashMap<String, Vec<Faulted>>,
     /// Names with an automatic rollback being loaded.
     rolling: Vec<String>,
-    /// Releases being fetched or loaded, by name.
-    pending: HashMap<String, Release>,
-    /// The last releases each neighbour told us of.
-    peers: HashMap<usize, Vec<Release>>,
-    /// Modules this node was started with: trusted without a signature.
-    local: Vec<Hash>,
     sign_key: Option<SigningKey>,
-    /// Releases refused here for their signature: not fetched again.
-    rejected: Vec<OrderKey>,
-    /// Release conflicts seen here, newest last (at most [`MAX_CONFLICTS`]).
-    conflicts: Vec<Conflict>,
-    /// Who offered the releases being fetched, who lacks them, and who is
-    /// not asked again for a while.
-    sources: Sources,
-    /// The newest refused release per name, passed on to the successor.
-    relayed: std::collections::BTreeMap<String, Release>,
+    /// The decisions: what to fetch, from whom, what wins.
+    state: DeployState,
     /// Deltas made or received, to serve the next node without redoing.
     deltas: delta::Cache,
     counters: (u64, u64, u64),
@@ -377,6 +365,26 @@ pub async fn start(
         inboxes.push((name.clone(), inbox));
         stations.push(station);
     }
+    // Current modules the store lost: fetched back from a neighbour.
+    let currents: Vec<Release> = store
+        .records()
+        .values()
+        .map(|r| r.current.clone())
+        .collect();
+    let missing: Vec<Hash> = currents
+        .iter()
+        .filter(|r| r.version > 0 && store.module(&r.hash).is_none())
+        .map(|r| r.hash)
+        .collect();
+    let running: HashMap<String, Hash> = stations
+        .iter()
+        .map(|s| (s.name().to_string(), s.hash()))
+        .collect();
+    let trust = Trust {
+        keys: config.deploy.trust.clone(),
+        local,
+    };
+    let state = DeployState::new(config.index, trust, currents, running.clone(), missing);
     let (tx, rx) = mpsc::channel(64);
     let (owner_tx, owner_rx) = mpsc::channel(16);
     let (view_tx, view_rx) = watch::channel(DeployView::default());
@@ -387,23 +395,14 @@ pub async fn start(
         base,
         limits,
         inboxes: inboxes.iter().cloned().collect(),
-        running: stations
-            .iter()
-            .map(|s| (s.name().to_string(), s.hash()))
-            .collect(),
+        running,
         errors: HashMap::new(),
         rolled_back: HashMap::new(),
         runs: HashMap::new(),
         faulted: HashMap::new(),
         rolling: Vec::new(),
-        pending: HashMap::new(),
-        peers: HashMap::new(),
-        local,
         sign_key,
-        rejected: Vec::new(),
-        conflicts: Vec::new(),
-        sources: Sources::default(),
-        relayed: Default::default(),
+        state,
         deltas: delta::Cache::default(),
         counters: (0, 0, 0),
         events: Vec::new(),
@@ -434,10 +433,8 @@ impl Agent {
                 () = cancel.cancelled() => return,
                 Some(msg) = self.rx.recv() => self.on_msg(msg).await,
                 _ = recheck.tick() => {
-                    let peers: Vec<_> = self.peers.keys().copied().collect();
-                    for peer in peers {
-                        self.consider(peer);
-                    }
+                    let tick = Event::Tick { now: Instant::now(), now_ms: crate::station::unix_ms() };
+                    self.apply(tick, None).await;
                     self.settle();
                 }
             }
@@ -447,13 +444,13 @@ impl Agent {
     async fn on_msg(&mut self, msg: DeployMsg) {
         match msg {
             DeployMsg::PeerReleases { peer, releases } => {
-                // A link coming up again repeats the same list: only a
-                // changed one is news about which modules the peer keeps.
-                if self.peers.get(&peer) != Some(&releases) {
-                    self.sources.announced(peer);
-                }
-                self.peers.insert(peer, releases);
-                self.consider(peer);
+                let event = Event::PeerReleases {
+                    peer,
+                    releases,
+                    now: Instant::now(),
+                    now_ms: crate::station::unix_ms(),
+                };
+                self.apply(event, None).await;
             }
             DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
             DeployMsg::Faulty { name, hash, cause } => self.on_faulty(name, hash, cause),
@@ -462,7 +459,20 @@ impl Agent {
                 release,
                 from,
                 result,
-            } => self.on_fetch_reply(release, from, result),
+            } => {
+                let result = result.map(|(bytes, payload, wire_bytes)| Fetched {
+                    bytes,
+                    payload,
+                    wire_bytes,
+                });
+                let event = Event::Fetched {
+                    release,
+                    from,
+                    result,
+                    now: Instant::now(),
+                };
+                self.apply(event, None).await;
+            }
             DeployMsg::Loaded { job, result } => self.on_loaded(job, result).await,
         }
         self.settle();
@@ -484,90 +494,144 @@ impl Agent {
         self.store.record(name).map(|r| &r.current)
     }
 
-    /// Starts fetching every release `peer` has that is newer than ours.
-    fn consider(&mut self, peer: usize) {
-        // Linked to ourselves (every other member down): nothing to learn,
-        // and nothing to fetch from here.
-        if peer == self.config.index {
-            return;
-        }
-        let Some(list) = self.peers.get(&peer).cloned() else {
-            return;
-        };
-        let now_ms = crate::station::unix_ms();
-        for rel in list {
-            if rel.version == 0 {
-                continue;
+    /// Feeds `event` to the decisions and carries out what they ask, with
+    /// the events that carrying it out produces, until none is left.
+    /// `station` is the loaded station an [`Event::Loaded`] is about.
+    async fn apply(&mut self, event: Event, mut station: Option<Box<Station>>) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            let mut actions = Vec::new();
+            self.state.handle(event, &mut actions);
+            for action in actions {
+                self.execute(action, &mut station, &mut events).await;
             }
-            if self.rejected.contains(&rel.key()) {
-                continue; // refused once (hash or signature): not again
-            }
-            let current = self.current(&rel.name).cloned();
-            let ahead = rel.published_ms.saturating_sub(now_ms);
-            if ahead > MAX_AHEAD_MS {
-                // Adopting it would make it win every comparison until the
-                // clocks catch up: set aside and reported instead.
-                let conflict = Conflict::future(&rel, current.as_ref(), ahead, Some(peer as u32));
-                self.note_conflict(conflict);
-                continue;
-            }
-            // Our own current release from the future (recorded here before
-            // the clocks were put right, or by another history) orders
-            // below any release published in the present.
-            let own_ahead = current
-                .as_ref()
-                .map_or(0, |c| c.published_ms.saturating_sub(now_ms));
-            let future_own = own_ahead > MAX_AHEAD_MS;
-            if let Some(c) = current.as_ref().filter(|_| future_own) {
-                let conflict = Conflict::future(c, Some(&rel), own_ahead, None);
-                self.note_conflict(conflict);
-            } else if let Some(c) = current.as_ref().filter(|c| rel.conflicts_with(c)) {
-                let conflict = Conflict::of(&rel, c, Some(peer as u32));
-                self.note_conflict(conflict);
-            }
-            if self.pending.get(&rel.name) == Some(&rel) {
-                // Being fetched from another peer: this one is asked next
-                // if that fails.
-                self.sources.offered(&rel.name, rel.key(), peer);
-                continue;
-            }
-            if self.sources.lacks(rel.key(), peer)
-                || self.sources.backing_off(&rel.name, rel.key(), peer)
-            {
-                continue; // its fetch from this peer failed lately
-            }
-            // Our own current release counts as wanted when its module is
-            // gone here (moved aside as damaged): fetched back like a newer
-            // one. A module we have but do not run (a local rollback) is not.
-            let lost = |me: &mut Self, c: &Release| {
-                *c == rel
-                    && me.running.get(&rel.name) != Some(&rel.hash)
-                    && me.store.module(&rel.hash).is_none()
-            };
-            let newer = current
-                .is_none_or(|c| (future_own && c != rel) || rel.newer_than(&c) || lost(self, &c))
-                && self
-                    .pending
-                    .get(&rel.name)
-                    .is_none_or(|p| rel.newer_than(p));
-            if !newer {
-                continue;
-            }
-            debug!(release = %rel.label(), peer, "neighbour has a newer release");
-            self.pending.insert(rel.name.clone(), rel.clone());
-            if let Some(bytes) = self.store.module(&rel.hash) {
-                // Already here (a rollback to a module we had).
-                self.on_fetched(rel, Ok((bytes, Payload::Full, 0)));
-                continue;
-            }
-            self.start_fetch(rel, peer);
         }
     }
 
-    /// Fetches pending release `rel`'s module from `peer`; the answer
-    /// comes back as [`DeployMsg::Fetched`].
-    fn start_fetch(&mut self, rel: Release, peer: usize) {
-        self.sources.asking(&rel.name, rel.key(), peer);
+    /// Carries out one action; what it leads to is queued on `events`.
+    async fn execute(
+        &mut self,
+        action: Action,
+        station: &mut Option<Box<Station>>,
+        events: &mut VecDeque<Event>,
+    ) {
+        match action {
+            Action::Fetch {
+                release,
+                peer,
+                after,
+            } => {
+                match after {
+                    Some(cause) => info!(release = %release.label(), %cause, next = peer,
+                        "fetch failed; asking the next neighbour that has it"),
+                    None => {
+                        debug!(release = %release.label(), peer, "neighbour has a newer release")
+                    }
+                }
+                if let Some(bytes) = self.store.module(&release.hash) {
+                    // Already here (a rollback to a module we had).
+                    events.push_back(Event::Fetched {
+                        release,
+                        from: peer,
+                        result: Ok(Fetched {
+                            bytes,
+                            payload: Payload::Full,
+                            wire_bytes: 0,
+                        }),
+                        now: Instant::now(),
+                    });
+                    return;
+                }
+                if let Err(e) = self.start_fetch(release.clone(), peer) {
+                    events.push_back(Event::Fetched {
+                        release,
+                        from: peer,
+                        result: Err(e),
+                        now: Instant::now(),
+                    });
+                }
+            }
+            Action::Record {
+                release,
+                bytes,
+                fetched,
+            } => {
+                if let Some((payload, wire_bytes)) = fetched {
+                    match payload {
+                        Payload::Full => self.counters.0 += 1,
+                        Payload::Delta { .. } => self.counters.1 += 1,
+                    }
+                    self.counters.2 += wire_bytes as u64;
+                    info!(release = %release.label(), ?payload, bytes = wire_bytes, "module fetched");
+                }
+                let result = self
+                    .store
+                    .put_module(bytes)
+                    .and_then(|_| self.store.set_current(release.clone()))
+                    .map_err(|e| format!("{e:#}"));
+                if result.is_ok() {
+                    // A rollback here was from the release this one
+                    // replaces: the note is not about the new one (which,
+                    // until it is swapped in, may be the very module the
+                    // rollback runs).
+                    self.rolled_back.remove(&release.name);
+                }
+                events.push_back(Event::Recorded {
+                    release,
+                    result,
+                    now: Instant::now(),
+                });
+            }
+            Action::Keep { release, bytes } => {
+                if self.store.put_module(bytes).is_ok() {
+                    events.push_back(Event::Kept { release });
+                }
+            }
+            Action::Load(release) => match self.store.module(&release.hash) {
+                Some(bytes) => self.spawn_load(
+                    release.name.clone(),
+                    release.config.clone(),
+                    bytes,
+                    Job::Install(release),
+                ),
+                None => events.push_back(Event::Loaded {
+                    result: Err(format!(
+                        "the module of {} is not kept here",
+                        release.label()
+                    )),
+                    release,
+                }),
+            },
+            Action::Swap(release) => {
+                if let Some(station) = station.take() {
+                    self.swap(station, Some(release.version)).await;
+                }
+            }
+            Action::Announce(list) => {
+                let _ = self.owner.try_send(OwnerCmd::Announce(list));
+            }
+            Action::Fail {
+                name,
+                version,
+                reason,
+            } => self.fail(&name, version, reason),
+            Action::Conflict(conflict) => {
+                let message = conflict.message();
+                warn!(station = %conflict.name, "{message}");
+                self.events.push(EventKind::DeployConflict {
+                    station: conflict.name.clone(),
+                    message,
+                });
+            }
+        }
+    }
+
+    /// Fetches `rel`'s module from `peer`; the answer comes back as
+    /// [`DeployMsg::Fetched`].
+    ///
+    /// # Errors
+    /// When `peer` is not a member of the ring.
+    fn start_fetch(&mut self, rel: Release, peer: usize) -> Result<(), FetchError> {
         let have_recorded = self
             .store
             .record(&rel.name)
@@ -583,8 +647,10 @@ impl Agent {
             .collect();
         have.retain(|h| bases.contains_key(h));
         let Some(addr) = self.config.ring.members().get(peer).map(|m| m.addr.clone()) else {
-            self.pending.remove(&rel.name);
-            return;
+            return Err(FetchError {
+                missing: false,
+                message: format!("node {peer} is not a member of the ring"),
+            });
         };
         let max_frame = self.config.max_frame_bytes;
         let tx = self.tx.clone();
@@ -607,113 +673,8 @@ impl Agent {
             }
             .in_current_span(),
         );
+        Ok(())
     }
-
-    /// A fetch from `from` ended: a failure there moves on to the next
-    /// peer that offered the release, if any.
-    fn on_fetch_reply(
-        &mut self,
-        release: Release,
-        from: usize,
-        result: Result<(Arc<Vec<u8>>, Payload, usize), FetchError>,
-    ) {
-        if self.pending.get(&release.name) != Some(&release) {
-            return; // overtaken by a newer release
-        }
-        let e = match result {
-            Ok(fetched) => return self.on_fetched(release, Ok(fetched)),
-            Err(e) => e,
-        };
-        let next = self
-            .sources
-            .failed(&release.name, release.key(), from, e.missing);
-        match next {
-            Some(peer) => {
-                info!(release = %release.label(), cause = %e.message, next = peer,
-                    "fetch failed; asking the next neighbour that has it");
-                self.start_fetch(release, peer);
-            }
-            None => {
-                self.pending.remove(&release.name);
-                self.fail(
-                    &release.name,
-                    Some(release.version),
-                    format!("{}: {}", release.label(), e.message),
-                );
-            }
-        }
-    }
-
-    fn on_fetched(
-        &mut self,
-        release: Release,
-        result: Result<(Arc<Vec<u8>>, Payload, usize), String>,
-    ) {
-        if self.pending.get(&release.name) != Some(&release) {
-            return; // overtaken by a newer release
-        }
-        // The bytes match the release hash: `fetch` checked what it
-        // rebuilt, and the store is content-addressed.
-        let checked = result.and_then(|(bytes, payload, wire_bytes)| {
-            if let Err(e) = self.check_signature(&release) {
-                // Not ours to run, but the bytes are what the release
-                // names: keep them and pass the release on, so nodes after
-                // this one (which may trust other keys) still get it.
-                self.rejected.push(release.key());
-                if self.store.put_module(Arc::clone(&bytes)).is_ok() {
-                    self.relayed.insert(release.name.clone(), release.clone());
-                    self.announce();
-                }
-                return Err(format!("{e:#}"));
-            }
-            if wire_bytes > 0 {
-                match payload {
-                    Payload::Full => self.counters.0 += 1,
-                    Payload::Delta { .. } => self.counters.1 += 1,
-                }
-                self.counters.2 += wire_bytes as u64;
-                info!(release = %release.label(), ?payload, bytes = wire_bytes, "module fetched");
-            }
-            Ok(bytes)
-        });
-        let recorded = checked.and_then(|bytes| {
-            self.store
-                .put_module(Arc::clone(&bytes))
-                .and_then(|_| self.store.set_current(release.clone()))
-                .map(|()| bytes)
-                .map_err(|e| format!("recording it: {e:#}"))
-        });
-        let bytes = match recorded {
-            Ok(b) => {
-                self.sources.done(&release.name, release.key());
-                // A rollback here was from the release this one replaces:
-                // the note is not about the new one (which, until it is
-                // swapped in, may be the very module the rollback runs).
-                self.rolled_back.remove(&release.name);
-                b
-            }
-            Err(e) => {
-                self.pending.remove(&release.name);
-                self.sources.back_off(&release.name, release.key(), None);
-                self.fail(
-                    &release.name,
-                    Some(release.version),
-                    format!("{}: {e}", release.label()),
-                );
-                return;
-            }
-        };
-        // Pass it on before compiling: the next node fetches while we
-        // compile.
-        self.announce();
-        self.spawn_load(
-            release.name.clone(),
-            release.config.clone(),
-            bytes,
-            Job::Install(release),
-        );
-    }
-
     /// Loads (compiles, runs `init`) a new version of `name` made here;
     /// once it loads it becomes a release and travels.
     fn publish(
@@ -734,19 +695,6 @@ impl Agent {
             reply,
         };
         self.spawn_load(name, config, bytes, job);
-    }
-
-    /// Whether this node's trust settings accept `release` (its module's
-    /// hash already checked by the caller).
-    fn check_signature(&self, release: &Release) -> Result<()> {
-        if self.config.deploy.trust.is_empty() || self.local.contains(&release.hash) {
-            return Ok(());
-        }
-        let (Some(signer), Some(sig)) = (&release.signer, &release.signature) else {
-            bail!("unsigned, and this node only runs modules signed by a trusted key");
-        };
-        let sig = sign::parse_hex::<64>(sig).context("signature")?;
-        sign::verify(&self.config.deploy.trust, &signer.0, &sig, &release.hash.0)
     }
 
     fn spawn_load(
@@ -777,20 +725,11 @@ impl Agent {
     async fn on_loaded(&mut self, job: Job, result: Result<Box<Station>, String>) {
         match job {
             Job::Install(release) => {
-                if self.pending.get(&release.name) == Some(&release) {
-                    self.pending.remove(&release.name);
-                }
-                if self.current(&release.name) != Some(&release) {
-                    return; // a newer one arrived meanwhile
-                }
-                match result {
-                    Ok(station) => self.swap(station, Some(release.version)).await,
-                    Err(e) => self.fail(
-                        &release.name,
-                        Some(release.version),
-                        format!("{} does not load: {e}", release.label()),
-                    ),
-                }
+                let (station, result) = match result {
+                    Ok(station) => (Some(station), Ok(())),
+                    Err(e) => (None, Err(e)),
+                };
+                self.apply(Event::Loaded { release, result }, station).await;
             }
             Job::Publish {
                 name,
@@ -853,10 +792,12 @@ impl Agent {
                     }
                     return;
                 }
-                self.pending.remove(&name);
                 info!(release = %release.label(), "published a release");
                 self.swap(station, Some(version)).await;
-                self.announce();
+                let published = Event::Published {
+                    release: release.clone(),
+                };
+                self.apply(published, None).await;
                 if let Some(r) = reply {
                     let _ = r.send((
                         Reply {
@@ -935,6 +876,11 @@ impl Agent {
     async fn swap(&mut self, station: Box<Station>, version: Option<u64>) {
         let name = station.name().to_string();
         self.running.insert(name.clone(), station.hash());
+        let running = Event::Running {
+            name: name.clone(),
+            hash: station.hash(),
+        };
+        self.state.handle(running, &mut Vec::new());
         let release = version.and_then(|v| {
             let record = self.store.record(&name)?;
             std::iter::once(&record.current)
@@ -966,81 +912,18 @@ impl Agent {
     }
 
     /// The version and publish time of the next release of `name` made
-    /// here: a version above every one this node knows of the name
-    /// (current, history, pending, conflicts set aside), and a publish time
-    /// after what it has adopted (current, pending, and the kept side of
-    /// its conflicts) and no earlier than now.
+    /// here now: see [`DeployState::next_stamp`].
     ///
     /// # Errors
     /// See [`super::release::next_stamp`]: the counter exhausted, or a
     /// release adopted here far in the future.
     fn next_stamp(&self, name: &str) -> Result<(u64, u64)> {
-        let record = self.store.record(name);
-        let conflicts = self.conflicts.iter().filter(|c| c.name == name);
-        let known = record
-            .into_iter()
-            .flat_map(|r| r.history.iter().chain(std::iter::once(&r.current)))
-            .chain(self.pending.get(name))
-            .chain(
-                conflicts
-                    .clone()
-                    .flat_map(|c| c.kept.iter().chain(std::iter::once(&c.stale))),
-            );
-        let floor = record
-            .map(|r| &r.current)
-            .into_iter()
-            .chain(self.pending.get(name))
-            .chain(conflicts.filter_map(|c| c.kept.as_ref()));
-        super::release::next_stamp(name, known, floor, crate::station::unix_ms())
-    }
-
-    /// Logs and keeps a release conflict (once per pair).
-    fn note_conflict(&mut self, conflict: Conflict) {
-        // A release from the future is one report, whatever was kept.
-        let same = |c: &Conflict| {
-            c.stale.key() == conflict.stale.key()
-                && (conflict.ahead_ms.is_some() && c.ahead_ms.is_some()
-                    || c.kept.as_ref().map(Release::key)
-                        == conflict.kept.as_ref().map(Release::key))
-        };
-        if self.conflicts.iter().any(same) {
-            return;
-        }
-        let message = conflict.message();
-        warn!(station = %conflict.name, "{message}");
-        self.events.push(EventKind::DeployConflict {
-            station: conflict.name.clone(),
-            message,
-        });
-        self.conflicts.push(conflict);
-        if self.conflicts.len() > MAX_CONFLICTS {
-            self.conflicts.remove(0);
-        }
-    }
-
-    fn announce(&self) {
-        let list = self.releases();
-        let _ = self.owner.try_send(OwnerCmd::Announce(list));
-    }
-
-    /// Current releases (version >= 1), and releases refused here but
-    /// passed on (when newer than ours): what neighbours compare.
-    fn releases(&self) -> Vec<Release> {
-        let mut out: Vec<Release> = self
+        let history = self
             .store
-            .records()
-            .values()
-            .filter(|r| r.current.version > 0)
-            .map(|r| r.current.clone())
-            .collect();
-        for r in self.relayed.values() {
-            match out.iter_mut().find(|c| c.name == r.name) {
-                Some(c) if r.newer_than(c) => *c = r.clone(),
-                Some(_) => {}
-                None => out.push(r.clone()),
-            }
-        }
-        out
+            .record(name)
+            .map_or(&[][..], |r| r.history.as_slice());
+        self.state
+            .next_stamp(name, history, crate::station::unix_ms())
     }
 
     fn publish_view(&mut self) {
@@ -1064,12 +947,12 @@ impl Agent {
             })
             .collect();
         let view = DeployView {
-            releases: self.releases(),
+            releases: self.state.releases(),
             stations,
             fetched_full: self.counters.0,
             fetched_delta: self.counters.1,
             fetched_bytes: self.counters.2,
-            conflicts: self.conflicts.clone(),
+            conflicts: self.state.conflicts().to_vec(),
         };
         self.view.send_if_modified(|v| {
             let changed = *v != view;
@@ -1102,7 +985,7 @@ impl Agent {
                     published_ms: 0,
                 };
                 let check = check_name(&name)
-                    .and_then(|()| self.check_signature(&fake))
+                    .and_then(|()| self.state.check_signature(&fake))
                     .map_err(|e| format!("push of {name} refused: {e:#}"));
                 if let Err(e) = check {
                     warn!(station = %name, reason = %e, "push refused");
@@ -1363,7 +1246,7 @@ impl Agent {
             signature: signature.clone(),
             published_ms: 0,
         };
-        if let Err(e) = self.check_signature(&probe) {
+        if let Err(e) = self.state.check_signature(&probe) {
             self.fail(
                 &name,
                 None,
@@ -1426,14 +1309,6 @@ fn check_name(name: &str) -> Result<()> {
             "station name {name:?}: use 1-64 letters, digits, '-' or '_'"
         ))
     }
-}
-
-/// Why a fetch failed.
-pub struct FetchError {
-    /// The peer said it does not keep the module.
-    missing: bool,
-    /// One line naming the peer and the cause.
-    message: String,
 }
 
 /// A peer's answer that it does not keep the module asked for.

@@ -64,6 +64,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod decide;
 pub mod delta;
 pub mod release;
 pub mod sign;

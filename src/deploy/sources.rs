@@ -1,7 +1,8 @@
 //! Where a release's module can be fetched from: every neighbour that
 //! offered the release being fetched, tried in turn, and the neighbours
 //! that said they do not keep it (not asked again for that release until
-//! they announce anew). Plain state, no I/O: the agent asks and records.
+//! they announce anew). Plain state, no I/O and no clock: the time comes
+//! in as an argument ([`super::decide`] owns it).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -85,11 +86,9 @@ impl Sources {
 
     /// Whether a fetch of release `key` of `name` from `peer` is to wait:
     /// it failed there (or here) lately.
-    pub(super) fn backing_off(&self, name: &str, key: OrderKey, peer: usize) -> bool {
+    pub(super) fn backing_off(&self, name: &str, key: OrderKey, peer: usize, now: Instant) -> bool {
         self.retry.get(name).is_some_and(|r| {
-            r.key == key
-                && Instant::now() < r.until
-                && r.peers.as_ref().is_none_or(|p| p.contains(&peer))
+            r.key == key && now < r.until && r.peers.as_ref().is_none_or(|p| p.contains(&peer))
         })
     }
 
@@ -103,6 +102,7 @@ impl Sources {
         key: OrderKey,
         peer: usize,
         missing: bool,
+        now: Instant,
     ) -> Option<usize> {
         if missing {
             let lacking = self.lacking.entry(key).or_default();
@@ -110,7 +110,7 @@ impl Sources {
                 lacking.push(peer);
             }
         } else {
-            self.back_off(name, key, Some(peer));
+            self.back_off(name, key, Some(peer), now);
         }
         let lacking = &self.lacking;
         let o = self.offers.get_mut(name).filter(|o| o.key == key)?;
@@ -127,7 +127,13 @@ impl Sources {
     /// Holds off the next fetch of release `key` of `name` from `peer`
     /// (`None`: from any peer): 1 s, doubling with each failure of the same
     /// release up to [`RETRY_MAX`].
-    pub(super) fn back_off(&mut self, name: &str, key: OrderKey, peer: Option<usize>) {
+    pub(super) fn back_off(
+        &mut self,
+        name: &str,
+        key: OrderKey,
+        peer: Option<usize>,
+        now: Instant,
+    ) {
         let (wait, mut peers) = match self.retry.remove(name) {
             Some(r) if r.key == key => (r.wait, r.peers),
             _ => (RETRY_FIRST, Some(Vec::new())),
@@ -140,7 +146,7 @@ impl Sources {
         let retry = Retry {
             key,
             peers,
-            until: Instant::now() + wait,
+            until: now + wait,
             wait: (wait * 2).min(RETRY_MAX),
         };
         self.retry.insert(name.to_string(), retry);
@@ -175,18 +181,19 @@ mod tests {
     #[test]
     fn a_peer_without_the_module_gives_way_to_the_next_that_offered_it() {
         let mut s = Sources::default();
+        let now = Instant::now();
         s.asking("m", key(3), 1);
         s.offered("m", key(3), 2);
         s.offered("m", key(3), 1); // the one being asked: not queued twice
-        assert_eq!(s.failed("m", key(3), 1, true), Some(2));
+        assert_eq!(s.failed("m", key(3), 1, true, now), Some(2));
         assert!(s.lacks(key(3), 1));
-        assert!(!s.backing_off("m", key(3), 2));
+        assert!(!s.backing_off("m", key(3), 2, now));
         // Peer 2 fails too: nobody left.
-        assert_eq!(s.failed("m", key(3), 2, true), None);
+        assert_eq!(s.failed("m", key(3), 2, true, now), None);
         // Peer 1 is not queued again until it announces.
         s.asking("m", key(3), 0);
         s.offered("m", key(3), 1);
-        assert_eq!(s.failed("m", key(3), 0, false), None);
+        assert_eq!(s.failed("m", key(3), 0, false, now), None);
         s.announced(1);
         assert!(!s.lacks(key(3), 1));
     }
@@ -194,14 +201,15 @@ mod tests {
     #[test]
     fn a_failed_peer_backs_off_and_the_others_do_not() {
         let mut s = Sources::default();
+        let now = Instant::now();
         s.asking("m", key(3), 1);
-        assert_eq!(s.failed("m", key(3), 1, false), None);
-        assert!(s.backing_off("m", key(3), 1));
-        assert!(!s.backing_off("m", key(3), 2));
-        assert!(!s.backing_off("m", key(4), 1));
-        s.back_off("m", key(3), None);
-        assert!(s.backing_off("m", key(3), 2));
+        assert_eq!(s.failed("m", key(3), 1, false, now), None);
+        assert!(s.backing_off("m", key(3), 1, now));
+        assert!(!s.backing_off("m", key(3), 2, now));
+        assert!(!s.backing_off("m", key(4), 1, now));
+        s.back_off("m", key(3), None, now);
+        assert!(s.backing_off("m", key(3), 2, now));
         s.done("m", key(3));
-        assert!(!s.backing_off("m", key(3), 1));
+        assert!(!s.backing_off("m", key(3), 1, now));
     }
 }
