@@ -68,6 +68,8 @@ pub mod decide;
 pub mod delta;
 pub mod release;
 pub mod sign;
+#[cfg(test)]
+mod sim;
 mod sources;
 pub mod store;
 pub mod watch;
