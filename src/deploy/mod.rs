@@ -60,7 +60,12 @@
 //! - Compiled code never travels; each node compiles (or loads its own
 //!   compile cache, keyed by module hash and engine).
 //!
-//! One task per node owns all of this ([`agent::Agent`]).
+//! One task per node owns all of this ([`agent::Agent`]): it is the IO
+//! shell (sockets, store, station host) around [`decide::DeployState`],
+//! the sans-IO state that makes the decisions above (what to fetch, from
+//! whom, when a release wins, when to retry, what to announce and relay).
+//! A seeded simulation of several nodes' states over a lossy network with
+//! crashes (`sim`, tests only) checks them.
 
 pub mod agent;
 pub mod client;
