@@ -29,7 +29,7 @@ mod msg;
 mod owner;
 mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,6 +236,7 @@ pub async fn start(
         instance: rand::random::<u64>() | 1,
         fatal: None,
         linked: None,
+        not_started_told: BTreeSet::new(),
         stats: Stats::default(),
         started: Instant::now(),
         addr,

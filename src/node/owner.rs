@@ -4,7 +4,7 @@
 //! (probe results, pongs, custody acks) ahead of a visit, runs the
 //! stations inline and carries out the protocol's actions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +69,8 @@ pub(super) struct Owner {
     pub(super) fatal: Option<String>,
     /// The successor last reported linked (to log changes only).
     pub(super) linked: Option<usize>,
+    /// Members already reported as not started yet (said once each).
+    pub(super) not_started_told: BTreeSet<usize>,
     pub(super) stats: Stats,
     pub(super) started: Instant,
     pub(super) addr: SocketAddr,
@@ -411,20 +413,44 @@ impl Owner {
                     },
                 );
             }
-            Action::MemberDown { peer, reason, left } => {
+            Action::MemberDown {
+                peer,
+                reason,
+                left,
+                ever_up,
+            } => {
                 let name = &self.config.ring.members()[peer].name;
                 if left {
                     info!(member = peer, %name, "successor left the ring; skipping it");
+                } else if !ever_up {
+                    // Not a failure: the member has not been up since this
+                    // node started (a ring forming). Said once per member.
+                    if self.not_started_told.insert(peer) {
+                        info!(member = peer, %name, "member not started yet; skipping it until it answers");
+                    } else {
+                        debug!(member = peer, %name, %reason, "member still not started; skipping it");
+                    }
                 } else {
                     self.stats.member_downs += 1;
                     warn!(member = peer, %name, %reason, "successor declared dead; skipping it");
                 }
-                self.observer
-                    .emit(me, EventKind::MemberDown { peer, reason, left });
+                self.observer.emit(
+                    me,
+                    EventKind::MemberDown {
+                        peer,
+                        reason,
+                        left,
+                        ever_up,
+                    },
+                );
             }
-            Action::MemberUp { peer } => {
+            Action::MemberUp { peer, first } => {
                 let name = &self.config.ring.members()[peer].name;
-                info!(member = peer, %name, "member back; spliced into the ring");
+                if first {
+                    info!(member = peer, %name, "member started; spliced into the ring");
+                } else {
+                    info!(member = peer, %name, "member back; spliced into the ring");
+                }
                 self.observer.emit(me, EventKind::MemberUp { peer });
             }
             Action::ViewChanged { live } => {
