@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the ring enumeration, station specs, node settings.
+//! - [`model`]: shared vocabulary: module hashes, releases, signatures,
+//!   the requests that travel on a ring port's side connections.
 //! - [`wire`]: frames and their encoding; knows nothing of rings.
 //! - [`ring`]: the ring protocol as a sans-IO state machine.
 //! - [`station`]: the wasm host (engine, linker, imports, pipeline).
@@ -20,6 +22,7 @@ pub mod config;
 pub mod deploy;
 pub mod durable;
 pub mod lograte;
+pub mod model;
 pub mod node;
 pub mod observe;
 pub mod respawn;

@@ -53,7 +53,8 @@ pub enum EventKind {
         /// The successor's index.
         successor: usize,
     },
-    /// This node declared its successor `peer` dead and skips it.
+    /// This node declared its successor `peer` dead (or not started yet)
+    /// and skips it.
     MemberDown {
         /// The member.
         peer: usize,
@@ -61,6 +62,9 @@ pub enum EventKind {
         reason: String,
         /// It said it was stopping (a clean leave, not a failure).
         left: bool,
+        /// The node had known the member up since it started; `false`: the
+        /// member has not started yet (not a failure).
+        ever_up: bool,
     },
     /// Member `peer` answered a probe and was spliced back in.
     MemberUp {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::deploy::release::{Release, Reply, Request};
+use crate::model::{Release, Reply, Request};
 use crate::ring::token::{Alive, Particle, ParticleId};
 
 /// Protocol version spoken on the ring port. Peers must match exactly.
@@ -539,7 +539,7 @@ mod tests {
     }
 
     fn sample_release() -> Release {
-        let hash = crate::deploy::release::Hash([0xcd; 32]);
+        let hash = crate::model::Hash([0xcd; 32]);
         Release {
             size: 1234,
             ..Release::sample("tick", 3, 1, hash, 1_700_000_000_000)

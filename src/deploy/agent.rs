@@ -109,6 +109,15 @@ pub enum DeployMsg {
     },
 }
 
+impl From<super::watch::FileChange> for DeployMsg {
+    fn from(c: super::watch::FileChange) -> Self {
+        Self::FileChanged {
+            name: c.name,
+            bytes: c.bytes,
+        }
+    }
+}
+
 /// Why a station is being loaded.
 pub enum Job {
     /// A release received from a neighbour.

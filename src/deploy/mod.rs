@@ -79,5 +79,4 @@ mod sources;
 pub mod store;
 pub mod watch;
 
-/// The name of the config-bus station (`ringhost config`).
-pub const CONFIG_STATION: &str = "deploy-delta";
+pub use crate::model::CONFIG_STATION;

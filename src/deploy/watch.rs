@@ -43,8 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::agent::DeployMsg;
-use super::release::Hash;
+use crate::model::Hash;
 
 /// Most symlink hops followed from one path (the kernel allows 40).
 const MAX_HOPS: usize = 40;
@@ -58,6 +57,17 @@ pub struct WatchedFile {
     pub path: PathBuf,
     /// sha-256 of the bytes the node loaded from it at start.
     pub loaded: Hash,
+}
+
+/// A watched station file that settled with new contents: what the
+/// watch hands on (the deploy agent takes it as a message of its own,
+/// through `From`, so this module does not know the agent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    /// Station name.
+    pub name: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// What identifies a file's contents without reading them.
@@ -81,7 +91,7 @@ struct Target {
 }
 
 /// The watching task's state.
-struct Watch {
+struct Watch<M> {
     targets: Vec<Target>,
     watcher: Option<notify::RecommendedWatcher>,
     /// Directories with a watch in place.
@@ -90,7 +100,7 @@ struct Watch {
     dirty: HashMap<usize, Option<Stamp>>,
     settle: Duration,
     poll: Duration,
-    agent: mpsc::Sender<DeployMsg>,
+    agent: mpsc::Sender<M>,
     /// Whether "events unavailable" was logged.
     degraded: bool,
 }
@@ -100,11 +110,11 @@ struct Watch {
 /// A file is loaded once unchanged for `settle`; identities are compared
 /// every `poll` whatever the events say. Never fails: without file events
 /// it polls, and says so once.
-pub fn start(
+pub fn start<M: From<FileChange> + Send + 'static>(
     files: Vec<WatchedFile>,
     settle: Duration,
     poll: Duration,
-    agent: mpsc::Sender<DeployMsg>,
+    agent: mpsc::Sender<M>,
     cancel: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
@@ -145,7 +155,7 @@ pub fn start(
     watch.run(ev_rx, cancel)
 }
 
-impl Watch {
+impl<M: From<FileChange> + Send + 'static> Watch<M> {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
@@ -261,11 +271,11 @@ impl Watch {
             }
             t.hash = hash;
             debug!(station = %t.name, path = %t.path.display(), hash = %hash.short(), "station file changed");
-            let msg = DeployMsg::FileChanged {
+            let msg = FileChange {
                 name: t.name.clone(),
                 bytes,
             };
-            let _ = self.agent.send(msg).await;
+            let _ = self.agent.send(msg.into()).await;
         }
         !self.dirty.is_empty()
     }

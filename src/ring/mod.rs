@@ -20,7 +20,10 @@
 //! first probe that succeeds splices the member back in. Since every node
 //! applies the same rule, the live members re-form one ring in
 //! enumeration order, and a member that returns is back within a probe
-//! interval.
+//! interval. A member the node has never known up since it started (no
+//! link to it came up, and no particle back from a full lap marked it
+//! live) is *not started yet* rather than dead: skipped and probed the
+//! same way, but not reported as a failure.
 //!
 //! # Custody, and why a crash loses nothing
 //!

@@ -309,11 +309,18 @@ pub enum Action {
         reason: String,
         /// It said it was stopping (a clean leave, not a failure).
         left: bool,
+        /// This node has known the member up since it started (linked to
+        /// it, or found it live in a particle's view after a lap); `false`:
+        /// the member has not started yet, as far as this node knows.
+        ever_up: bool,
     },
     /// Member `peer` answered again and is spliced back in.
     MemberUp {
         /// The member.
         peer: usize,
+        /// This node had never known the member up before: it started
+        /// (rather than came back).
+        first: bool,
     },
     /// This node's view of live members changed.
     ViewChanged {
@@ -406,6 +413,10 @@ pub struct RingState {
     upstream_heard: Option<Instant>,
     last_tick: Option<Instant>,
     view: Vec<bool>,
+    /// Members this node has known up since it started: a link to them
+    /// came up, or a particle back from a full lap said they were live.
+    /// A member never up is "not started yet", not a failure.
+    ever_up: Vec<bool>,
     created: bool,
 }
 
@@ -419,6 +430,7 @@ impl RingState {
         Self {
             backoff: p.backoff_min,
             view: vec![true; p.size],
+            ever_up: vec![false; p.size],
             p,
             next_link: 1,
             primary: None,
@@ -478,6 +490,12 @@ impl RingState {
     /// This node's view: `view()[i]` says whether member `i` is live.
     pub fn view(&self) -> &[bool] {
         &self.view
+    }
+
+    /// Whether this node has known member `i` up since it started (see
+    /// [`Action::MemberDown`]); `false` for an index outside the ring.
+    pub fn ever_up(&self, i: usize) -> bool {
+        self.ever_up.get(i).copied().unwrap_or(false)
     }
 
     /// Live members in this node's view.
@@ -676,6 +694,7 @@ impl RingState {
                 if peer != self.p.me {
                     self.backoff = self.p.backoff_min;
                 }
+                self.ever_up[peer] = true;
                 self.adopt_seen(peer_seen);
                 self.mark_live(peer, out);
                 self.on_primary_up(now, out);
@@ -792,7 +811,12 @@ impl RingState {
                 next_at: now + self.p.probe_interval,
             },
         );
-        out.push(Action::MemberDown { peer, reason, left });
+        out.push(Action::MemberDown {
+            peer,
+            reason,
+            left,
+            ever_up: self.ever_up[peer],
+        });
         if self.view[peer] {
             self.view[peer] = false;
             out.push(Action::ViewChanged {
@@ -861,7 +885,11 @@ impl RingState {
             out.push(Action::Close { link: old.id });
         }
         self.skipped.remove(&new.peer);
-        out.push(Action::MemberUp { peer: new.peer });
+        let first = !std::mem::replace(&mut self.ever_up[new.peer], true);
+        out.push(Action::MemberUp {
+            peer: new.peer,
+            first,
+        });
         self.mark_live(new.peer, out);
         self.on_primary_up(now, out);
     }
@@ -1142,6 +1170,13 @@ impl RingState {
             view[succ] = true;
         }
         particle.view = encode_view(&view);
+        // After a full lap every live member's segment has been written
+        // by its owner: a member marked live there was up.
+        if particle.lap > 0 {
+            for (up, &live) in self.ever_up.iter_mut().zip(&view) {
+                *up |= live;
+            }
+        }
         if view != self.view {
             self.view = view;
             out.push(Action::ViewChanged {
@@ -1353,6 +1388,29 @@ mod tests {
                 .any(|a| matches!(a, Action::Dial { peer: 2, .. })),
             "member 2 probed again: {out:?}"
         );
+    }
+
+    #[test]
+    fn a_member_never_up_is_not_started_and_one_that_was_up_fails() {
+        let mut net = Net::new(3, 11);
+        // Members 1 and 2 are down before anything is delivered: node 0
+        // starts alone and has never known them up.
+        net.crash(1);
+        net.crash(2);
+        net.run(300 * MS);
+        let alone: Vec<_> = net.member_downs.iter().filter(|d| d.0 == 0).collect();
+        assert!(!alone.is_empty(), "node 0 skipped them: {alone:?}");
+        assert_eq!(net.failures, [], "no failure declared");
+        assert!(!net.state(0).ever_up(1) && !net.state(0).ever_up(2));
+        // Member 1 starts and is spliced in; then it dies: a failure.
+        net.restart(1);
+        net.run(500 * MS);
+        assert_eq!(net.state(0).successor(), Some(1), "member 1 spliced in");
+        assert!(net.state(0).ever_up(1) && !net.state(0).ever_up(2));
+        assert_eq!(net.failures, [], "a member starting is no failure");
+        net.crash(1);
+        net.run(800 * MS);
+        assert_eq!(net.failures, [(0, 1)], "only member 1 failed, at node 0");
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct Net {
     pub stops: Vec<Stop>,
     /// Every "member down" declared: (by node, member).
     pub member_downs: Vec<(usize, usize)>,
+    /// Those of `member_downs` about a member the node had known up: the
+    /// failures (the others are members not started yet).
+    pub failures: Vec<(usize, usize)>,
     /// Hold at every stop.
     pub hold: Duration,
     /// Nodes whose visits take this long (their owner is busy meanwhile).
@@ -134,6 +137,7 @@ impl Net {
             faults: Faults::default(),
             stops: Vec::new(),
             member_downs: Vec::new(),
+            failures: Vec::new(),
             hold: Duration::from_millis(1),
             slow: BTreeMap::new(),
             latency: Duration::from_micros(200),
@@ -307,7 +311,12 @@ impl Net {
                 }
             }
             Action::Created { .. } => self.created += 1,
-            Action::MemberDown { peer, .. } => self.member_downs.push((i, peer)),
+            Action::MemberDown { peer, ever_up, .. } => {
+                self.member_downs.push((i, peer));
+                if ever_up {
+                    self.failures.push((i, peer));
+                }
+            }
             Action::Dropped { .. } | Action::MemberUp { .. } | Action::ViewChanged { .. } => {}
         }
     }

@@ -195,7 +195,7 @@ mod tests {
         let cache = CompileCache::open(dir.to_path_buf()).unwrap();
         assert!(
             cache
-                .load(host.engine(), &crate::deploy::release::Hash::of(echo).0)
+                .load(host.engine(), &crate::model::Hash::of(echo).0)
                 .is_some()
         );
     }

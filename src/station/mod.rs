@@ -31,7 +31,7 @@ pub use host_api::{
 };
 
 use crate::config::{StationSource, StationSpec};
-use crate::deploy::release::Hash;
+use crate::model::Hash;
 use crate::observe::EventKind;
 use crate::ring::token::Particle;
 
@@ -63,7 +63,7 @@ pub const MAX_HOLD_MS: u32 = 60_000;
 /// The components built into the binary.
 pub mod builtin {
     /// Names of the built-in stations.
-    pub const NAMES: &[&str] = &["tick", "delay", "echo", crate::deploy::CONFIG_STATION];
+    pub const NAMES: &[&str] = &["tick", "delay", "echo", crate::model::CONFIG_STATION];
 
     /// The component bytes of built-in station `name`.
     pub fn bytes(name: &str) -> Option<&'static [u8]> {
@@ -80,7 +80,7 @@ pub mod builtin {
                 env!("RINGHOST_STATIONS_DIR"),
                 "/echo.wasm"
             ))),
-            crate::deploy::CONFIG_STATION => Some(include_bytes!(concat!(
+            crate::model::CONFIG_STATION => Some(include_bytes!(concat!(
                 env!("RINGHOST_STATIONS_DIR"),
                 "/deploy_delta.wasm"
             ))),

@@ -11,6 +11,7 @@ mod files;
 mod health;
 mod ring;
 mod slow_stop;
+mod startup;
 mod stations;
 mod support;
 mod up;

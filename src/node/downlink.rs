@@ -1,0 +1,177 @@
+//! Successor links: dialing a member (connect and hello, within the
+//! handshake timeout) and the task that watches an established link
+//! (pings, pongs, custody acks, the link's end). The owner writes
+//! particles to the link's writer itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::model::Release;
+use crate::ring::state::{DialResult, LinkId};
+use crate::ring::token::ParticleId;
+use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION};
+
+use super::msg::{BeaconCell, Msg, SharedWriter, short};
+
+/// A link to a successor, handshake done.
+pub(super) struct Dialed {
+    pub(super) writer: FrameWriter<OwnedWriteHalf>,
+    pub(super) reader: FrameReader<OwnedReadHalf>,
+    /// The successor's highest particle.
+    pub(super) peer_seen: Option<ParticleId>,
+    /// The successor's current releases.
+    pub(super) releases: Vec<Release>,
+    /// The successor reads pings that carry an [`Alive`].
+    pub(super) beacons: bool,
+}
+
+/// How a dial that did not link ended.
+pub(super) enum DialError {
+    /// Failed or refused, for the protocol.
+    Ended(DialResult),
+    /// Refused because another live process runs our member: this
+    /// process is the duplicate.
+    Duplicate(String),
+}
+
+/// Connects to a member and exchanges hellos, all within the handshake
+/// timeout.
+pub(super) async fn dial(
+    addr: &str,
+    hello: Hello,
+    config: &NodeConfig,
+) -> Result<Dialed, DialError> {
+    let limit = Duration::from_millis(config.handshake_timeout_ms);
+    let attempt = async {
+        let e = DialError::Ended;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|err| e(DialResult::Failed(format!("connect {addr}: {err}"))))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|err| e(DialResult::Failed(err.to_string())))?;
+        let (r, w) = stream.into_split();
+        let mut reader = FrameReader::new(r, config.max_frame_bytes);
+        let mut writer = FrameWriter::new(w, config.max_frame_bytes);
+        writer
+            .write_frame(&Frame::Hello(hello))
+            .await
+            .map_err(|err| e(DialResult::Failed(format!("sending hello: {err}"))))?;
+        match reader.read_frame().await {
+            Ok(Some(Frame::Welcome(w))) if w.version == PROTOCOL_VERSION => Ok(Dialed {
+                writer,
+                reader,
+                peer_seen: w.seen,
+                releases: w.releases,
+                beacons: w.beacons,
+            }),
+            Ok(Some(Frame::Welcome(w))) => Err(e(DialResult::Refused(format!(
+                "successor speaks protocol {}, we speak {PROTOCOL_VERSION}",
+                w.version
+            )))),
+            Ok(Some(Frame::Refuse(r))) if r.duplicate => Err(DialError::Duplicate(r.reason)),
+            Ok(Some(Frame::Refuse(r))) => Err(e(DialResult::Refused(match r.ring_hash {
+                // Worded from our side: the reader of our log is "ours".
+                Some(theirs) => format!(
+                    "{addr} runs another ring: its enumeration hashes to {}, ours to {} ({}); \
+                     every node must be started with the same --ring",
+                    short(&theirs),
+                    short(config.ring.hash()),
+                    config.ring.describe()
+                ),
+                None => r.reason,
+            }))),
+            Ok(Some(other)) => Err(e(DialResult::Failed(format!(
+                "unexpected {} in answer to hello",
+                other.kind_name()
+            )))),
+            Ok(None) => Err(e(DialResult::Failed("closed during handshake".into()))),
+            Err(err) => Err(e(DialResult::Failed(format!("handshake: {err}")))),
+        }
+    };
+    match timeout(limit, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Ended(DialResult::Failed(format!(
+            "handshake with {addr} timed out after {limit:?}"
+        )))),
+    }
+}
+
+/// Watches one link to a successor: pings it and reports what comes back
+/// (pongs, custody acks) and the link's end. The owner writes particles to
+/// the shared writer itself. Ends when the owner drops the link (aborting
+/// this task), the link fails, or the node stops.
+///
+/// With `beacon` (the successor reads them), every ping carries what this
+/// node knows of the particle, and a ping goes out at once when the owner
+/// has fresher news by half a heartbeat: word that a member holds the
+/// particle crosses the ring in link latencies, not in heartbeats.
+pub(super) async fn run_downlink(
+    link: LinkId,
+    writer: SharedWriter,
+    mut reader: FrameReader<OwnedReadHalf>,
+    tx: mpsc::Sender<Msg>,
+    config: Arc<NodeConfig>,
+    beacon: Option<Arc<BeaconCell>>,
+    cancel: CancellationToken,
+) {
+    let write_limit = Duration::from_millis(config.write_timeout_ms);
+    let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    let why = loop {
+        let news = async {
+            match &beacon {
+                Some(b) => b.news.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let send = tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ping.tick() => true,
+            () = news => true,
+            r = reader.read_frame() => {
+                let msg = match r {
+                    Ok(Some(Frame::Pong(_))) => Msg::Heard(link),
+                    Ok(Some(Frame::Forwarded { id, hop })) => Msg::Forwarded { link, id, hop },
+                    Ok(Some(Frame::Leave)) => {
+                        let _ = tx.send(Msg::Left(link)).await;
+                        return;
+                    }
+                    Ok(Some(other)) => break format!("unexpected {} from the successor", other.kind_name()),
+                    Ok(None) => break "closed by the successor".to_string(),
+                    Err(e) => break e.to_string(),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                false
+            }
+        };
+        if send {
+            // The write happens here, never inside the select, so a frame
+            // is never cut in half by a cancelled branch.
+            n += 1;
+            let b = beacon
+                .as_ref()
+                .and_then(|b| *b.value.lock().expect("beacon lock"));
+            let alive = b.map(|b| b.alive(Instant::now()));
+            let mut w = writer.lock().await;
+            match timeout(write_limit, w.write_frame(&Frame::Ping { n, alive })).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break format!("write: {e}"),
+                Err(_) => break format!("write timed out after {write_limit:?}"),
+            }
+        }
+    };
+    let _ = tx.send(Msg::LinkLost { link, why }).await;
+}

@@ -1,0 +1,267 @@
+//! One ring node: wiring only. It binds the ring protocol
+//! ([`crate::ring::state`]) to sockets, timers and the station pipeline.
+//!
+//! Tasks, each owning its piece of state:
+//! - the **owner** task owns the [`RingState`] and the [`Pipeline`]; it
+//!   runs the stations inline (the particle is at this node, nothing else
+//!   waits on it), ticks the protocol every [`TICK`], and is the only one
+//!   that decides what goes on which link;
+//! - a **downlink** task per successor link (dial or probe) owns that
+//!   socket: it writes what the owner queues, pings every heartbeat
+//!   interval, and reports pongs, custody acks and the link's end;
+//! - the **accept** task spawns an **upstream** task per connection on the
+//!   ring port, which checks the hello (or answers a status request),
+//!   answers pings, forwards particles to the owner and writes its acks.
+//!
+//! A peer's bad input ends that peer's connection, logged once; it never
+//! ends the node. Everything stops when the node's cancellation token is
+//! cancelled ([`NodeHandle::shutdown`]).
+//!
+//! Files: this one starts a node and wires its tasks ([`NodeHandle`]);
+//! `owner.rs` is the owner task and the order in which it takes events;
+//! `downlink.rs` dials successors and runs the successor link;
+//! `upstream.rs` accepts connections on the ring port and serves
+//! predecessors (hello checks, member claims) and requests; `msg.rs` holds
+//! what the tasks hand each other (the owner's messages, links, ack slots).
+
+mod downlink;
+mod msg;
+mod owner;
+mod upstream;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span};
+
+use crate::config::NodeConfig;
+use crate::deploy::agent::{self as deploy, DeployView};
+use crate::lograte::LogBackoff;
+use crate::observe::Observer;
+use crate::ring::state::RingState;
+use crate::station::{Inbox, KvStore, NodeInfo, Pipeline, StationHost, StationLimits};
+
+pub use owner::TICK;
+use owner::{Owner, Stats};
+use upstream::{Claims, Upstreams, accept_loop};
+
+/// A running node. Dropping it cancels the node without waiting; call
+/// [`NodeHandle::shutdown`] to wait for every task to end.
+pub struct NodeHandle {
+    addr: SocketAddr,
+    index: usize,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    owner: Option<JoinHandle<Result<()>>>,
+    kv: KvStore,
+    inboxes: Vec<(String, Inbox)>,
+    deploy_view: watch::Receiver<DeployView>,
+}
+
+impl NodeHandle {
+    /// The node's deploy state (releases, what runs), as it changes.
+    pub fn deploy_view(&self) -> watch::Receiver<DeployView> {
+        self.deploy_view.clone()
+    }
+
+    /// The address the ring port is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This node's index in the ring.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The node's kv store (all stations' namespaces).
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// The inbox of station `name`, if the node runs it.
+    pub fn inbox(&self, name: &str) -> Option<&Inbox> {
+        self.inboxes.iter().find(|(n, _)| n == name).map(|(_, i)| i)
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits until the node stops by itself or its token is cancelled, and
+    /// returns the owner task's result.
+    ///
+    /// # Errors
+    /// When the owner task failed or panicked.
+    pub async fn wait(mut self) -> Result<()> {
+        let owner = self.owner.take().expect("owner handle present");
+        let result = owner.await.context("node task panicked")?;
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        result
+    }
+
+    /// Stops the node and waits for all of its tasks.
+    ///
+    /// # Errors
+    /// When the owner task failed or panicked.
+    pub async fn shutdown(self) -> Result<()> {
+        self.cancel.cancel();
+        self.wait().await
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Starts a node on an already-bound listener (tests bind port 0 and pass
+/// the listener in, so no port is ever raced).
+///
+/// # Errors
+/// When the config is invalid or a station fails to load or initialise.
+pub async fn start(
+    config: NodeConfig,
+    listener: TcpListener,
+    host: Arc<StationHost>,
+    observer: Observer,
+) -> Result<NodeHandle> {
+    config.validate()?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address")?;
+    let me = config.me().clone();
+    let node_info = NodeInfo {
+        name: me.name.clone(),
+        index: config.index as u32,
+        ring_size: config.ring.len() as u32,
+        ring_hash: config.ring.hash().to_string(),
+    };
+    let span = info_span!("node", idx = config.index);
+    let kv = KvStore::default();
+    let limits = StationLimits {
+        call_timeout: config.station_timeout(),
+        memory_bytes: config.station_memory_bytes,
+        rollback_after: config.deploy.rollback_after,
+        rollback_window: Duration::from_millis(config.deploy.rollback_window_ms),
+    };
+    let config = Arc::new(config);
+    let started = deploy::start(
+        Arc::clone(&config),
+        Arc::clone(&host),
+        node_info,
+        kv.clone(),
+        observer.clone(),
+        limits,
+    )
+    .instrument(span.clone())
+    .await?;
+    let pipeline = Pipeline::new(started.stations, config.index);
+    let inboxes = started.inboxes;
+    let deploy_tx = started.handle.tx.clone();
+    let deploy_view = started.handle.view.clone();
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (tx, rx) = mpsc::channel(256);
+    let (seen_tx, seen_rx) = watch::channel(None);
+
+    tracker.spawn(started.agent.run(cancel.clone()).instrument(span.clone()));
+    if let Some(hook) = &config.deploy.before_watch {
+        (hook.0)();
+    }
+    if config.deploy.watch {
+        let _entered = span.enter();
+        let watch = crate::deploy::watch::start(
+            started.files,
+            Duration::from_millis(config.deploy.settle_ms),
+            Duration::from_millis(config.deploy.poll_ms),
+            deploy_tx.clone(),
+            cancel.clone(),
+        );
+        tracker.spawn(watch.instrument(span.clone()));
+    }
+
+    // Cancelled by the owner once it has passed on a particle it held (or
+    // found none) while stopping: only then do the upstream links say the
+    // node leaves, so no predecessor resends what this node is still
+    // visiting.
+    let released = CancellationToken::new();
+    tracker.spawn(
+        accept_loop(
+            listener,
+            Upstreams {
+                config: Arc::clone(&config),
+                tx: tx.clone(),
+                seen: seen_rx,
+                observer: observer.clone(),
+                cancel: cancel.clone(),
+                released: released.clone(),
+                deploy_tx: deploy_tx.clone(),
+                deploy_view: deploy_view.clone(),
+                claims: Claims::default(),
+                log: Arc::default(),
+            },
+            tracker.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let owner = Owner {
+        state: RingState::new(config.ring_params(), Instant::now()),
+        config: Arc::clone(&config),
+        pipeline,
+        observer,
+        tx,
+        deploy_tx,
+        deploy_view: deploy_view.clone(),
+        links: HashMap::new(),
+        upstreams: HashMap::new(),
+        hold_until: None,
+        seen_tx,
+        beacon: Arc::default(),
+        beacon_news: None,
+        refusals: LogBackoff::default(),
+        instance: rand::random::<u64>() | 1,
+        fatal: None,
+        linked: None,
+        not_started_told: BTreeSet::new(),
+        stats: Stats::default(),
+        started: Instant::now(),
+        addr,
+        cancel: cancel.clone(),
+        released,
+        tracker: tracker.clone(),
+    };
+    info!(
+        parent: &span,
+        addr = %addr,
+        name = %me.name,
+        ring = %config.ring.describe(),
+        ring_hash = &config.ring.hash()[..12],
+        stations = ?owner.pipeline.stations().iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "node started"
+    );
+    let owner = tracker.spawn(owner.run(rx, started.owner_rx).instrument(span));
+    Ok(NodeHandle {
+        addr,
+        index: config.index,
+        cancel,
+        tracker,
+        owner: Some(owner),
+        kv,
+        inboxes,
+        deploy_view,
+    })
+}

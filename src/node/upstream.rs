@@ -1,0 +1,387 @@
+//! Predecessor links: the accept loop on the ring port and the task per
+//! connection, which checks the hello (protocol, ring, membership, a
+//! member claimed twice), answers pings, forwards particles to the owner
+//! and writes their custody acks; or answers a status request or a request
+//! (push, fetch, config…) on a connection of its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::NodeConfig;
+use crate::deploy::agent::{DeployMsg, DeployView};
+use crate::lograte::LogBackoff;
+use crate::model::Reply;
+use crate::observe::{EventKind, Observer};
+use crate::ring::state::UpstreamId;
+use crate::ring::token::ParticleId;
+use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
+
+use super::msg::{AckSlot, Msg, short};
+
+/// The live upstream link of one predecessor member, to refuse a second
+/// process claiming the same member while the first is alive.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    conn: UpstreamId,
+    instance: u64,
+    addr: SocketAddr,
+    last_heard: Instant,
+}
+
+/// Predecessor member index → its live link.
+pub(super) type Claims = Arc<std::sync::Mutex<HashMap<u32, Claim>>>;
+
+/// What every upstream connection task needs.
+#[derive(Clone)]
+pub(super) struct Upstreams {
+    pub(super) claims: Claims,
+    /// Backs off repeated rejection lines (a peer redialing every probe).
+    pub(super) log: Arc<std::sync::Mutex<LogBackoff>>,
+    pub(super) config: Arc<NodeConfig>,
+    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) seen: watch::Receiver<Option<ParticleId>>,
+    pub(super) observer: Observer,
+    pub(super) cancel: CancellationToken,
+    /// The owner is done with the particle while stopping.
+    pub(super) released: CancellationToken,
+    pub(super) deploy_tx: mpsc::Sender<DeployMsg>,
+    pub(super) deploy_view: watch::Receiver<DeployView>,
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: TaskTracker) {
+    let mut backoff = Duration::from_millis(1);
+    let mut next_id: UpstreamId = 1;
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(1);
+                let span = info_span!("upstream", peer = %peer);
+                let id = next_id;
+                next_id += 1;
+                tracker.spawn(serve_upstream(id, stream, ctx.clone()).instrument(span));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on.
+                warn!(cause = %e, "accept failed");
+                tokio::select! {
+                    () = ctx.cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Serves one connection on the ring port: a hello (then pings, particles
+/// and announces), a status request, or a request (push, fetch, config…).
+async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
+    let Upstreams {
+        config,
+        tx,
+        seen,
+        observer,
+        cancel,
+        released,
+        deploy_tx,
+        deploy_view,
+        claims,
+        log,
+    } = ctx;
+    let _ = stream.set_nodelay(true);
+    let Ok(remote) = stream.peer_addr() else {
+        return; // gone already
+    };
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, config.max_frame_bytes);
+    let mut writer = FrameWriter::new(w, config.max_frame_bytes);
+    let reject = |reason: String| {
+        let held = log
+            .lock()
+            .expect("log backoff lock")
+            .check(&reason, Instant::now());
+        if let Some(held) = held {
+            warn!(%reason, repeats_held_back = held, "upstream connection closed");
+        }
+        observer.emit(config.index, EventKind::UpstreamRejected { reason });
+    };
+
+    let limit = Duration::from_millis(config.handshake_timeout_ms);
+    let first = tokio::select! {
+        () = cancel.cancelled() => return,
+        r = timeout(limit, reader.read_frame()) => r,
+    };
+    let mut hello = match first {
+        Ok(Ok(Some(Frame::Hello(h)))) => h,
+        Ok(Ok(Some(Frame::StatusRequest))) => {
+            let (otx, orx) = oneshot::channel();
+            if tx.send(Msg::Status(otx)).await.is_ok()
+                && let Ok(Ok(json)) = timeout(limit, orx).await
+            {
+                let _ = timeout(limit, writer.write_frame(&Frame::Status(json))).await;
+            }
+            return;
+        }
+        Ok(Ok(Some(Frame::Request(req, blob)))) => {
+            // Pushes compile and run init before answering; fetches of big
+            // modules compute a delta: allow them time, bounded.
+            let answer_limit = Duration::from_secs(60);
+            let (otx, orx) = oneshot::channel();
+            let msg = DeployMsg::Request {
+                req,
+                blob,
+                reply: otx,
+            };
+            let failed = |why: &str| (Reply::error(why), Bytes::new());
+            let (reply, blob) = if deploy_tx.send(msg).await.is_err() {
+                failed("node stopping")
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = timeout(answer_limit, orx) => match r {
+                        Ok(Ok(answer)) => answer,
+                        Ok(Err(_)) => failed("request dropped"),
+                        Err(_) => failed("request timed out"),
+                    },
+                }
+            };
+            let write_limit = Duration::from_millis(config.write_timeout_ms).max(limit) * 10;
+            let _ = timeout(write_limit, writer.write_frame(&Frame::Reply(reply, blob))).await;
+            return;
+        }
+        Ok(Ok(Some(other))) => {
+            return reject(format!("expected hello, got {}", other.kind_name()));
+        }
+        Ok(Ok(None)) => return, // connected and left: a port probe
+        Ok(Err(e)) => return reject(format!("bad hello: {e}")),
+        Err(_) => return reject(format!("no hello within {limit:?}")),
+    };
+    let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
+    let mut duplicate = false;
+    let checked = check_hello(&hello, &config).and_then(|()| {
+        duplicate = true;
+        claim(
+            &claims,
+            &hello,
+            Claim {
+                conn: id,
+                instance: hello.instance,
+                addr: remote,
+                last_heard: Instant::now(),
+            },
+            failure_timeout,
+        )
+    });
+    if let Err(reason) = checked {
+        let ring_hash =
+            (hello.ring_hash != config.ring.hash()).then(|| config.ring.hash().to_string());
+        let _ = timeout(
+            limit,
+            writer.write_frame(&Frame::Refuse(Refuse {
+                reason: reason.clone(),
+                ring_hash,
+                duplicate,
+            })),
+        )
+        .await;
+        return reject(format!(
+            "refused {} from {}: {reason}",
+            hello.from_name,
+            remote.ip()
+        ));
+    }
+    let welcome = Frame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        node_index: config.index as u32,
+        seen: *seen.borrow(),
+        releases: deploy_view.borrow().releases.clone(),
+        beacons: true,
+    });
+    match timeout(limit, writer.write_frame(&welcome)).await {
+        Ok(Ok(())) => {}
+        _ => return reject("could not send welcome".into()),
+    }
+    debug!(predecessor = hello.from_index, "predecessor linked");
+    let predecessor = hello.from_index as usize;
+    let _ = deploy_tx
+        .send(DeployMsg::PeerReleases {
+            peer: predecessor,
+            releases: std::mem::take(&mut hello.releases),
+        })
+        .await;
+    let ack: AckSlot = Arc::default();
+    let write_limit = Duration::from_millis(config.write_timeout_ms);
+    let end = loop {
+        // A clean stop: once the owner has passed on the particle it held
+        // (it may be in a long visit still; pings are answered meanwhile),
+        // tell the predecessor this is a leave, so it skips us at once
+        // and nobody respawns us.
+        let frame = tokio::select! {
+            () = released.cancelled() => return say_leave(&mut writer, &ack, write_limit).await,
+            r = reader.read_frame() => r,
+        };
+        let n = match frame {
+            Ok(Some(Frame::Particle(particle))) => {
+                let msg = Msg::Particle {
+                    particle,
+                    from: id,
+                    ack: Arc::clone(&ack),
+                };
+                if tx.send(msg).await.is_err() {
+                    return say_leave(&mut writer, &ack, write_limit).await; // the node is stopping
+                }
+                continue;
+            }
+            Ok(Some(Frame::Announce(releases))) => {
+                let msg = DeployMsg::PeerReleases {
+                    peer: predecessor,
+                    releases,
+                };
+                if deploy_tx.send(msg).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Some(Frame::Ping { n, alive })) => (n, alive),
+            Ok(Some(other)) => {
+                break Some(format!(
+                    "unexpected {} on an upstream link",
+                    other.kind_name()
+                ));
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(format!("bad frame: {e}")),
+        };
+        let (n, alive) = n;
+        let mine = Claim {
+            conn: id,
+            instance: hello.instance,
+            addr: remote,
+            last_heard: Instant::now(),
+        };
+        if let Err(why) = claim(&claims, &hello, mine, failure_timeout) {
+            break Some(why);
+        }
+        if tx.send(Msg::UpstreamAlive(alive)).await.is_err() {
+            return say_leave(&mut writer, &ack, write_limit).await;
+        }
+        // Custody acks ride along with the pongs.
+        let owed = ack.lock().expect("ack slot").take();
+        let mut out = Vec::with_capacity(2);
+        if let Some((id, hop)) = owed {
+            out.push(Frame::Forwarded { id, hop });
+        }
+        out.push(Frame::Pong(n));
+        for f in &out {
+            match timeout(write_limit, writer.write_frame(f)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    };
+    let _ = tx.send(Msg::UpstreamClosed(id)).await;
+    {
+        let mut claims = claims.lock().expect("claims lock");
+        if claims.get(&hello.from_index).is_some_and(|c| c.conn == id) {
+            claims.remove(&hello.from_index);
+        }
+    }
+    match end {
+        Some(reason) => reject(reason),
+        None => debug!(predecessor = hello.from_index, "predecessor link closed"),
+    }
+}
+
+/// Tells the predecessor this node leaves, after the custody ack it is
+/// owed (the particle went on: no need to resend it), bounded so a stuck
+/// peer does not hold up the stop.
+async fn say_leave(writer: &mut FrameWriter<OwnedWriteHalf>, ack: &AckSlot, write_limit: Duration) {
+    let limit = write_limit.min(Duration::from_millis(200));
+    let owed = ack.lock().expect("ack slot").take();
+    let _ = timeout(limit, async {
+        if let Some((id, hop)) = owed {
+            writer.write_frame(&Frame::Forwarded { id, hop }).await?;
+        }
+        writer.write_frame(&Frame::Leave).await
+    })
+    .await;
+}
+
+/// Records `mine` as the live link of member `hello.from_index`, unless
+/// another process (another instance) holds that member on a link heard
+/// within `failure_timeout`: then the member is claimed twice (two nodes
+/// started with one name), and the newcomer is refused. Nodes too old to
+/// send an instance (0) are not checked.
+fn claim(
+    claims: &Claims,
+    hello: &Hello,
+    mine: Claim,
+    failure_timeout: Duration,
+) -> Result<(), String> {
+    let mut claims = claims.lock().expect("claims lock");
+    match claims.get(&hello.from_index) {
+        Some(c)
+            if c.instance != mine.instance
+                && c.instance != 0
+                && mine.instance != 0
+                && mine.last_heard.saturating_duration_since(c.last_heard) <= failure_timeout =>
+        {
+            // No ports or times in the words: the log backs off repeats of
+            // a line, and a redialing process comes from a new port each time.
+            Err(format!(
+                "member {} ({}) is already linked from {}, alive; a second process claims it \
+                 from {}: two nodes started as the same member?",
+                hello.from_index,
+                hello.from_name,
+                c.addr.ip(),
+                mine.addr.ip()
+            ))
+        }
+        _ => {
+            claims.insert(hello.from_index, mine);
+            Ok(())
+        }
+    }
+}
+
+fn check_hello(hello: &Hello, config: &NodeConfig) -> Result<(), String> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} differs from ours ({PROTOCOL_VERSION})",
+            hello.version
+        ));
+    }
+    if hello.ring_hash != config.ring.hash() {
+        return Err(format!(
+            "ring enumeration differs: theirs hashes to {}, ours to {} ({}); \
+             every node must be started with the same --ring",
+            short(&hello.ring_hash),
+            short(config.ring.hash()),
+            config.ring.describe()
+        ));
+    }
+    let members = config.ring.members();
+    match members.get(hello.from_index as usize) {
+        Some(m) if m.name == hello.from_name => Ok(()),
+        _ => Err(format!(
+            "{:?} at index {} is not a member of this ring",
+            hello.from_name, hello.from_index
+        )),
+    }
+}
