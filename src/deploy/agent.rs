@@ -23,10 +23,10 @@ use tracing::{Instrument, debug, info, warn};
 
 pub use super::decide::FetchError;
 use super::decide::{Action, DeployState, Event, Fetched, Trust};
-use super::release::{ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings};
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
+use crate::model::{ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings};
 use crate::observe::{EventKind, Observer};
 use crate::station::{
     Inbox, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv, StationHost, StationLimits,
@@ -655,7 +655,7 @@ impl Agent {
     /// here now: see [`DeployState::next_stamp`].
     ///
     /// # Errors
-    /// See [`super::release::next_stamp`]: the counter exhausted, or a
+    /// See [`crate::model::next_stamp`]: the counter exhausted, or a
     /// release adopted here far in the future.
     fn next_stamp(&self, name: &str) -> Result<(u64, u64)> {
         let history = self

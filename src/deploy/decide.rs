@@ -21,9 +21,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::VerifyingKey;
 
-use super::release::{Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release};
-use super::sign;
 use super::sources::Sources;
+use crate::model::sign;
+use crate::model::{Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release};
 
 /// Release conflicts a node keeps for `status` (the newest ones).
 pub const MAX_CONFLICTS: usize = 8;
@@ -344,7 +344,7 @@ impl DeployState {
     /// now.
     ///
     /// # Errors
-    /// See [`super::release::next_stamp`]: the counter exhausted, or a
+    /// See [`crate::model::next_stamp`]: the counter exhausted, or a
     /// release adopted here far in the future.
     pub fn next_stamp(&self, name: &str, history: &[Release], now_ms: u64) -> Result<(u64, u64)> {
         let conflicts = self.conflicts.iter().filter(|c| c.name == name);
@@ -359,7 +359,7 @@ impl DeployState {
             .into_iter()
             .chain(pending)
             .chain(conflicts.filter_map(|c| c.kept.as_ref()));
-        super::release::next_stamp(name, known, floor, now_ms)
+        crate::model::next_stamp(name, known, floor, now_ms)
     }
 
     /// Whether this node's trust settings accept `release` (its module's

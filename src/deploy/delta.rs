@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
-use super::release::Hash;
+use crate::model::Hash;
 
 /// zstd level for deltas. Measured on a 1 MB module: a one-constant
 /// change gives 104 B at level 19 (150 ms), 108 B at 9 (27 ms), 174 B at 3

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::decide::{Action, DeployState, Event, FetchError, Fetched, Trust};
-use super::release::{Conflict, Hash, OrderKey, Payload, Release};
+use crate::model::{Conflict, Hash, OrderKey, Payload, Release};
 
 /// The wall clock (unix ms) at the simulation's start.
 const EPOCH_MS: u64 = 1_700_000_000_000;

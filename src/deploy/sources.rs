@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::release::OrderKey;
+use crate::model::OrderKey;
 
 /// The first wait before a failed fetch of a release is tried again; it
 /// doubles with every failure up to [`RETRY_MAX`].
@@ -172,7 +172,7 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deploy::release::Hash;
+    use crate::model::Hash;
 
     fn key(v: u64) -> OrderKey {
         (v, 0, 0, Hash::of(&v.to_le_bytes()))

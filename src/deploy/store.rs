@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::release::{Hash, Release};
+use crate::model::{Hash, Release};
 
 /// Releases kept per name, besides the current one.
 const HISTORY: usize = 8;
