@@ -33,11 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::admin;
 use crate::config::NodeConfig;
 use crate::deploy::agent::{self as deploy, DeployMsg, DeployView, OwnerCmd};
 use crate::deploy::release::{Release, Reply};
 use crate::lograte::LogBackoff;
-use crate::observe::{EventKind, Observer};
+use crate::metrics::Metrics;
+use crate::observe::{Bus, EventKind, Observer};
 use crate::ring::state::{
     Action, Beacon, DialResult, DropReason, Event, LinkId, Origin, RingState, UpstreamId,
 };
@@ -133,9 +135,21 @@ pub struct NodeHandle {
     kv: KvStore,
     inboxes: Vec<(String, Inbox)>,
     deploy_view: watch::Receiver<DeployView>,
+    admin: Option<SocketAddr>,
+    bus: Arc<Bus>,
 }
 
 impl NodeHandle {
+    /// The address the admin API is bound to (`None`: off).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The node's event bus and metrics (what the admin API serves).
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
     /// The node's deploy state (releases, what runs), as it changes.
     pub fn deploy_view(&self) -> watch::Receiver<DeployView> {
         self.deploy_view.clone()
@@ -211,6 +225,19 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .context("reading the listener address")?;
+    let admin_listener = match &config.admin {
+        Some(a) => Some(admin::server::bind(a).await?),
+        None => None,
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().context("reading the admin address")?),
+        None => None,
+    };
+    let bus = Bus::new(Arc::new(Metrics::new()));
+    bus.metrics()
+        .live_members
+        .set(i64::try_from(config.ring.len()).unwrap_or(i64::MAX));
+    let observer = observer.with_bus(Arc::clone(&bus));
     let me = config.me().clone();
     let node_info = NodeInfo {
         name: me.name.clone(),
@@ -308,13 +335,39 @@ pub async fn start(
         stats: Stats::default(),
         started: Instant::now(),
         addr,
+        admin_addr,
+        kv: kv.clone(),
         cancel: cancel.clone(),
         released,
         tracker: tracker.clone(),
     };
+    if let (Some(listener), Some(settings)) = (admin_listener, &config.admin) {
+        let ask = owner.tx.clone();
+        let status: admin::server::StatusFn = Arc::new(move || {
+            let ask = ask.clone();
+            Box::pin(async move {
+                let (otx, orx) = oneshot::channel();
+                ask.send(Msg::Status(otx)).await.ok()?;
+                serde_json::from_str(&orx.await.ok()?).ok()
+            })
+        });
+        let ctx = admin::server::AdminContext {
+            config: settings.clone(),
+            index: config.index,
+            ring: config.ring.clone(),
+            status,
+            deploy_tx: owner.deploy_tx.clone(),
+            deploy_view: deploy_view.clone(),
+            kv: kv.clone(),
+            inboxes: inboxes.clone(),
+            bus: Arc::clone(&bus),
+        };
+        tracker.spawn(admin::server::serve(listener, ctx, cancel.clone()).instrument(span.clone()));
+    }
     info!(
         parent: &span,
         addr = %addr,
+        admin = %admin_addr.map_or("off".to_string(), |a| format!("http://{a}")),
         name = %me.name,
         ring = %config.ring.describe(),
         ring_hash = &config.ring.hash()[..12],
@@ -331,6 +384,8 @@ pub async fn start(
         kv,
         inboxes,
         deploy_view,
+        admin: admin_addr,
+        bus,
     })
 }
 
@@ -372,6 +427,8 @@ struct Owner {
     stats: Stats,
     started: Instant,
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    kv: KvStore,
     cancel: CancellationToken,
     /// Cancelled when the owner ends (see `start`).
     released: CancellationToken,
@@ -668,7 +725,11 @@ impl Owner {
             }
             Action::Send { link, particle } => {
                 if let Some(arrived) = self.stats.arrived.take() {
-                    self.stats.stays.push(arrived.elapsed());
+                    let stay = arrived.elapsed();
+                    self.stats.stays.push(stay);
+                    if let Some(m) = self.observer.metrics() {
+                        m.hop_stay.observe(stay);
+                    }
                 }
                 let limit = Duration::from_millis(self.config.write_timeout_ms);
                 let sent = match self.links.get(&link) {
@@ -690,12 +751,25 @@ impl Owner {
                     *slot.lock().expect("ack slot") = Some((id, hop));
                 }
             }
-            Action::Created { id, why } => match why {
-                Origin::Injected => info!(particle = %id, "particle injected"),
-                Origin::Regenerated => {
-                    warn!(particle = %id, "no particle within the token timeout: regenerated one");
-                }
-            },
+            Action::Created { id, why } => {
+                let regenerated = match why {
+                    Origin::Injected => {
+                        info!(particle = %id, "particle injected");
+                        false
+                    }
+                    Origin::Regenerated => {
+                        warn!(particle = %id, "no particle within the token timeout: regenerated one");
+                        true
+                    }
+                };
+                self.observer.emit(
+                    me,
+                    EventKind::ParticleCreated {
+                        generation: id.generation,
+                        regenerated,
+                    },
+                );
+            }
             Action::Dropped { id, reason } => {
                 let reason = match reason {
                     DropReason::Stale { current } => format!("stale (current {current})"),
@@ -827,6 +901,8 @@ impl Owner {
                 .collect(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             deploy: self.deploy_view.borrow().clone(),
+            admin: self.admin_addr.map(|a| a.to_string()),
+            config_version: status::config_version(&self.kv),
         };
         serde_json::to_string(&report).expect("status serializes")
     }

@@ -63,7 +63,6 @@
 //! One task per node owns all of this ([`agent::Agent`]).
 
 pub mod agent;
-pub mod client;
 pub mod delta;
 pub mod release;
 pub mod sign;
