@@ -398,6 +398,8 @@ struct Stats {
     arrived: Option<Instant>,
     visits: u64,
     member_downs: u64,
+    /// Successors linked to since start (they were up).
+    linked_ever: std::collections::BTreeSet<usize>,
 }
 
 struct Owner {
@@ -522,6 +524,7 @@ impl Owner {
         if linked != self.linked {
             self.linked = linked;
             if let Some(successor) = linked {
+                self.stats.linked_ever.insert(successor);
                 info!(successor, "linked to successor");
                 self.observer
                     .emit(self.config.index, EventKind::SuccessorLinked { successor });
@@ -902,6 +905,7 @@ impl Owner {
             uptime_s: self.started.elapsed().as_secs_f64(),
             deploy: self.deploy_view.borrow().clone(),
             admin: self.admin_addr.map(|a| a.to_string()),
+            linked_ever: self.stats.linked_ever.iter().copied().collect(),
             config_version: status::config_version(&self.kv),
         };
         serde_json::to_string(&report).expect("status serializes")

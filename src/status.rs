@@ -58,6 +58,10 @@ pub struct Report {
     /// Highest replicated config entry version applied here (0: none).
     #[serde(default)]
     pub config_version: u64,
+    /// Members this node has linked to as its successor since it started
+    /// (so they were up then): tells a dead member from one not started.
+    #[serde(default)]
+    pub linked_ever: Vec<usize>,
 }
 
 /// The config version the node has applied, as the config station keeps

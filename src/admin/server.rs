@@ -22,8 +22,8 @@
 //!
 //! A member that answers is `live`. One that does not is `dead` if this
 //! server has ever seen it up (it answered a gather, this node linked to
-//! it, spliced it back in, or a member reported it as its linked
-//! successor), else `not-started`.
+//! it or spliced it back in, or a member reports having linked to it as
+//! its successor), else `not-started`.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -430,6 +430,7 @@ async fn ring(State(app): State<App>) -> ApiResult<Json<RingView>> {
             if let Some(s) = r.successor.filter(|_| r.successor_up) {
                 ever_up.insert(s);
             }
+            ever_up.extend(r.linked_ever.iter().copied());
         }
         for (i, (m, answer)) in members.iter().zip(answers).enumerate() {
             let in_view = me.members.get(i).is_some_and(|s| s.live);

@@ -587,3 +587,18 @@ async fn members_exits_0_for_a_whole_ring_and_1_when_the_node_cannot_be_asked() 
     let out = ringhost(&["members", "--to", &admin]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// A member that went away before this node ever asked about it is
+/// `dead`, not `not-started`: its predecessor had linked to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_gone_before_the_first_gather_is_dead_by_its_predecessors_word() {
+    let mut ring = TestRing::start(3, quick).await;
+    ring.visits(6, Duration::from_secs(10)).await;
+    let node2 = ring.nodes[2].take().unwrap();
+    node2.shutdown().await.unwrap();
+    let c = client(&ring, 0);
+    let view = c.ring(T).await.unwrap();
+    assert_eq!(view.members[2].liveness, Liveness::Dead, "{view:#?}");
+    assert!(!view.healthy);
+    ring.shutdown().await;
+}
