@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DEFAULT_RING, NodeConfig, RingLayout, StationSpec};
+use crate::config::{
+    AdminConfig, DEFAULT_RING, NodeConfig, RingLayout, StationSpec, split_host_port,
+};
 use crate::station::builtin;
+use crate::tool::deploy::{ConfigAction, PushOptions};
+use crate::tool::view::ViewOptions;
 
 /// A ring of servers with a particle circling through it; every stop runs
 /// WebAssembly stations.
@@ -23,6 +27,53 @@ pub struct Cli {
     /// One node's settings (when no subcommand is given).
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Log line format: `text`, or `json` (one object a line). The level
+    /// filter is `RUST_LOG` (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// How a tool authenticates to a node's admin API.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArg {
+    /// File holding the admin token of the node (needed for push,
+    /// rollback and config writes when its admin API is not on a
+    /// loopback address).
+    #[arg(long, value_name = "FILE", env = "RINGHOST_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArg {
+    /// The token, read from the file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is empty.
+    pub fn token(&self) -> Result<Option<String>> {
+        self.token_file.as_deref().map(read_token).transpose()
+    }
+}
+
+/// Reads a token file: its contents, trimmed.
+///
+/// # Errors
+/// When it cannot be read or holds nothing.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the admin token file {}: {e}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!("the admin token file {} is empty", path.display());
+    }
+    Ok(t)
 }
 
 /// Subcommands.
@@ -41,6 +92,11 @@ pub enum Command {
     /// two visits here. "stay here ms": from the particle's arrival here to
     /// its departure (stations and hold only; the links are in the lap).
     Status(StatusArgs),
+    /// The ring-wide table, as one node gathers it from every member:
+    /// member, address, live / dead / not-started, lap p50, faults, and
+    /// the stations with their versions. Exit code 0 when every member is
+    /// live and runs the same versions, 2 when not, 1 on error.
+    Members(StatusArgs),
     /// Push a station module to the whole ring: the node at --to validates
     /// it (compiles it, checks the station world, runs init), then it
     /// travels the ring as a delta and every node hot-swaps it. Waits until
@@ -82,6 +138,8 @@ pub struct PushArgs {
     /// Return once the first node has accepted it.
     #[arg(long)]
     pub no_wait: bool,
+    #[command(flatten)]
+    pub auth: TokenArg,
 }
 
 /// `ringhost rollback`.
@@ -95,6 +153,8 @@ pub struct RollbackArgs {
     /// Give up waiting after this long.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout_s: u64,
+    #[command(flatten)]
+    pub auth: TokenArg,
 }
 
 /// `ringhost config`.
@@ -110,6 +170,8 @@ pub enum ConfigCmd {
         /// A node of the ring (`host:port`).
         #[arg(long, value_parser = node_addr)]
         to: String,
+        #[command(flatten)]
+        auth: TokenArg,
     },
     /// Delete KEY ring-wide.
     Delete {
@@ -118,6 +180,8 @@ pub enum ConfigCmd {
         /// A node of the ring (`host:port`).
         #[arg(long, value_parser = node_addr)]
         to: String,
+        #[command(flatten)]
+        auth: TokenArg,
     },
     /// Print KEY's value as the node has applied it (exit 1 if unset, with
     /// or without --json).
@@ -144,15 +208,80 @@ pub struct KeygenArgs {
     pub out: PathBuf,
 }
 
-/// `ringhost status`.
+/// `ringhost status` and `ringhost members`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The node's ring address (`host:port`).
+    /// The node's admin address or ring address (`host:port`).
     #[arg(long, value_parser = node_addr)]
     pub to: String,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Redraw every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+impl StatusArgs {
+    /// In plain parameters.
+    pub fn options(&self) -> ViewOptions {
+        ViewOptions {
+            to: self.to.clone(),
+            json: self.json,
+            watch: self.watch,
+            token: None,
+        }
+    }
+}
+
+impl PushArgs {
+    /// In plain parameters.
+    ///
+    /// # Errors
+    /// When the token file cannot be read.
+    pub fn options(&self) -> Result<PushOptions> {
+        Ok(PushOptions {
+            file: self.file.clone(),
+            to: self.to.clone(),
+            name: self.name.clone(),
+            config: self.config.clone(),
+            key: self.key.clone(),
+            timeout_s: self.timeout_s,
+            no_wait: self.no_wait,
+            token: self.auth.token()?,
+        })
+    }
+}
+
+impl ConfigCmd {
+    /// The node, the key, the action and the token.
+    ///
+    /// # Errors
+    /// When the token file cannot be read.
+    pub fn options(&self) -> Result<(String, String, ConfigAction, Option<String>)> {
+        Ok(match self {
+            Self::Set {
+                key,
+                value,
+                to,
+                auth,
+            } => (
+                to.clone(),
+                key.clone(),
+                ConfigAction::Set(value.clone()),
+                auth.token()?,
+            ),
+            Self::Delete { key, to, auth } => {
+                (to.clone(), key.clone(), ConfigAction::Delete, auth.token()?)
+            }
+            Self::Get { key, to, json } => (
+                to.clone(),
+                key.clone(),
+                ConfigAction::Get { json: *json },
+                None,
+            ),
+        })
+    }
 }
 
 /// A node's address as tools take it (`--to`): `host:port`. A bare port
@@ -268,6 +397,18 @@ pub struct NodeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
+    /// Address of the admin HTTP API (status, ring view, events, metrics,
+    /// push…), or `off`. Default: 127.0.0.1 at the ring port + 1000. A
+    /// non-loopback address needs --admin-token-file.
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin: Option<String>,
+
+    /// File holding the admin API's bearer token: required with a
+    /// non-loopback --admin; mutating requests must then carry
+    /// `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Restart a dead successor that lives on this machine, with this
     /// node's command line (under `ringhost up` the supervisor does it).
     #[arg(long)]
@@ -300,6 +441,11 @@ pub struct UpArgs {
     /// Do not restart nodes that die.
     #[arg(long)]
     pub no_respawn: bool,
+
+    /// Admin API port of the first node (on 127.0.0.1); the others
+    /// follow. Default: --base-port + 1000.
+    #[arg(long)]
+    pub admin_base_port: Option<u16>,
 
     /// The program to run for each node (default: this executable).
     #[arg(long, hide = true)]
@@ -425,8 +571,38 @@ impl NodeArgs {
         };
         let mut config = NodeConfig::new(ring, index);
         self.stations.apply(&mut config)?;
+        config.admin = self.admin_config(&config)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The admin API settings: `--admin`, or 127.0.0.1 at the ring port
+    /// + 1000; `None` for `--admin off`.
+    ///
+    /// # Errors
+    /// When the ring port has no admin port 1000 above it, or the token
+    /// file cannot be read.
+    fn admin_config(&self, config: &NodeConfig) -> Result<Option<AdminConfig>> {
+        let token = self
+            .admin_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?;
+        let listen = match self.admin.as_deref() {
+            Some("off") => return Ok(None),
+            Some(addr) => addr.to_string(),
+            None => {
+                let ring_addr = self.listen.as_deref().unwrap_or(&config.me().addr);
+                let (_, port) = split_host_port(ring_addr)?;
+                let admin = port.checked_add(1000).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "ring port {port} has no admin port 1000 above it: give --admin ADDR"
+                    )
+                })?;
+                format!("127.0.0.1:{admin}")
+            }
+        };
+        Ok(Some(AdminConfig::at(listen, token)))
     }
 }
 

@@ -454,6 +454,56 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     /// Deploy settings.
     pub deploy: DeployConfig,
+    /// The admin HTTP API (`None`: off).
+    pub admin: Option<AdminConfig>,
+}
+
+/// A node's admin HTTP API (see `crate::admin`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address to bind (`host:port`; port 0 picks a free one).
+    pub listen: String,
+    /// The bearer token mutating requests must carry when
+    /// `require_token` (read from `--admin-token-file`).
+    pub token: Option<String>,
+    /// Whether mutating requests need the token. [`AdminConfig::at`] sets
+    /// it when `listen` is not a loopback address; tests may force it.
+    pub require_token: bool,
+}
+
+impl AdminConfig {
+    /// The admin API at `listen`, with `token`.
+    pub fn at(listen: impl Into<String>, token: Option<String>) -> Self {
+        let listen = listen.into();
+        let require_token = !is_local_host(&listen);
+        Self {
+            listen,
+            token,
+            require_token,
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// When the address does not parse, or is not a loopback address and
+    /// no token is set (anyone who reaches it could push modules), or the
+    /// token is empty.
+    pub fn validate(&self) -> Result<()> {
+        split_host_port(&self.listen)
+            .with_context(|| format!("admin address {:?}", self.listen))?;
+        if let Some(t) = &self.token {
+            ensure!(!t.is_empty(), "the admin token is empty");
+        }
+        ensure!(
+            self.token.is_some() || (is_local_host(&self.listen) && !self.require_token),
+            "the admin address {} is not a loopback address and no token is set: give \
+             --admin-token-file FILE (mutating requests then need `Authorization: Bearer \
+             <token>`), or bind the admin API to 127.0.0.1",
+            self.listen
+        );
+        Ok(())
+    }
 }
 
 /// How a node takes new station versions.
@@ -531,6 +581,7 @@ impl NodeConfig {
             station_memory_bytes: 64 << 20,
             max_frame_bytes: 16 << 20,
             deploy: DeployConfig::default(),
+            admin: Some(AdminConfig::at("127.0.0.1:0", None)),
         }
     }
 
@@ -573,6 +624,9 @@ impl NodeConfig {
             self.max_frame_bytes >= 64 << 10,
             "max frame size must be at least 64 KiB"
         );
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
+        }
         Ok(())
     }
 

@@ -10,18 +10,24 @@
 //! - [`station`]: the wasm host (engine, linker, imports, pipeline).
 //! - [`node`]: wires the protocol to sockets, timers and stations.
 //! - [`observe`]: events nodes report, for tests and tools.
-//! - [`status`]: `ringhost status`: the report, its client, its figures.
+//! - [`status`]: a node's status report, its ring-port client, its figures.
+//! - [`metrics`]: the Prometheus metrics of a node.
+//! - [`admin`]: the admin HTTP API (server, client, bodies).
+//! - [`tool`]: the command-line tools (`status`, `members`, `push`…) over
+//!   the admin API, in plain parameters.
 //! - [`up`]: `ringhost up`, a whole local ring of node processes.
 //! - [`lograte`]: backing off repeated log lines.
 //! - [`respawn`]: `--respawn`, a node restarting its dead local successor.
 //! - [`cli`]: command-line types and their translation into configs.
 //! - [`durable`]: fsynced atomic writes, damaged files moved aside.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod durable;
 pub mod lograte;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod observe;
@@ -29,6 +35,7 @@ pub mod respawn;
 pub mod ring;
 pub mod station;
 pub mod status;
+pub mod tool;
 pub mod up;
 pub mod wire;
 
@@ -41,42 +48,45 @@ use anyhow::{Context, Result};
 /// respawn such a node: it stops and names the port.
 pub const EXIT_CANNOT_BIND: u8 = 3;
 
-/// A node could not bind its ring port: `main` exits with
-/// [`EXIT_CANNOT_BIND`].
+/// A node could not bind its ring port or its admin address: `main` exits
+/// with [`EXIT_CANNOT_BIND`].
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind the ring port {addr}: {source}")]
+#[error("cannot bind the {what} {addr}: {source}")]
 pub struct BindError {
+    /// Which port: `ring port` or `admin address`.
+    pub what: &'static str,
     /// The address asked for.
     pub addr: String,
     /// Why (address in use, not local…).
     pub source: std::io::Error,
 }
 
-/// Runs what the command line asks for until `shutdown` resolves.
+/// Runs what the command line asks for until `shutdown` resolves; the
+/// process's exit code (`status` and `members` give
+/// [`tool::EXIT_DEGRADED`] for a ring that is not whole).
 ///
 /// # Errors
 /// Whatever stops the node or the ring from starting or running, with
 /// context naming the thing.
-pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<u8> {
+    let ok = |r: Result<()>| r.map(|()| tool::EXIT_OK);
     match cli.command {
-        Some(cli::Command::Up(args)) => up::run(args, shutdown).await,
-        Some(cli::Command::Status(args)) => {
-            let report = status::query(&args.to, std::time::Duration::from_secs(5)).await?;
-            let text = if args.json {
-                serde_json::to_string_pretty(&report)? + "\n"
-            } else {
-                status::render(&report)
-            };
-            // A closed pipe (`| head`) is not an error worth a panic.
-            use std::io::Write;
-            let _ = std::io::stdout().lock().write_all(text.as_bytes());
-            Ok(())
+        Some(cli::Command::Up(args)) => ok(up::run(args, shutdown).await),
+        Some(cli::Command::Status(args)) => tool::view::status(&args.options(), shutdown).await,
+        Some(cli::Command::Members(args)) => tool::view::members(&args.options(), shutdown).await,
+        Some(cli::Command::Push(args)) => ok(tool::deploy::push(&args.options()?).await),
+        Some(cli::Command::Rollback(args)) => {
+            ok(
+                tool::deploy::rollback(&args.to, &args.name, args.timeout_s, args.auth.token()?)
+                    .await,
+            )
         }
-        Some(cli::Command::Push(args)) => deploy::client::push(&args).await,
-        Some(cli::Command::Rollback(args)) => deploy::client::rollback(&args).await,
-        Some(cli::Command::Config(cmd)) => deploy::client::config(&cmd).await,
-        Some(cli::Command::Keygen(args)) => deploy::client::keygen(&args),
-        None => run_node(cli.node, shutdown).await,
+        Some(cli::Command::Config(cmd)) => {
+            let (to, key, action, token) = cmd.options()?;
+            ok(tool::deploy::config(&to, &key, &action, token).await)
+        }
+        Some(cli::Command::Keygen(args)) => ok(tool::deploy::keygen(&args.out)),
+        None => ok(run_node(cli.node, shutdown).await),
     }
 }
 
@@ -89,6 +99,7 @@ async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Re
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .map_err(|source| BindError {
+            what: "ring port",
             addr: bind.clone(),
             source,
         })?;

@@ -51,6 +51,26 @@ pub struct Report {
     /// Releases and what runs (see `deploy`).
     #[serde(default)]
     pub deploy: crate::deploy::agent::DeployView,
+    /// The bound address of the node's admin HTTP API (`None`: off).
+    /// Missing in reports of nodes older than the admin API.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Highest replicated config entry version applied here (0: none).
+    #[serde(default)]
+    pub config_version: u64,
+    /// Members this node has linked to as its successor since it started
+    /// (so they were up then): tells a dead member from one not started.
+    #[serde(default)]
+    pub linked_ever: Vec<usize>,
+}
+
+/// The config version the node has applied, as the config station keeps
+/// it in its kv namespace (0 when it does not run or has applied nothing).
+pub fn config_version(kv: &crate::station::KvStore) -> u64 {
+    kv.get(crate::deploy::CONFIG_STATION, "version")
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A node's identity.
@@ -193,6 +213,12 @@ pub fn render(r: &Report) -> String {
         r.uptime_s,
         r.ring_size,
         &r.ring_hash[..r.ring_hash.len().min(12)]
+    );
+    let _ = writeln!(
+        s,
+        "admin API: {}; config version {}",
+        r.admin.as_deref().unwrap_or("off"),
+        r.config_version
     );
     let _ = writeln!(
         s,

@@ -74,6 +74,23 @@ fn check_ports(host: &str, ports: impl Iterator<Item = u16>) -> Result<()> {
     Ok(())
 }
 
+/// The first node's admin port: `--admin-base-port`, or `--base-port` +
+/// 1000.
+///
+/// # Errors
+/// When the admin ports would pass 65535.
+fn admin_base_port(args: &UpArgs) -> Result<u16> {
+    let base = match args.admin_base_port {
+        Some(p) => u32::from(p),
+        None => u32::from(args.base_port) + 1000,
+    };
+    let last = base + u32::from(args.nodes.max(1)) - 1;
+    if last > u32::from(u16::MAX) {
+        anyhow::bail!("admin ports {base}-{last} pass 65535: choose a lower --admin-base-port");
+    }
+    Ok(u16::try_from(base).expect("checked above"))
+}
+
 /// Runs the ring until `shutdown` resolves, then stops every node.
 ///
 /// # Errors
@@ -82,6 +99,9 @@ fn check_ports(host: &str, ports: impl Iterator<Item = u16>) -> Result<()> {
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ring = args.ring()?;
     check_ports(&args.host, (0..args.nodes).map(|i| args.base_port + i))?;
+    let admin_base = admin_base_port(&args)?;
+    check_ports("127.0.0.1", (0..args.nodes).map(|i| admin_base + i))
+        .map_err(|e| e.context("an admin port is taken: choose others with --admin-base-port"))?;
     // Check the stations once here rather than failing in every child, and
     // compile them once into the cache, so the nodes start in milliseconds
     // instead of each compiling the same code.
@@ -114,6 +134,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
             .arg("--ring")
             .arg(&ring)
             .arg("--exit-on-stdin-eof")
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{}", admin_base + i))
             .args(args.stations.to_args());
         if let Some(dir) = &args.stations.data_dir {
             cmd.arg("--data-dir").arg(dir.join(port.to_string()));
@@ -149,6 +171,16 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
         tracker.spawn(keeper.run(child));
     }
     drop(report_tx);
+    if failure.is_none() {
+        for i in 0..args.nodes {
+            println!(
+                "node {}: admin API http://127.0.0.1:{} (status: /v1/status, ring: /v1/ring, \
+                 metrics: /metrics)",
+                args.base_port + i,
+                admin_base + i
+            );
+        }
+    }
 
     if failure.is_none() {
         tokio::pin!(shutdown);

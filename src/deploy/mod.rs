@@ -68,7 +68,6 @@
 //! crashes (`sim`, tests only) checks them.
 
 pub mod agent;
-pub mod client;
 pub mod decide;
 pub mod delta;
 pub mod release;

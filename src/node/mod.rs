@@ -36,19 +36,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span};
 
+use crate::admin;
 use crate::config::NodeConfig;
 use crate::deploy::agent::{self as deploy, DeployView};
 use crate::lograte::LogBackoff;
-use crate::observe::Observer;
+use crate::metrics::Metrics;
+use crate::observe::{Bus, Observer};
 use crate::ring::state::RingState;
 use crate::station::{Inbox, KvStore, NodeInfo, Pipeline, StationHost, StationLimits};
 
+use msg::Msg;
 pub use owner::TICK;
 use owner::{Owner, Stats};
 use upstream::{Claims, Upstreams, accept_loop};
@@ -64,9 +67,21 @@ pub struct NodeHandle {
     kv: KvStore,
     inboxes: Vec<(String, Inbox)>,
     deploy_view: watch::Receiver<DeployView>,
+    admin: Option<SocketAddr>,
+    bus: Arc<Bus>,
 }
 
 impl NodeHandle {
+    /// The address the admin API is bound to (`None`: off).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The node's event bus and metrics (what the admin API serves).
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
     /// The node's deploy state (releases, what runs), as it changes.
     pub fn deploy_view(&self) -> watch::Receiver<DeployView> {
         self.deploy_view.clone()
@@ -142,6 +157,19 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .context("reading the listener address")?;
+    let admin_listener = match &config.admin {
+        Some(a) => Some(admin::server::bind(a).await?),
+        None => None,
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().context("reading the admin address")?),
+        None => None,
+    };
+    let bus = Bus::new(Arc::new(Metrics::new()));
+    bus.metrics()
+        .live_members
+        .set(i64::try_from(config.ring.len()).unwrap_or(i64::MAX));
+    let observer = observer.with_bus(Arc::clone(&bus));
     let me = config.me().clone();
     let node_info = NodeInfo {
         name: me.name.clone(),
@@ -240,13 +268,39 @@ pub async fn start(
         stats: Stats::default(),
         started: Instant::now(),
         addr,
+        admin_addr,
+        kv: kv.clone(),
         cancel: cancel.clone(),
         released,
         tracker: tracker.clone(),
     };
+    if let (Some(listener), Some(settings)) = (admin_listener, &config.admin) {
+        let ask = owner.tx.clone();
+        let status: admin::server::StatusFn = Arc::new(move || {
+            let ask = ask.clone();
+            Box::pin(async move {
+                let (otx, orx) = oneshot::channel();
+                ask.send(Msg::Status(otx)).await.ok()?;
+                serde_json::from_str(&orx.await.ok()?).ok()
+            })
+        });
+        let ctx = admin::server::AdminContext {
+            config: settings.clone(),
+            index: config.index,
+            ring: config.ring.clone(),
+            status,
+            deploy_tx: owner.deploy_tx.clone(),
+            deploy_view: deploy_view.clone(),
+            kv: kv.clone(),
+            inboxes: inboxes.clone(),
+            bus: Arc::clone(&bus),
+        };
+        tracker.spawn(admin::server::serve(listener, ctx, cancel.clone()).instrument(span.clone()));
+    }
     info!(
         parent: &span,
         addr = %addr,
+        admin = %admin_addr.map_or("off".to_string(), |a| format!("http://{a}")),
         name = %me.name,
         ring = %config.ring.describe(),
         ring_hash = &config.ring.hash()[..12],
@@ -263,5 +317,7 @@ pub async fn start(
         kv,
         inboxes,
         deploy_view,
+        admin: admin_addr,
+        bus,
     })
 }

@@ -74,6 +74,10 @@ pub(super) struct Owner {
     pub(super) stats: Stats,
     pub(super) started: Instant,
     pub(super) addr: SocketAddr,
+    /// The bound admin API address (`None`: off), for the status report.
+    pub(super) admin_addr: Option<SocketAddr>,
+    /// The node's key-value store (the config version is read from it).
+    pub(super) kv: crate::station::KvStore,
     pub(super) cancel: CancellationToken,
     /// Cancelled when the owner ends (see `start`).
     pub(super) released: CancellationToken,
@@ -370,7 +374,11 @@ impl Owner {
             }
             Action::Send { link, particle } => {
                 if let Some(arrived) = self.stats.arrived.take() {
-                    self.stats.stays.push(arrived.elapsed());
+                    let stay = arrived.elapsed();
+                    self.stats.stays.push(stay);
+                    if let Some(m) = self.observer.metrics() {
+                        m.hop_stay.observe(stay);
+                    }
                 }
                 let limit = Duration::from_millis(self.config.write_timeout_ms);
                 let sent = match self.links.get(&link) {
@@ -392,12 +400,25 @@ impl Owner {
                     *slot.lock().expect("ack slot") = Some((id, hop));
                 }
             }
-            Action::Created { id, why } => match why {
-                Origin::Injected => info!(particle = %id, "particle injected"),
-                Origin::Regenerated => {
-                    warn!(particle = %id, "no particle within the token timeout: regenerated one");
-                }
-            },
+            Action::Created { id, why } => {
+                let regenerated = match why {
+                    Origin::Injected => {
+                        info!(particle = %id, "particle injected");
+                        false
+                    }
+                    Origin::Regenerated => {
+                        warn!(particle = %id, "no particle within the token timeout: regenerated one");
+                        true
+                    }
+                };
+                self.observer.emit(
+                    self.config.index,
+                    EventKind::ParticleCreated {
+                        generation: id.generation,
+                        regenerated,
+                    },
+                );
+            }
             Action::Dropped { id, reason } => {
                 let reason = match reason {
                     DropReason::Stale { current } => format!("stale (current {current})"),
@@ -555,6 +576,11 @@ impl Owner {
                 .collect(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             deploy: self.deploy_view.borrow().clone(),
+            admin: self.admin_addr.map(|a| a.to_string()),
+            linked_ever: (0..members.len())
+                .filter(|&i| i != self.config.index && self.state.ever_up(i))
+                .collect(),
+            config_version: status::config_version(&self.kv),
         };
         serde_json::to_string(&report).expect("status serializes")
     }

@@ -487,6 +487,7 @@ impl Station {
         let timeout = self.limits.call_timeout;
         let live = self.live.as_mut().expect("ensure_live made an instance");
         Self::begin_call(&mut live.store);
+        let began = Instant::now();
         let result = match live
             .bindings
             .call_on_particle(&mut live.store, ctx, slot)
@@ -502,6 +503,9 @@ impl Station {
             Ok(Err(msg)) => Err(StationError::Guest(msg)),
             Err(e) => Err(classify(e, timeout)),
         };
+        if let Some(m) = self.env.observer.metrics() {
+            m.station_call(&self.name, began.elapsed());
+        }
         if let Err(e) = &result
             && e.discards_instance()
         {

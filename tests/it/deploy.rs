@@ -12,8 +12,9 @@ use bytes::Bytes;
 use ringhost::config::{NodeConfig, StationSpec};
 use ringhost::deploy::agent::{DeployView, StationDeploy, request};
 use ringhost::deploy::release::{Hash, Release, Reply, Request};
-use ringhost::deploy::{client, sign};
+use ringhost::deploy::sign;
 use ringhost::observe::EventKind;
+use ringhost::tool::deploy as client;
 use tokio::net::TcpListener;
 
 use crate::support::{TestRing, assert_single_particle_in_ring_order, host, test_station};
@@ -786,16 +787,14 @@ fn frozen_and_killed_nodes_catch_up_on_deploys_they_missed() {
     let push = |rt: &tokio::runtime::Runtime, to: String, n: u8| -> Hash {
         let file = dir.join(format!("marker{n}.wasm"));
         std::fs::write(&file, marker(n)).unwrap();
-        let args = ringhost::cli::PushArgs {
+        let args = ringhost::tool::deploy::PushOptions {
             file,
             to,
             name: Some("marker".into()),
-            config: vec![],
-            key: None,
             timeout_s: 30,
-            no_wait: false,
+            ..Default::default()
         };
-        rt.block_on(client::push(&args))
+        rt.block_on(ringhost::tool::deploy::push(&args))
             .unwrap_or_else(|e| panic!("push {n}: {e:#}"));
         Hash::of(&marker(n))
     };

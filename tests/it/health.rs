@@ -165,6 +165,8 @@ impl ProcRing {
                 &ring,
             ])
             .args(["--delay-ms", "5", "--failure-timeout-ms", "300"])
+            // A free admin port: tools find it through the ring port.
+            .args(["--admin", "127.0.0.1:0"])
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -532,6 +534,7 @@ impl Nodes {
     fn spawn(&mut self, k: usize, args: &[&str]) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringhost"))
             .args(args)
+            .args(["--admin", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,5 +1,6 @@
 //! The one integration-test binary (see STYLE.md §9).
 
+mod admin;
 mod cut_link;
 mod deploy;
 mod deploy_client;

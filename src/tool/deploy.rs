@@ -1,13 +1,15 @@
 //! The tools' side of deploys: `push`, `rollback`, `config`, `keygen`.
-//! Each talks to one node's ring port; `push` and `rollback` then watch
-//! every member's status until the release runs everywhere it can, and a
-//! few visits more (a version that traps at every visit is rolled back by
+//! Each talks to one node's admin API (found from `--to`, an admin or a
+//! ring address: see [`crate::admin::client::connect`]); `push` and
+//! `rollback` then watch every member's status through that node's
+//! `GET /v1/ring` until the release runs everywhere it can, and a few
+//! visits more (a version that traps at every visit is rolled back by
 //! each node within a few visits: that is a failed push, exit 1).
 //!
 //! Before sending a module, `push` checks what it can locally: the module
 //! limit, the key file's kind, and that the address answers like a
-//! ringhost node (a short status request), so another server on that port
-//! is named as such instead of timing out or failing on its bytes.
+//! ringhost node, so another server on that port is named as such
+//! instead of timing out or failing on its bytes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,23 +18,37 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 
-use super::agent::DeployView;
-use super::agent::request;
-use super::release::{ConfigEntry, Hash, MAX_AHEAD_MS, OrderKey, Release, Reply, Request};
-use super::sign;
-use crate::cli::{ConfigCmd, KeygenArgs, PushArgs, RollbackArgs};
+use crate::admin::api::{Liveness, RingView};
+use crate::admin::client::{AdminClient, PushParams, connect};
+use crate::deploy::agent::DeployView;
+use crate::deploy::release::{ConfigEntry, Hash, MAX_AHEAD_MS, OrderKey, Release};
+use crate::deploy::sign;
 use crate::station::MAX_MODULE_BYTES;
 use crate::status;
 
-/// Frames a tool accepts (a module push is at most 8 MiB).
-const MAX_FRAME: usize = 16 << 20;
+/// Bound on one `GET /v1/ring` while watching a release travel.
+const RING_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bound on the first node's answer (it compiles and runs init first).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Bound on the status request that checks the address is a ringhost
-/// node before a module is sent (a node answers in milliseconds).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// `ringhost push`, in plain parameters.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// The component to push.
+    pub file: std::path::PathBuf,
+    /// A node (admin or ring address).
+    pub to: String,
+    /// Station name (default: the file name without `.wasm`).
+    pub name: Option<String>,
+    /// `init` config, `KEY=VALUE` each.
+    pub config: Vec<String>,
+    /// Secret key file to sign with.
+    pub key: Option<std::path::PathBuf>,
+    /// Give up waiting after this many seconds.
+    pub timeout_s: u64,
+    /// Return once the first node has accepted it.
+    pub no_wait: bool,
+    /// Bearer token for the admin API.
+    pub token: Option<String>,
+}
 
 /// Visits each node makes with the new version before `push` calls it
 /// settled: past the default `--rollback-after` (3 faults), and long
@@ -48,7 +64,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(10);
 ///
 /// # Errors
 /// When the module is refused, or some live node does not run it in time.
-pub async fn push(args: &PushArgs) -> Result<()> {
+pub async fn push(args: &PushOptions) -> Result<()> {
     let size = std::fs::metadata(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?
         .len();
@@ -85,7 +101,7 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         }
         None => (None, None),
     };
-    probe(&args.to).await?;
+    let node = connect(&args.to, args.token.clone()).await?;
     eprintln!(
         "pushing {} ({} bytes, sha256 {}) as {name} to {}",
         args.file.display(),
@@ -93,15 +109,18 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         Hash::of(&bytes).short(),
         args.to
     );
-    let req = Request::Push {
+    let params = PushParams {
         name: name.clone(),
         config,
         signer,
         signature,
-        local: false,
     };
-    let before = faults_before(&args.to, &name).await;
-    let (release, unchanged) = publish(&args.to, req, Bytes::from(bytes)).await?;
+    let before = faults_before(&node, &name).await;
+    let answer = node
+        .push(&params, Bytes::from(bytes))
+        .await
+        .with_context(|| format!("pushing to {}", args.to))?;
+    let (release, unchanged) = (answer.release, answer.unchanged);
     if unchanged {
         println!(
             "{} already has this module and config: nothing to push",
@@ -119,7 +138,7 @@ pub async fn push(args: &PushArgs) -> Result<()> {
         return Ok(());
     }
     wait_ring(
-        &args.to,
+        &node,
         &release,
         &before,
         Duration::from_secs(args.timeout_s),
@@ -127,26 +146,22 @@ pub async fn push(args: &PushArgs) -> Result<()> {
     .await
 }
 
-/// `ringhost rollback`.
+/// `ringhost rollback`: station `name` through node `to`, waiting at most
+/// `timeout_s` seconds.
 ///
 /// # Errors
 /// When the node has nothing to roll back to, or some live node does not
 /// run the previous version in time.
-pub async fn rollback(args: &RollbackArgs) -> Result<()> {
-    let req = Request::Rollback {
-        name: args.name.clone(),
-    };
-    probe(&args.to).await?;
-    let before = faults_before(&args.to, &args.name).await;
-    let (release, _) = publish(&args.to, req, Bytes::new()).await?;
-    eprintln!("rolling back: {} published by {}", release.label(), args.to);
-    wait_ring(
-        &args.to,
-        &release,
-        &before,
-        Duration::from_secs(args.timeout_s),
-    )
-    .await
+pub async fn rollback(to: &str, name: &str, timeout_s: u64, token: Option<String>) -> Result<()> {
+    let node = connect(to, token).await?;
+    let before = faults_before(&node, name).await;
+    let answer = node
+        .rollback(name)
+        .await
+        .with_context(|| format!("rolling back {name} through {to}"))?;
+    let release = answer.release;
+    eprintln!("rolling back: {} published by {to}", release.label());
+    wait_ring(&node, &release, &before, Duration::from_secs(timeout_s)).await
 }
 
 /// Refuses a module over the nodes' module limit before sending it.
@@ -163,24 +178,17 @@ fn check_module_size(file: &std::path::Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `to` answers like a ringhost node, within a short bound.
-async fn probe(to: &str) -> Result<status::Report> {
-    status::query(to, PROBE_TIMEOUT).await
-}
-
 /// Each member's fault count of station `name` before a push (members
 /// that do not answer, or do not run it, are left out): what the settle
 /// window compares against, so faults of the version being replaced are
 /// not blamed on the new one.
-async fn faults_before(to: &str, name: &str) -> BTreeMap<usize, u64> {
+async fn faults_before(node: &AdminClient, name: &str) -> BTreeMap<usize, u64> {
     let mut out = BTreeMap::new();
-    let Ok(first) = status::query(to, Duration::from_secs(2)).await else {
+    let Ok(ring) = node.ring(RING_TIMEOUT).await else {
         return out;
     };
-    for m in &first.members {
-        if let Ok(r) = status::query(&m.addr, Duration::from_secs(1)).await
-            && let Some(f) = faults_of(&r, name)
-        {
+    for m in &ring.members {
+        if let Some(f) = m.report.as_deref().and_then(|r| faults_of(r, name)) {
             out.insert(m.index, f);
         }
     }
@@ -194,19 +202,6 @@ fn faults_of(report: &status::Report, name: &str) -> Option<u64> {
         .iter()
         .find(|s| s.name == name)
         .map(|s| s.faults)
-}
-
-/// Sends a push or rollback; returns the release and whether it was
-/// already current (nothing published).
-async fn publish(to: &str, req: Request, blob: Bytes) -> Result<(Release, bool)> {
-    let (reply, _) = request(to, req, blob, MAX_FRAME, ANSWER_TIMEOUT).await?;
-    if let Some(e) = reply.error {
-        bail!("{to}: {e}");
-    }
-    let release = reply
-        .release
-        .context("the node answered without a release")?;
-    Ok((release, reply.unchanged))
 }
 
 /// Where one member stands with a release.
@@ -227,13 +222,13 @@ enum Standing {
 /// station on a node running the release (`before`: each member's fault
 /// count before the push, see [`faults_before`]).
 async fn wait_ring(
-    to: &str,
+    node: &AdminClient,
     release: &Release,
     before: &BTreeMap<usize, u64>,
     limit: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + limit;
-    let first = status::query(to, Duration::from_secs(5)).await?;
+    let first = node.ring(RING_TIMEOUT).await?;
     let members: Vec<(usize, String, String)> = first
         .members
         .iter()
@@ -251,7 +246,8 @@ async fn wait_ring(
     let mut settle_until: Option<Instant> = None;
     let mut last_line = String::new();
     loop {
-        for (index, _, addr) in &members {
+        let round = node.ring(RING_TIMEOUT).await;
+        for (index, _, _) in &members {
             if matches!(
                 standing.get(index),
                 Some(Standing::Failed(_) | Standing::Superseded(_))
@@ -259,7 +255,7 @@ async fn wait_ring(
                 continue;
             }
             let was_running = standing.get(index) == Some(&Standing::Running);
-            let now = match status::query(addr, Duration::from_secs(1)).await {
+            let now = match member_report(&round, *index) {
                 Ok(r) => {
                     misses.remove(index);
                     for c in conflicts_about(&r.deploy, release) {
@@ -268,11 +264,11 @@ async fn wait_ring(
                             notes.push(note);
                         }
                     }
-                    let mut now = standing_of(&r, release);
+                    let mut now = standing_of(r, release);
                     if now == Standing::Running {
                         let v = visits.entry(*index).or_insert((r.visits, r.visits));
                         v.1 = r.visits;
-                        let count = faults_of(&r, &release.name).unwrap_or(0);
+                        let count = faults_of(r, &release.name).unwrap_or(0);
                         let new = match faults.insert(*index, count) {
                             // First seen running it: faults that are not
                             // the old version's count are the new one's.
@@ -366,6 +362,25 @@ async fn wait_ring(
     }
 }
 
+/// Member `index`'s report in a `GET /v1/ring` answer, or why there is
+/// none.
+fn member_report(round: &Result<RingView>, index: usize) -> Result<&status::Report> {
+    let ring = round.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+    let m = ring
+        .members
+        .iter()
+        .find(|m| m.index == index)
+        .with_context(|| format!("member {index} is not in the ring view"))?;
+    match (&m.report, m.liveness) {
+        (Some(r), Liveness::Live) => Ok(r),
+        _ => Err(anyhow!(
+            "{}: {}",
+            m.liveness.word(),
+            m.error.as_deref().unwrap_or("no report")
+        )),
+    }
+}
+
 fn count(m: &BTreeMap<usize, Standing>, f: impl Fn(&Standing) -> bool) -> usize {
     m.values().filter(|s| f(s)).count()
 }
@@ -437,18 +452,55 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
     }
 }
 
-/// `ringhost config`.
+/// Writes a config entry through node `to` (admin or ring address) and
+/// waits until it has reached the next live node (see `config`).
+///
+/// # Errors
+/// When the node refuses, or the write does not get on within 10 s.
+pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
+    set_through(&connect(to, None).await?, key, value).await
+}
+
+/// Reads one config entry from node `to` (admin or ring address).
+///
+/// # Errors
+/// When the node cannot be asked or does not run the config station.
+pub async fn get(to: &str, key: &str) -> Result<ConfigEntry> {
+    connect(to, None).await?.config_get(key).await
+}
+
+/// What `ringhost config` does.
+#[derive(Debug, Clone)]
+pub enum ConfigAction {
+    /// Set the key to the value.
+    Set(String),
+    /// Delete the key.
+    Delete,
+    /// Print the key's value (`json`: the whole entry).
+    Get {
+        /// Print the entry as JSON.
+        json: bool,
+    },
+}
+
+/// `ringhost config`: `action` on `key` through node `to`.
 ///
 /// # Errors
 /// When the node does not run the config station, a write is not carried
 /// on within its deadline, or (get, with or without `--json`) the key is
 /// unset.
-pub async fn config(cmd: &ConfigCmd) -> Result<()> {
-    match cmd {
-        ConfigCmd::Set { key, value, to } => set(to, key, Some(value.clone())).await,
-        ConfigCmd::Delete { key, to } => set(to, key, None).await,
-        ConfigCmd::Get { key, to, json } => {
-            let entry = get(to, key).await?;
+pub async fn config(
+    to: &str,
+    key: &str,
+    action: &ConfigAction,
+    token: Option<String>,
+) -> Result<()> {
+    let node = connect(to, token).await?;
+    match action {
+        ConfigAction::Set(value) => set_through(&node, key, Some(value.clone())).await,
+        ConfigAction::Delete => set_through(&node, key, None).await,
+        ConfigAction::Get { json } => {
+            let entry = node.config_get(key).await?;
             // Both forms exit 1 for an unset key; --json still prints the
             // entry (its config version says what the node has seen).
             if *json {
@@ -464,45 +516,23 @@ pub async fn config(cmd: &ConfigCmd) -> Result<()> {
     }
 }
 
-/// Reads one config entry from a node.
-///
-/// # Errors
-/// When the node cannot be asked or does not run the config station.
-pub async fn get(to: &str, key: &str) -> Result<ConfigEntry> {
-    let req = Request::ConfigGet { key: key.into() };
-    let (reply, _) = request(to, req, Bytes::new(), MAX_FRAME, Duration::from_secs(5)).await?;
-    ok(to, &reply)?;
-    reply.config.context("the node answered without the entry")
-}
-
-fn ok(to: &str, reply: &Reply) -> Result<()> {
-    match &reply.error {
-        Some(e) => bail!("{to}: {e}"),
-        None => Ok(()),
-    }
-}
-
-/// Writes a config entry through node `to` and waits until the write (or
-/// a later write of the key) has reached the next live node, so a crash of
-/// `to` does not lose it.
+/// Writes a config entry through `node` and waits until the write (or a
+/// later write of the key) has reached the next live node, so a crash of
+/// that node does not lose it.
 ///
 /// # Errors
 /// When the node refuses, or the write does not get on within 10 s.
-pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
-    let me = status::query(to, Duration::from_secs(5)).await?;
-    let before = get(to, key).await?.ver.unwrap_or(0);
-    let req = Request::ConfigSet {
-        key: key.into(),
-        value,
-    };
-    let (reply, _) = request(to, req, Bytes::new(), MAX_FRAME, Duration::from_secs(5)).await?;
-    ok(to, &reply)?;
+async fn set_through(node: &AdminClient, key: &str, value: Option<String>) -> Result<()> {
+    let to = node.addr().to_string();
+    let me = node.status(RING_TIMEOUT).await?;
+    let before: u64 = node.config_get(key).await?.ver.unwrap_or(0);
+    node.config_set(key, value).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     // Taken by the station here (the inbox is first in, first out) and the
     // key's entry newer than before: the write is in the particle's slot,
     // as this entry or a later one.
     let ver = loop {
-        let e = get(to, key).await?;
+        let e: ConfigEntry = node.config_get(key).await?;
         let ver = e.ver.unwrap_or(0);
         if e.pending == 0 && ver > before {
             break ver;
@@ -512,21 +542,25 @@ pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // And carried on: the successor has this entry or a later one.
-    // (A successor index the node's own member list lacks is not followed.)
+    // And carried on: the successor's config version (the highest entry
+    // version it applied) has reached this entry's.
     if let Some(next) = me
         .successor
         .filter(|s| *s != me.node.index && me.successor_up)
-        .and_then(|s| me.members.get(s))
     {
-        let addr = &next.addr;
         loop {
-            let e = get(addr, key).await?;
-            if e.ver.unwrap_or(0) >= ver {
+            let ring = node.ring(RING_TIMEOUT).await?;
+            let there = ring
+                .members
+                .iter()
+                .find(|m| m.index == next)
+                .and_then(|m| m.config_version)
+                .unwrap_or(0);
+            if there >= ver {
                 break;
             }
             if Instant::now() >= deadline {
-                bail!("the write has not reached {addr} within 10 s");
+                bail!("the write has not reached member {next} within 10 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -535,17 +569,17 @@ pub async fn set(to: &str, key: &str, value: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// `ringhost keygen`.
+/// `ringhost keygen`: the secret key in `out`, the public key beside it.
 ///
 /// # Errors
 /// When the key files cannot be written (or already exist).
-pub fn keygen(args: &KeygenArgs) -> Result<()> {
+pub fn keygen(out: &std::path::Path) -> Result<()> {
     let key = sign::generate();
-    let public = sign::write_key(&args.out, &key)?;
+    let public = sign::write_key(out, &key)?;
     eprintln!(
         "secret key: {} (keep it private); public key: {}",
-        args.out.display(),
-        sign::public_path(&args.out).display()
+        out.display(),
+        sign::public_path(out).display()
     );
     println!("{public}");
     Ok(())

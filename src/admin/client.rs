@@ -1,0 +1,316 @@
+//! The tools' side of the admin API: a small HTTP/1 client (hyper-util's)
+//! and how a tool finds a node's admin API.
+//!
+//! `--to` takes either address of a node. [`connect`] first asks it as an
+//! admin API (`GET /v1/status`); when that fails it asks it as a ring port
+//! (the status request members answer), whose report names the node's
+//! bound admin address. There is no "ring port + 1000" guess: the report
+//! says where the admin API is, or that it is off.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::api::{ConfigBody, DeployAnswer, ErrorBody, RingView, RollbackBody};
+use crate::deploy::release::{ConfigEntry, Hash};
+use crate::status::{self, Report};
+
+/// Bound on each of the two probes [`connect`] makes.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bound on an ordinary request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on a push or rollback answer (the node compiles and runs `init`).
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A node's admin API.
+#[derive(Clone)]
+pub struct AdminClient {
+    addr: String,
+    token: Option<String>,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminClient({})", self.addr)
+    }
+}
+
+/// What a push sends besides the module.
+#[derive(Debug, Clone, Default)]
+pub struct PushParams {
+    /// Station name.
+    pub name: String,
+    /// `init` config.
+    pub config: Vec<(String, String)>,
+    /// Signer's public key.
+    pub signer: Option<Hash>,
+    /// Signature over the module hash, hex.
+    pub signature: Option<String>,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `addr` (`host:port`), sending `token`
+    /// as a bearer token on mutating requests when given.
+    pub fn new(addr: &str, token: Option<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(PROBE_TIMEOUT));
+        Self {
+            addr: addr.to_string(),
+            token,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// The admin address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One request; the answer's JSON body as `T`.
+    ///
+    /// # Errors
+    /// When the node cannot be reached, does not answer within `within`,
+    /// or answers an error (its `error` text is the message).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        within: Duration,
+    ) -> Result<T> {
+        let (status, bytes) = self.exchange(method.clone(), path, body, within).await?;
+        if !status.is_success() {
+            let why = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
+            bail!("{} {method} {path}: {status}: {why}", self.addr);
+        }
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} {method} {path}: parsing the answer", self.addr))
+    }
+
+    /// One request; the status and the raw body.
+    ///
+    /// # Errors
+    /// When the node cannot be reached or does not answer within `within`.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        within: Duration,
+    ) -> Result<(StatusCode, Bytes)> {
+        let uri = format!("http://{}{path}", self.addr);
+        let mut req = hyper::Request::builder().method(method).uri(&uri);
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let (bytes, kind) = body.unwrap_or((Bytes::new(), "application/json"));
+        let req = req
+            .header(header::CONTENT_TYPE, kind)
+            .body(Full::new(bytes))
+            .with_context(|| format!("building a request for {uri}"))?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| anyhow!("{uri}: {}", chain(&e)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .with_context(|| format!("{uri}: reading the answer"))?
+                .to_bytes();
+            Ok::<_, anyhow::Error>((status, body))
+        };
+        tokio::time::timeout(within, exchange)
+            .await
+            .map_err(|_| anyhow!("{uri}: no answer within {within:?}"))?
+    }
+
+    /// `GET /v1/status`.
+    ///
+    /// # Errors
+    /// See [`AdminClient::call`].
+    pub async fn status(&self, within: Duration) -> Result<Report> {
+        self.call(Method::GET, "/v1/status", None, within).await
+    }
+
+    /// `GET /v1/ring`.
+    ///
+    /// # Errors
+    /// See [`AdminClient::call`].
+    pub async fn ring(&self, within: Duration) -> Result<RingView> {
+        self.call(Method::GET, "/v1/ring", None, within).await
+    }
+
+    /// `POST /v1/push` with the module as the body.
+    ///
+    /// # Errors
+    /// See [`AdminClient::call`]; a refused module is an error naming why.
+    pub async fn push(&self, p: &PushParams, module: Bytes) -> Result<DeployAnswer> {
+        let mut q: Vec<(&str, String)> = vec![("name", p.name.clone())];
+        q.extend(p.config.iter().map(|(k, v)| ("config", format!("{k}={v}"))));
+        if let Some(s) = &p.signer {
+            q.push(("signer", s.to_string()));
+        }
+        if let Some(s) = &p.signature {
+            q.push(("signature", s.clone()));
+        }
+        let query = serde_urlencoded::to_string(&q).context("encoding the push query")?;
+        let path = format!("/v1/push?{query}");
+        let body = Some((module, "application/wasm"));
+        self.call(Method::POST, &path, body, DEPLOY_TIMEOUT).await
+    }
+
+    /// `POST /v1/rollback`.
+    ///
+    /// # Errors
+    /// See [`AdminClient::call`].
+    pub async fn rollback(&self, name: &str) -> Result<DeployAnswer> {
+        let body = json(&RollbackBody { name: name.into() })?;
+        self.call(Method::POST, "/v1/rollback", body, DEPLOY_TIMEOUT)
+            .await
+    }
+
+    /// `GET /v1/config/{key}`.
+    ///
+    /// # Errors
+    /// See [`AdminClient::call`].
+    pub async fn config_get(&self, key: &str) -> Result<ConfigEntry> {
+        let path = format!("/v1/config/{}", path_segment(key));
+        self.call(Method::GET, &path, None, REQUEST_TIMEOUT).await
+    }
+
+    /// `PUT /v1/config/{key}` (`Some`) or `DELETE` (`None`).
+    ///
+    /// # Errors
+    /// See [`AdminClient::call`].
+    pub async fn config_set(&self, key: &str, value: Option<String>) -> Result<()> {
+        let path = format!("/v1/config/{}", path_segment(key));
+        let _: serde_json::Value = match value {
+            Some(value) => {
+                let body = json(&ConfigBody { value })?;
+                self.call(Method::PUT, &path, body, REQUEST_TIMEOUT).await?
+            }
+            None => {
+                self.call(Method::DELETE, &path, None, REQUEST_TIMEOUT)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+}
+
+fn json(body: &impl Serialize) -> Result<Option<(Bytes, &'static str)>> {
+    Ok(Some((
+        Bytes::from(serde_json::to_vec(body)?),
+        "application/json",
+    )))
+}
+
+/// `s` percent-encoded for one path segment.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The admin API of the node at `to`, an admin address or a ring address
+/// (see the module docs).
+///
+/// # Errors
+/// When `to` answers as neither, or is a ring port of a node whose admin
+/// API is off.
+pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
+    let direct = AdminClient::new(to, token.clone());
+    let http_err = match direct.status(PROBE_TIMEOUT).await {
+        Ok(_) => return Ok(direct),
+        Err(e) => e,
+    };
+    let report = match status::query(to, PROBE_TIMEOUT).await {
+        Ok(r) => r,
+        Err(ring_err) => bail!(
+            "{to} answers neither as a ringhost admin API nor as a ring port: is it a \
+             ringhost node? (as admin API: {http_err:#}; as ring port: {ring_err:#})"
+        ),
+    };
+    let Some(admin) = report.admin else {
+        bail!(
+            "{to} is the ring port of node {} ({}), whose admin API is off (started with \
+             --admin off)",
+            report.node.index,
+            report.node.name
+        );
+    };
+    let client = AdminClient::new(&reachable(&admin, to), token);
+    client
+        .status(PROBE_TIMEOUT)
+        .await
+        .with_context(|| format!("{to} says its admin API is at {admin}"))?;
+    Ok(client)
+}
+
+/// `admin` as reachable from here: an admin API bound to every interface
+/// (`0.0.0.0`, `[::]`) is asked at the host the tool reached.
+fn reachable(admin: &str, to: &str) -> String {
+    let host = |a: &str| a.rsplit_once(':').map(|(h, _)| h.to_string());
+    match (host(admin), admin.rsplit_once(':'), host(to)) {
+        (Some(h), Some((_, port)), Some(to_host)) if h == "0.0.0.0" || h == "[::]" => {
+            format!("{to_host}:{port}")
+        }
+        _ => admin.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_bound_everywhere_is_asked_where_the_tool_reached_the_node() {
+        assert_eq!(reachable("0.0.0.0:4000", "10.0.0.5:3000"), "10.0.0.5:4000");
+        assert_eq!(
+            reachable("127.0.0.1:4000", "127.0.0.1:3000"),
+            "127.0.0.1:4000"
+        );
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,759 @@
+//! The admin HTTP server of one node (axum), started by `node::start`
+//! beside the ring listener and stopped with the node.
+//!
+//! Routes, bodies and errors are listed in `openapi.yaml` (served at
+//! `GET /v1/openapi.yaml`; a test checks every route here is in it).
+//!
+//! What the server may not do: slow the particle. It reads the node
+//! through a status request to the owner task (one message, answered
+//! between visits), the deploy agent's request channel, the kv store and
+//! inboxes (short locks), the event bus (a broadcast: a slow reader loses
+//! events, it never blocks the sender) and the metrics (atomics).
+//!
+//! # `GET /v1/ring`
+//! The members' reports are gathered over the members' **ring ports**
+//! (the status request members already answer each other), concurrently,
+//! each within [`GATHER_TIMEOUT`]. Not from their admin APIs: every
+//! member's ring address is in the enumeration every node holds, while an
+//! admin address is each node's own choice, may be off, and is loopback
+//! by default, so on a real fleet another host cannot reach it. (The
+//! ring port's status request must therefore stay as member-to-member
+//! traffic when the operator requests move off the ring port.)
+//!
+//! A member that answers is `live`. One that does not is `dead` if this
+//! server has ever seen it up (it answered a gather, this node linked to
+//! it or spliced it back in, or a member reports having linked to it as
+//! its successor), else `not-started`.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, RawQuery, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::api::{
+    ConfigBody, DeployAnswer, ErrorBody, InboxAnswer, KV_LIST_MAX, KvEntry, KvListing, Liveness,
+    MemberView, RingView, RollbackBody, is_healthy,
+};
+use crate::config::{AdminConfig, RingLayout};
+use crate::deploy::agent::{DeployMsg, DeployView};
+use crate::deploy::release::{Hash, Reply, Request as DeployRequest};
+use crate::metrics::{FetchLabels, Metrics, RequestLabels};
+use crate::observe::{Bus, EventKind};
+use crate::station::{Inbox, KvStore};
+use crate::status::{self, Report};
+
+/// Bound on one member's status answer while gathering `GET /v1/ring`.
+pub const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Body limit of `POST /v1/push`: the module limit and a little more.
+pub const PUSH_BODY_LIMIT: usize = crate::station::MAX_MODULE_BYTES + (64 << 10);
+
+/// Body limit of every other request.
+pub const BODY_LIMIT: usize = 64 << 10;
+
+/// Bound on a deploy request's answer (a push compiles and runs `init`).
+pub const DEPLOY_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long open requests (an event stream, a push) get to finish once
+/// the node stops.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The OpenAPI description of this server.
+pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
+
+/// Asks the node's owner task for its status report; `None` when the node
+/// is stopping.
+pub type StatusFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Report>> + Send>> + Send + Sync>;
+
+/// What the server needs of its node.
+pub struct AdminContext {
+    /// The settings (token, whether it is required).
+    pub config: AdminConfig,
+    /// The node's index in the ring.
+    pub index: usize,
+    /// The ring enumeration.
+    pub ring: RingLayout,
+    /// The node's status report.
+    pub status: StatusFn,
+    /// The deploy agent's request channel.
+    pub deploy_tx: mpsc::Sender<DeployMsg>,
+    /// The deploy agent's published state.
+    pub deploy_view: watch::Receiver<DeployView>,
+    /// The node's kv store.
+    pub kv: KvStore,
+    /// The stations' inboxes.
+    pub inboxes: Vec<(String, Inbox)>,
+    /// The node's event bus (and through it, its metrics).
+    pub bus: Arc<Bus>,
+}
+
+struct Inner {
+    ctx: AdminContext,
+    /// Members this server has seen up (see the module docs).
+    ever_up: Mutex<HashSet<usize>>,
+    cancel: CancellationToken,
+}
+
+#[derive(Clone)]
+struct App(Arc<Inner>);
+
+impl std::ops::Deref for App {
+    type Target = AdminContext;
+    fn deref(&self) -> &AdminContext {
+        &self.0.ctx
+    }
+}
+
+/// An error answer: a status and a one-line reason, sent as [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(code: StatusCode, why: impl Into<String>) -> Self {
+        Self(code, why.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let code = r.status();
+        if code == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(code, "request body over this endpoint's size limit")
+        } else {
+            Self::new(code, format!("reading the request body: {}", r.body_text()))
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = r.status();
+        if code == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(code, "request body over this endpoint's size limit")
+        } else {
+            Self::new(code, r.body_text())
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Binds the admin listener.
+///
+/// # Errors
+/// A [`crate::BindError`] naming the admin address.
+pub async fn bind(config: &AdminConfig) -> Result<TcpListener, crate::BindError> {
+    TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| crate::BindError {
+            what: "admin address",
+            addr: config.listen.clone(),
+            source,
+        })
+}
+
+/// Serves the admin API on `listener` until `cancel`, then gives open
+/// requests [`STOP_GRACE`] to end.
+pub async fn serve(listener: TcpListener, ctx: AdminContext, cancel: CancellationToken) {
+    let mut ever_up = HashSet::from([ctx.index]);
+    ever_up.shrink_to_fit();
+    let app = App(Arc::new(Inner {
+        ctx,
+        ever_up: Mutex::new(ever_up),
+        cancel: cancel.clone(),
+    }));
+    let watcher = tokio::spawn(watch_members(app.clone(), cancel.clone()));
+    let router = router(app);
+    let stopped = cancel.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(stopped.cancelled_owned());
+    tokio::select! {
+        r = server => if let Err(e) = r {
+            warn!(cause = %e, "admin server stopped");
+        },
+        () = async { cancel.cancelled().await; tokio::time::sleep(STOP_GRACE).await } => {
+            info!("admin requests still open after stopping; dropped");
+        }
+    }
+    watcher.abort();
+}
+
+/// Records members seen up from the node's events.
+async fn watch_members(app: App, cancel: CancellationToken) {
+    let mut rx = app.bus.subscribe();
+    loop {
+        let ev = tokio::select! {
+            () = cancel.cancelled() => return,
+            ev = rx.recv() => ev,
+        };
+        match ev {
+            Ok(ev) => match ev.kind {
+                EventKind::MemberUp { peer } => app.saw_up(peer),
+                EventKind::SuccessorLinked { successor } => app.saw_up(successor),
+                EventKind::MemberDown {
+                    peer, left: true, ..
+                } => app.saw_up(peer),
+                _ => {}
+            },
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The router: every route of the API (also used by the route test).
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/ring", get(ring))
+        .route("/v1/events", get(events))
+        .route("/v1/stations/{name}/kv", get(kv_list))
+        .route("/v1/stations/{name}/kv/{key}", get(kv_get))
+        .route("/v1/stations/{name}/inbox", axum::routing::post(inbox_post))
+        .route(
+            "/v1/push",
+            axum::routing::post(push).layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)),
+        )
+        .route("/v1/rollback", axum::routing::post(rollback))
+        .route(
+            "/v1/config/{key}",
+            get(config_get).put(config_put).delete(config_delete),
+        )
+        .route("/v1/openapi.yaml", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(middleware::from_fn_with_state(app.clone(), count))
+        .with_state(app)
+}
+
+/// Every route pattern the router serves, for the OpenAPI test.
+pub const ROUTES: &[&str] = &[
+    "/v1/status",
+    "/v1/ring",
+    "/v1/events",
+    "/v1/stations/{name}/kv",
+    "/v1/stations/{name}/kv/{key}",
+    "/v1/stations/{name}/inbox",
+    "/v1/push",
+    "/v1/rollback",
+    "/v1/config/{key}",
+    "/v1/openapi.yaml",
+    "/metrics",
+];
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {} (see /v1/openapi.yaml)",
+            req.uri().path()
+        ),
+    )
+}
+
+async fn wrong_method(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Counts every request by route and status.
+async fn count(State(app): State<App>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = next.run(req).await;
+    let labels = RequestLabels {
+        route,
+        code: response.status().as_u16(),
+    };
+    app.bus
+        .metrics()
+        .admin_requests
+        .get_or_create(&labels)
+        .inc();
+    response
+}
+
+/// Mutating requests carry the bearer token when it is required.
+async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if mutating && app.config.require_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = match (&app.config.token, given) {
+            (Some(token), Some(given)) => same_secret(token.as_bytes(), given.trim().as_bytes()),
+            _ => false,
+        };
+        if !ok {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this admin API is not on a loopback address: a mutating request needs \
+                 `Authorization: Bearer <token>` with the node's --admin-token-file token",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl App {
+    fn saw_up(&self, member: usize) {
+        self.0.ever_up.lock().expect("ever_up lock").insert(member);
+    }
+
+    async fn report(&self) -> ApiResult<Report> {
+        match tokio::time::timeout(Duration::from_secs(5), (self.status)()).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node is stopping",
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node did not answer a status request within 5 s",
+            )),
+        }
+    }
+
+    /// Whether this node runs (or has a release of) station `name`.
+    fn station_known(&self, name: &str) -> ApiResult<()> {
+        let known = self.inboxes.iter().any(|(n, _)| n == name)
+            || self
+                .deploy_view
+                .borrow()
+                .stations
+                .iter()
+                .any(|s| s.name == name);
+        if known {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("this node runs no station named {name:?}"),
+            ))
+        }
+    }
+
+    /// One request to the deploy agent.
+    async fn deploy(&self, req: DeployRequest, blob: Bytes) -> ApiResult<Reply> {
+        let (tx, rx) = oneshot::channel();
+        let msg = DeployMsg::Request {
+            req,
+            blob,
+            reply: tx,
+        };
+        let stopping = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+        self.deploy_tx.send(msg).await.map_err(|_| stopping())?;
+        let (reply, _) = tokio::select! {
+            () = self.0.cancel.cancelled() => return Err(stopping()),
+            r = tokio::time::timeout(DEPLOY_ANSWER_TIMEOUT, rx) => match r {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => return Err(stopping()),
+                Err(_) => return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the deploy agent did not answer within {DEPLOY_ANSWER_TIMEOUT:?}"),
+                )),
+            },
+        };
+        match reply.error {
+            Some(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)),
+            None => Ok(reply),
+        }
+    }
+}
+
+async fn status(State(app): State<App>) -> ApiResult<Json<Report>> {
+    app.report().await.map(Json)
+}
+
+async fn ring(State(app): State<App>) -> ApiResult<Json<RingView>> {
+    let me = app.report().await?;
+    let members = app.ring.members();
+    let asks = members.iter().enumerate().map(|(i, m)| {
+        let mine = (i == app.index).then(|| me.clone());
+        async move {
+            match mine {
+                Some(r) => Ok(r),
+                None => status::query(&m.addr, GATHER_TIMEOUT).await,
+            }
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut views = Vec::with_capacity(members.len());
+    {
+        let mut ever_up = app.0.ever_up.lock().expect("ever_up lock");
+        for r in answers.iter().flatten() {
+            ever_up.insert(r.node.index);
+            if let Some(s) = r.successor.filter(|_| r.successor_up) {
+                ever_up.insert(s);
+            }
+            ever_up.extend(r.linked_ever.iter().copied());
+        }
+        for (i, (m, answer)) in members.iter().zip(answers).enumerate() {
+            let in_view = me.members.get(i).is_some_and(|s| s.live);
+            views.push(match answer {
+                // A member answering for another index (a changed ring) is
+                // not that member.
+                Ok(r) if r.node.index == i => MemberView::from_report(in_view, r),
+                other => {
+                    let error = match other {
+                        Ok(r) => format!("answered as member {}", r.node.index),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    MemberView {
+                        index: i,
+                        name: m.name.clone(),
+                        addr: m.addr.clone(),
+                        liveness: if ever_up.contains(&i) {
+                            Liveness::Dead
+                        } else {
+                            Liveness::NotStarted
+                        },
+                        in_view,
+                        error: Some(error),
+                        admin: None,
+                        pid: None,
+                        uptime_s: None,
+                        stations: Vec::new(),
+                        lap_p50_ms: None,
+                        lap_p99_ms: None,
+                        faults: 0,
+                        config_version: None,
+                        report: None,
+                    }
+                }
+            });
+        }
+    }
+    Ok(Json(RingView {
+        node: app.index,
+        ring_size: members.len(),
+        ring_hash: app.ring.hash().to_string(),
+        healthy: is_healthy(&views),
+        members: views,
+    }))
+}
+
+async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = app.bus.subscribe();
+    let stream = futures::stream::unfold((rx, 0u64), |(mut rx, last)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let Ok(json) = serde_json::to_value(&ev) else {
+                        continue;
+                    };
+                    let kind = json["type"].as_str().unwrap_or("event").to_string();
+                    let event = Event::default()
+                        .id(ev.id.to_string())
+                        .event(kind)
+                        .data(json.to_string());
+                    return Some((Ok(event), (rx, ev.id)));
+                }
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    // The id stays the last one delivered.
+                    let data = serde_json::json!({ "type": "lagged", "skipped": skipped });
+                    let event = Event::default()
+                        .id(last.to_string())
+                        .event("lagged")
+                        .data(data.to_string());
+                    return Some((Ok(event), (rx, last)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = stream.take_until(app.0.cancel.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(Deserialize)]
+struct PrefixQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn kv_list(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    query: Result<Query<PrefixQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<KvListing>> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    app.station_known(&name)?;
+    let keys: Vec<String> = app
+        .kv
+        .keys(&name)
+        .into_iter()
+        .filter(|k| k.starts_with(&q.prefix))
+        .collect();
+    let truncated = keys.len() > KV_LIST_MAX;
+    let entries = keys
+        .into_iter()
+        .take(KV_LIST_MAX)
+        .filter_map(|k| app.kv.get(&name, &k).map(|v| KvEntry::new(k, v)))
+        .collect();
+    Ok(Json(KvListing {
+        station: name,
+        entries,
+        truncated,
+    }))
+}
+
+async fn kv_get(
+    State(app): State<App>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<Json<KvEntry>> {
+    app.station_known(&name)?;
+    match app.kv.get(&name, &key) {
+        Some(v) => Ok(Json(KvEntry::new(key, v))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("station {name} has no key {key:?}"),
+        )),
+    }
+}
+
+async fn inbox_post(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<InboxAnswer>)> {
+    let body = body?;
+    app.station_known(&name)?;
+    let Some((_, inbox)) = app.inboxes.iter().find(|(n, _)| *n == name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("station {name} has no inbox on this node (it was not running at start)"),
+        ));
+    };
+    inbox
+        .push(body.to_vec())
+        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(InboxAnswer {
+            pending: inbox.len(),
+        }),
+    ))
+}
+
+/// `POST /v1/push?name=NAME&config=KEY=VALUE&signer=HEX&signature=HEX&local=true`.
+async fn push(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<DeployAnswer>> {
+    let body = body?;
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, why);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| bad(format!("query: {e}")))?;
+    let (mut name, mut config, mut signer, mut signature, mut local) =
+        (None, Vec::new(), None, None, false);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "name" => name = Some(v),
+            "config" => {
+                let (ck, cv) = v
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("config {v:?}: expected KEY=VALUE")))?;
+                config.push((ck.to_string(), cv.to_string()));
+            }
+            "signer" => {
+                signer = Some(
+                    v.parse::<Hash>()
+                        .map_err(|e| bad(format!("signer: {e:#}")))?,
+                );
+            }
+            "signature" => signature = Some(v),
+            "local" => local = matches!(v.as_str(), "true" | "1" | ""),
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let name = name.ok_or_else(|| bad("the query must name the station: ?name=NAME".into()))?;
+    crate::config::validate_station_name(&name).map_err(|e| bad(format!("{e:#}")))?;
+    if body.is_empty() {
+        return Err(bad(
+            "the body must be the module's bytes (a .wasm component)".into(),
+        ));
+    }
+    let req = DeployRequest::Push {
+        name,
+        config,
+        signer,
+        signature,
+        local,
+    };
+    let reply = app.deploy(req, body).await?;
+    deploy_answer(reply)
+}
+
+async fn rollback(
+    State(app): State<App>,
+    body: Result<Json<RollbackBody>, JsonRejection>,
+) -> ApiResult<Json<DeployAnswer>> {
+    let Json(body) = body?;
+    app.station_known(&body.name)?;
+    let reply = app
+        .deploy(DeployRequest::Rollback { name: body.name }, Bytes::new())
+        .await?;
+    deploy_answer(reply)
+}
+
+fn deploy_answer(reply: Reply) -> ApiResult<Json<DeployAnswer>> {
+    let release = reply.release.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the deploy agent answered without a release",
+        )
+    })?;
+    Ok(Json(DeployAnswer {
+        release,
+        unchanged: reply.unchanged,
+    }))
+}
+
+async fn config_get(
+    State(app): State<App>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<crate::deploy::release::ConfigEntry>> {
+    let reply = app
+        .deploy(DeployRequest::ConfigGet { key }, Bytes::new())
+        .await?;
+    reply.config.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the deploy agent answered without an entry",
+        )
+    })
+}
+
+async fn config_put(
+    State(app): State<App>,
+    Path(key): Path<String>,
+    body: Result<Json<ConfigBody>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(body) = body?;
+    let req = DeployRequest::ConfigSet {
+        key,
+        value: Some(body.value),
+    };
+    app.deploy(req, Bytes::new()).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn config_delete(State(app): State<App>, Path(key): Path<String>) -> ApiResult<StatusCode> {
+    let req = DeployRequest::ConfigSet { key, value: None };
+    app.deploy(req, Bytes::new()).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        OPENAPI_YAML,
+    )
+}
+
+/// Prometheus text. Figures kept elsewhere are copied in first.
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let m: &Metrics = app.bus.metrics();
+    {
+        let view = app.deploy_view.borrow();
+        let set = |kind, n| {
+            m.fetches
+                .get_or_create(&FetchLabels { kind })
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        };
+        set("whole", view.fetched_full);
+        set("delta", view.fetched_delta);
+        m.fetched_bytes
+            .inner()
+            .store(view.fetched_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    m.config_version
+        .set(i64::try_from(status::config_version(&app.kv)).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        m.encode(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"x"));
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_file() {
+        let doc = OPENAPI_YAML;
+        for route in ROUTES {
+            assert!(
+                doc.contains(&format!("\n  {route}:")),
+                "{route} is not in openapi.yaml"
+            );
+        }
+        // And nothing is documented that is not served.
+        let documented = doc
+            .lines()
+            .filter(|l| l.starts_with("  /") && l.ends_with(':'))
+            .count();
+        assert_eq!(documented, ROUTES.len(), "openapi.yaml lists other paths");
+    }
+}
