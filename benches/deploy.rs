@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
+use ringhost::admin::client::{AdminClient, PushParams};
 use ringhost::config::{NodeConfig, RingLayout, StationSpec};
-use ringhost::deploy::agent::{DeployView, request};
+use ringhost::deploy::agent::DeployView;
 use ringhost::deploy::delta;
-use ringhost::deploy::release::{Hash, Request};
+use ringhost::deploy::release::Hash;
 use ringhost::node::NodeHandle;
 use ringhost::observe::{EventKind, NodeEvent, Observer};
 use ringhost::station::StationHost;
@@ -41,9 +42,6 @@ const NODES: usize = 11;
 const MARK: &[u8; 16] = b"RINGHOST-MARK-00";
 /// Bound on any one wait (a push to the whole ring, a ring forming).
 const WAIT: Duration = Duration::from_secs(120);
-/// Bound on one request/reply exchange (includes a compile).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_FRAME: usize = 16 << 20;
 /// Laps the particle makes before a ring counts as settled.
 const SETTLE_LAPS: u64 = 50;
 /// The quiet window measured before each push.
@@ -389,7 +387,8 @@ struct PushRun {
 
 struct Ring {
     handles: Vec<NodeHandle>,
-    addrs: Vec<String>,
+    /// Each node's admin API (pushes go through it, as the tools' do).
+    admins: Vec<AdminClient>,
     views: Vec<watch::Receiver<DeployView>>,
     state: Arc<Mutex<Collect>>,
     laps: watch::Receiver<u64>,
@@ -407,7 +406,7 @@ impl Ring {
             .iter()
             .map(|l| l.local_addr().map(|a| a.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        let layout = RingLayout::from_addrs(addrs.clone())?;
+        let layout = RingLayout::from_addrs(addrs)?;
         let (observer, events) = Observer::channel();
         let state = Arc::new(Mutex::new(Collect {
             phase: Phase::Off,
@@ -432,9 +431,16 @@ impl Ring {
             handles.push(ringhost::node::start(config, listener, host, observer.clone()).await?);
         }
         let views = handles.iter().map(NodeHandle::deploy_view).collect();
+        let admins = handles
+            .iter()
+            .map(|h| {
+                let addr = h.admin_addr().context("admin API on")?;
+                Ok(AdminClient::new(&addr.to_string(), None))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             handles,
-            addrs,
+            admins,
             views,
             state,
             laps,
@@ -521,18 +527,15 @@ impl Ring {
             .enumerate()
             .map(|(i, v)| tokio::spawn(running(i, v.clone(), name.to_string(), hash, deadline)))
             .collect();
-        let req = Request::Push {
+        let params = PushParams {
             name: name.to_string(),
-            config: Vec::new(),
-            signer: None,
-            signature: None,
-            local: false,
+            ..PushParams::default()
         };
-        let (reply, _) = request(&self.addrs[0], req, blob, MAX_FRAME, REQUEST_TIMEOUT).await?;
+        self.admins[0]
+            .push(&params, blob)
+            .await
+            .with_context(|| format!("push of {name}"))?;
         let reply_at = start.elapsed();
-        if let Some(e) = reply.error {
-            bail!("push of {name} refused: {e}");
-        }
         let (mut recorded, mut last) = (start, start);
         for w in waiters {
             match w.await? {
@@ -614,18 +617,16 @@ impl Ring {
         self.set_phase(Phase::Deploy);
         let start = Instant::now();
         let mut reply_at = Duration::ZERO;
-        for (i, addr) in self.addrs.iter().enumerate() {
-            let req = Request::Push {
+        for (i, admin) in self.admins.iter().enumerate() {
+            let params = PushParams {
                 name: name.to_string(),
-                config: Vec::new(),
-                signer: None,
-                signature: None,
                 local: true,
+                ..PushParams::default()
             };
-            let (reply, _) = request(addr, req, blob.clone(), MAX_FRAME, REQUEST_TIMEOUT).await?;
-            if let Some(e) = reply.error {
-                bail!("local push of {name} to node {i} refused: {e}");
-            }
+            admin
+                .push(&params, blob.clone())
+                .await
+                .with_context(|| format!("local push of {name} to node {i}"))?;
             if i == 0 {
                 reply_at = start.elapsed();
             }

@@ -132,14 +132,16 @@ pub enum Frame {
     /// Successor → predecessor: the successor is stopping cleanly (a
     /// leave, not a failure: it is not to be respawned).
     Leave,
-    /// A tool asks for the node's status (instead of a hello).
+    /// A member (gathering `/v1/ring`) or a tool (finding the admin API)
+    /// asks for the node's status report (instead of a hello).
     StatusRequest,
     /// The node's status, as JSON text (see `status.rs`).
     Status(String),
     /// Predecessor → successor: the sender's current releases changed.
     Announce(Vec<Release>),
-    /// A tool's or a node's request (instead of a hello), with a binary
-    /// blob (a module for a push).
+    /// A member's module fetch (instead of a hello), with a blob (empty
+    /// for a fetch). Other requests are answered with a refusal naming
+    /// the admin API: operators' requests do not travel on the ring port.
     Request(Request, Bytes),
     /// The answer to a request, with a blob (a module or delta for a
     /// fetch).

@@ -1,11 +1,14 @@
 //! The tools' side of the admin API: a small HTTP/1 client (hyper-util's)
 //! and how a tool finds a node's admin API.
 //!
-//! `--to` takes either address of a node. [`connect`] first asks it as an
-//! admin API (`GET /v1/status`); when that fails it asks it as a ring port
-//! (the status request members answer), whose report names the node's
-//! bound admin address. There is no "ring port + 1000" guess: the report
-//! says where the admin API is, or that it is off.
+//! `--to` takes either address of a node. [`connect`] first asks it as a
+//! ring port (the status request members answer), whose report names the
+//! node's bound admin address; when that fails it asks it as an admin API
+//! (`GET /v1/status`). Ring port first, because an HTTP request sent to a
+//! ring port is bad input there (a warning in the node's log), while the
+//! ring status request sent to an admin API is only a 400 answer. There is
+//! no "ring port + 1000" guess: the report says where the admin API is, or
+//! that it is off.
 
 use std::time::Duration;
 
@@ -57,6 +60,10 @@ pub struct PushParams {
     pub signer: Option<Hash>,
     /// Signature over the module hash, hex.
     pub signature: Option<String>,
+    /// Run it on the asked node only, without a release (what a deployer
+    /// uploading to each node in turn does; the deploy benchmark's
+    /// baseline).
+    pub local: bool,
 }
 
 impl AdminClient {
@@ -176,6 +183,9 @@ impl AdminClient {
         if let Some(s) = &p.signature {
             q.push(("signature", s.clone()));
         }
+        if p.local {
+            q.push(("local", "true".into()));
+        }
         let query = serde_urlencoded::to_string(&q).context("encoding the push query")?;
         let path = format!("/v1/push?{query}");
         let body = Some((module, "application/wasm"));
@@ -260,17 +270,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// When `to` answers as neither, or is a ring port of a node whose admin
 /// API is off.
 pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
-    let direct = AdminClient::new(to, token.clone());
-    let http_err = match direct.status(PROBE_TIMEOUT).await {
-        Ok(_) => return Ok(direct),
-        Err(e) => e,
-    };
     let report = match status::query(to, PROBE_TIMEOUT).await {
         Ok(r) => r,
-        Err(ring_err) => bail!(
-            "{to} answers neither as a ringhost admin API nor as a ring port: is it a \
-             ringhost node? (as admin API: {http_err:#}; as ring port: {ring_err:#})"
-        ),
+        Err(ring_err) => {
+            let direct = AdminClient::new(to, token);
+            return match direct.status(PROBE_TIMEOUT).await {
+                Ok(_) => Ok(direct),
+                Err(http_err) => bail!(
+                    "{to} answers neither as a ringhost admin API nor as a ring port: is it \
+                     a ringhost node? (as admin API: {http_err:#}; as ring port: {ring_err:#})"
+                ),
+            };
+        }
     };
     let Some(admin) = report.admin else {
         bail!(

@@ -140,11 +140,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// 413, naming the limits (the rejection does not say which endpoint).
+    fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body exceeds this endpoint's size limit (a pushed module: at most {} \
+                 bytes; other bodies: at most {BODY_LIMIT} bytes)",
+                crate::station::MAX_MODULE_BYTES
+            ),
+        )
+    }
+}
+
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         let code = r.status();
         if code == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(code, "request body over this endpoint's size limit")
+            Self::too_large()
         } else {
             Self::new(code, format!("reading the request body: {}", r.body_text()))
         }
@@ -155,7 +169,7 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let code = r.status();
         if code == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(code, "request body over this endpoint's size limit")
+            Self::too_large()
         } else {
             Self::new(code, r.body_text())
         }

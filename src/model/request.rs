@@ -1,12 +1,15 @@
-//! The requests a tool or a node sends as the first frame of its own
-//! connection to a node's ring port, and their replies.
+//! Requests to a node's deploy agent and their replies. Operators send
+//! push, rollback and config requests through the admin API (`crate::admin`
+//! turns them into these); on the ring port only members' module fetches
+//! are served ([`Request::is_member_traffic`]), as the first frame of a
+//! connection of their own.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Hash, Release};
 
-/// A request a tool (or a node fetching a module) sends as the first frame
-/// of its own connection to a node's ring port.
+/// A request to a node's deploy agent: from the admin API (push, rollback,
+/// config), or from a member fetching a module over the ring port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
@@ -53,6 +56,27 @@ pub enum Request {
         /// Key.
         key: String,
     },
+}
+
+impl Request {
+    /// Whether members send it to each other (a module fetch), as opposed
+    /// to an operator's request (push, rollback, config), which only the
+    /// admin API takes.
+    pub fn is_member_traffic(&self) -> bool {
+        matches!(self, Request::Fetch { .. })
+    }
+
+    /// The request's name in messages: `push`, `rollback`, `fetch`,
+    /// `config set`, `config get`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Request::Push { .. } => "push",
+            Request::Rollback { .. } => "rollback",
+            Request::Fetch { .. } => "fetch",
+            Request::ConfigSet { .. } => "config set",
+            Request::ConfigGet { .. } => "config get",
+        }
+    }
 }
 
 /// How a fetched module travels.

@@ -138,9 +138,26 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             }
             return;
         }
+        Ok(Ok(Some(Frame::Request(req, _)))) if !req.is_member_traffic() => {
+            // The ring port carries member traffic only: operator requests
+            // (push, rollback, config) go to the admin API.
+            let why = format!(
+                "{} is not served on the ring port: use the node's admin API \
+                 (`ringhost status --to {}` names it)",
+                req.kind_name(),
+                config.me().addr
+            );
+            let limit = Duration::from_millis(config.write_timeout_ms).max(limit);
+            let _ = timeout(
+                limit,
+                writer.write_frame(&Frame::Reply(Reply::error(why), Bytes::new())),
+            )
+            .await;
+            return;
+        }
         Ok(Ok(Some(Frame::Request(req, blob)))) => {
-            // Pushes compile and run init before answering; fetches of big
-            // modules compute a delta: allow them time, bounded.
+            // Fetches of big modules compute a delta: allow them time,
+            // bounded.
             let answer_limit = Duration::from_secs(60);
             let (otx, orx) = oneshot::channel();
             let msg = DeployMsg::Request {

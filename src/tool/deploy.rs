@@ -114,6 +114,7 @@ pub async fn push(args: &PushOptions) -> Result<()> {
         config,
         signer,
         signature,
+        local: false,
     };
     let before = faults_before(&node, &name).await;
     let answer = node

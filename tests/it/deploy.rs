@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ringhost::admin::{self, api::DeployAnswer, client::PushParams};
 use ringhost::config::{NodeConfig, StationSpec};
-use ringhost::deploy::agent::{DeployView, StationDeploy, request};
-use ringhost::deploy::release::{Hash, Release, Reply, Request};
+use ringhost::deploy::agent::{DeployView, StationDeploy};
+use ringhost::deploy::release::{Hash, Release, Reply};
 use ringhost::deploy::sign;
 use ringhost::observe::EventKind;
 use ringhost::tool::deploy as client;
@@ -61,7 +62,7 @@ async fn push_signed(
     signer: Option<Hash>,
     signature: Option<String>,
 ) -> Reply {
-    let req = Request::Push {
+    let params = PushParams {
         name: name.into(),
         config: config
             .iter()
@@ -71,11 +72,23 @@ async fn push_signed(
         signature,
         local: false,
     };
-    let blob = Bytes::copy_from_slice(bytes);
-    request(addr, req, blob, 16 << 20, Duration::from_secs(60))
+    let node = admin::client::connect(addr, None)
         .await
-        .expect("the node answers")
-        .0
+        .expect("the node's admin API");
+    answer(node.push(&params, Bytes::copy_from_slice(bytes)).await)
+}
+
+/// A deploy answer of the admin API as the ring's reply: the release, or
+/// the error's text.
+fn answer(result: anyhow::Result<DeployAnswer>) -> Reply {
+    match result {
+        Ok(a) => Reply {
+            release: Some(a.release),
+            unchanged: a.unchanged,
+            ..Reply::default()
+        },
+        Err(e) => Reply::error(format!("{e:#}")),
+    }
 }
 
 pub(crate) fn released(reply: Reply) -> Release {
@@ -384,19 +397,8 @@ async fn rollback_ring_wide_and_automatic_rollback_of_a_trapping_version() {
     let v2 = released(push_to(&addr(&ring, 0), "marker", &marker(2), &[]).await);
     wait_running(&ring, &all, "marker", v2.hash, Duration::from_secs(20)).await;
 
-    let req = Request::Rollback {
-        name: "marker".into(),
-    };
-    let (reply, _) = request(
-        &addr(&ring, 2),
-        req,
-        Bytes::new(),
-        1 << 20,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let v3 = released(reply);
+    let node = admin::client::connect(&addr(&ring, 2), None).await.unwrap();
+    let v3 = released(answer(node.rollback("marker").await));
     assert_eq!((v3.version, v3.hash, v3.origin), (3, v1.hash, 2));
     wait_running(&ring, &all, "marker", v1.hash, Duration::from_secs(20)).await;
     wait_logged(

@@ -204,3 +204,51 @@ async fn a_second_process_claiming_a_linked_member_is_refused() {
     ring_still_circles(&mut ring).await;
     ring.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_requests_on_the_ring_port_are_refused_naming_the_admin_api() {
+    use ringhost::deploy::agent::request;
+    use ringhost::model::Request;
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let addr = ring.layout.members()[1].addr.clone();
+    let requests = [
+        Request::Push {
+            name: "tick".into(),
+            config: vec![],
+            signer: None,
+            signature: None,
+            local: false,
+        },
+        Request::Rollback {
+            name: "tick".into(),
+        },
+        Request::ConfigSet {
+            key: "k".into(),
+            value: Some("v".into()),
+        },
+        Request::ConfigGet { key: "k".into() },
+    ];
+    for req in requests {
+        let kind = req.kind_name();
+        let blob = bytes::Bytes::from_static(b"\0asm");
+        let (reply, _) = request(&addr, req, blob, 1 << 20, Duration::from_secs(10))
+            .await
+            .expect("an answer");
+        let e = reply.error.expect("refused");
+        assert!(
+            e.contains(kind)
+                && e.contains("admin API")
+                && e.contains("not served on the ring port"),
+            "{e}"
+        );
+    }
+    // Nothing reached the config bus; the ring goes on.
+    let node = ringhost::admin::client::connect(&addr, None).await.unwrap();
+    assert!(
+        node.config_get("k").await.is_err(),
+        "no config write landed"
+    );
+    ring_still_circles(&mut ring).await;
+    ring.shutdown().await;
+}
