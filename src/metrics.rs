@@ -243,8 +243,8 @@ pub struct Metrics {
     pub rollbacks: Counter,
     /// Module fetches by kind (copied from the deploy view at scrape).
     pub fetches: Family<FetchLabels, Counter>,
-    /// Bytes received by fetches (copied at scrape).
-    pub fetched_bytes: Counter,
+    /// Bytes received by fetches, by kind (copied at scrape).
+    pub fetched_bytes: Family<FetchLabels, Counter>,
     /// The config version applied here (copied at scrape).
     pub config_version: Gauge,
     /// Admin requests by route and status code.
@@ -273,7 +273,7 @@ impl Metrics {
         let swaps = Counter::default();
         let rollbacks = Counter::default();
         let fetches = Family::<FetchLabels, Counter>::default();
-        let fetched_bytes = Counter::default();
+        let fetched_bytes = Family::<FetchLabels, Counter>::default();
         let config_version = Gauge::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
         let stations = Stations::default();
@@ -344,7 +344,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "deploy_fetched",
-            "Bytes received by module fetches",
+            "Bytes received by module fetches, by kind (whole module or delta)",
             Unit::Bytes,
             fetched_bytes.clone(),
         );
@@ -423,6 +423,9 @@ mod tests {
         m.fetches
             .get_or_create(&FetchLabels { kind: "delta" })
             .inc();
+        m.fetched_bytes
+            .get_or_create(&FetchLabels { kind: "delta" })
+            .inc_by(812);
         let text = m.encode();
         for line in [
             "# TYPE ringhost_visits counter",
@@ -438,6 +441,7 @@ mod tests {
             "ringhost_station_faults_total{station=\"tick\"} 1",
             "ringhost_deploy_fetches_total{kind=\"delta\"} 1",
             "# TYPE ringhost_deploy_fetched_bytes counter",
+            "ringhost_deploy_fetched_bytes_total{kind=\"delta\"} 812",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -60,6 +60,7 @@ use crate::metrics::{FetchLabels, Metrics, RequestLabels};
 use crate::observe::{Bus, EventKind};
 use crate::station::{Inbox, KvStore};
 use crate::status::{self, Report};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 /// Bound on one member's status answer while gathering `GET /v1/ring`.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -719,17 +720,16 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let m: &Metrics = app.bus.metrics();
     {
         let view = app.deploy_view.borrow();
-        let set = |kind, n| {
-            m.fetches
+        let set = |family: &Family<FetchLabels, Counter>, kind, n| {
+            family
                 .get_or_create(&FetchLabels { kind })
                 .inner()
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         };
-        set("whole", view.fetched_full);
-        set("delta", view.fetched_delta);
-        m.fetched_bytes
-            .inner()
-            .store(view.fetched_bytes, std::sync::atomic::Ordering::Relaxed);
+        set(&m.fetches, "whole", view.fetched_full);
+        set(&m.fetches, "delta", view.fetched_delta);
+        set(&m.fetched_bytes, "whole", view.fetched_bytes_full);
+        set(&m.fetched_bytes, "delta", view.fetched_bytes_delta);
     }
     m.config_version
         .set(i64::try_from(status::config_version(&app.kv)).unwrap_or(i64::MAX));

@@ -180,8 +180,14 @@ pub struct DeployView {
     pub fetched_full: u64,
     /// Modules fetched as deltas.
     pub fetched_delta: u64,
-    /// Bytes received by fetches.
+    /// Bytes received by fetches (whole and delta).
     pub fetched_bytes: u64,
+    /// Of those, bytes of modules fetched whole.
+    #[serde(default)]
+    pub fetched_bytes_full: u64,
+    /// Of those, bytes of deltas.
+    #[serde(default)]
+    pub fetched_bytes_delta: u64,
     /// Release conflicts seen here (version and publish order disagreed),
     /// newest last; the newer publish was kept each time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -262,7 +268,9 @@ pub struct Agent {
     state: DeployState,
     /// Deltas made or received, to serve the next node without redoing.
     deltas: delta::Cache,
-    counters: (u64, u64, u64),
+    /// Fetches and their bytes so far: (whole, delta) counts, then
+    /// (whole, delta) bytes.
+    counters: ([u64; 2], [u64; 2]),
     /// Events of the message being handled: sent after the view that
     /// shows their effect is published, so whoever sees an event and then
     /// reads the view finds it there.
@@ -408,11 +416,9 @@ impl Agent {
                 fetched,
             } => {
                 if let Some((payload, wire_bytes)) = fetched {
-                    match payload {
-                        Payload::Full => self.counters.0 += 1,
-                        Payload::Delta { .. } => self.counters.1 += 1,
-                    }
-                    self.counters.2 += wire_bytes as u64;
+                    let kind = usize::from(matches!(payload, Payload::Delta { .. }));
+                    self.counters.0[kind] += 1;
+                    self.counters.1[kind] += wire_bytes as u64;
                     info!(release = %release.label(), ?payload, bytes = wire_bytes, "module fetched");
                 }
                 let result = self
@@ -689,9 +695,11 @@ impl Agent {
         let view = DeployView {
             releases: self.state.releases(),
             stations,
-            fetched_full: self.counters.0,
-            fetched_delta: self.counters.1,
-            fetched_bytes: self.counters.2,
+            fetched_full: self.counters.0[0],
+            fetched_delta: self.counters.0[1],
+            fetched_bytes: self.counters.1[0] + self.counters.1[1],
+            fetched_bytes_full: self.counters.1[0],
+            fetched_bytes_delta: self.counters.1[1],
             conflicts: self.state.conflicts().to_vec(),
         };
         self.view.send_if_modified(|v| {

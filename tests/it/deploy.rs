@@ -226,6 +226,14 @@ async fn a_push_reaches_all_eleven_nodes_and_a_change_travels_as_a_small_delta()
         assert_eq!(b.fetched_full, a.fetched_full, "node {i}: no full module");
         let shipped = b.fetched_bytes - a.fetched_bytes;
         assert!(shipped <= 2048, "node {i}: delta of {shipped} bytes");
+        assert_eq!(
+            (
+                b.fetched_bytes_delta - a.fetched_bytes_delta,
+                b.fetched_bytes_full - a.fetched_bytes_full
+            ),
+            (shipped, 0),
+            "node {i}: the bytes counted as a delta's"
+        );
         let st = b.stations.iter().find(|s| s.name == "marker").unwrap();
         assert_eq!(
             (st.version, st.hash, st.error.as_deref()),

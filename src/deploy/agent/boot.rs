@@ -152,7 +152,7 @@ pub async fn start(
         sign_key,
         state,
         deltas: delta::Cache::default(),
-        counters: (0, 0, 0),
+        counters: ([0; 2], [0; 2]),
         events: Vec::new(),
         tx: tx.clone(),
         rx,
