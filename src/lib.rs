@@ -71,7 +71,10 @@ pub struct BindError {
 pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<u8> {
     let ok = |r: Result<()>| r.map(|()| tool::EXIT_OK);
     match cli.command {
-        Some(cli::Command::Up(args)) => ok(up::run(args, shutdown).await),
+        Some(cli::Command::Up(args)) => {
+            let json_logs = cli.log_format == cli::LogFormat::Json;
+            ok(up::run(args, json_logs, shutdown).await)
+        }
         Some(cli::Command::Status(args)) => tool::view::status(&args.options(), shutdown).await,
         Some(cli::Command::Members(args)) => tool::view::members(&args.options(), shutdown).await,
         Some(cli::Command::Push(args)) => ok(tool::deploy::push(&args.options()?).await),

@@ -96,7 +96,7 @@ fn admin_base_port(args: &UpArgs) -> Result<u16> {
 /// # Errors
 /// When the settings are invalid, a node cannot be started at all, or
 /// every node has been given up on.
-pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(args: UpArgs, json_logs: bool, shutdown: impl Future<Output = ()>) -> Result<()> {
     let ring = args.ring()?;
     check_ports(&args.host, (0..args.nodes).map(|i| args.base_port + i))?;
     let admin_base = admin_base_port(&args)?;
@@ -137,6 +137,9 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
             .arg("--admin")
             .arg(format!("127.0.0.1:{}", admin_base + i))
             .args(args.stations.to_args());
+        if json_logs {
+            cmd.args(["--log-format", "json"]);
+        }
         if let Some(dir) = &args.stations.data_dir {
             cmd.arg("--data-dir").arg(dir.join(port.to_string()));
         }
@@ -167,19 +170,16 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<()>
             stop: stop.clone(),
             tracker: tracker.clone(),
             report: report_tx.clone(),
+            json_logs,
         };
         tracker.spawn(keeper.run(child));
     }
     drop(report_tx);
     if failure.is_none() {
-        for i in 0..args.nodes {
-            println!(
-                "node {}: admin API http://127.0.0.1:{} (status: /v1/status, ring: /v1/ring, \
-                 metrics: /metrics)",
-                args.base_port + i,
-                admin_base + i
-            );
-        }
+        let admins = (0..args.nodes)
+            .map(|i| (args.base_port + i, format!("127.0.0.1:{}", admin_base + i)))
+            .collect();
+        tracker.spawn(formation(admins, stop.clone()));
     }
 
     if failure.is_none() {
@@ -238,6 +238,8 @@ struct Keeper {
     stop: CancellationToken,
     tracker: TaskTracker,
     report: mpsc::Sender<Report>,
+    /// The children write JSON lines: passed on as they are, not prefixed.
+    json_logs: bool,
 }
 
 impl Keeper {
@@ -250,10 +252,10 @@ impl Keeper {
             // Keep the child's stdin open for as long as it should live.
             let stdin = child.stdin.take();
             if let Some(out) = child.stdout.take() {
-                self.tracker.spawn(pump(out, self.port));
+                self.tracker.spawn(pump(out, self.port, self.json_logs));
             }
             if let Some(err) = child.stderr.take() {
-                self.tracker.spawn(pump(err, self.port));
+                self.tracker.spawn(pump(err, self.port, self.json_logs));
             }
             let status = tokio::select! {
                 status = child.wait() => status,
@@ -339,10 +341,70 @@ async fn terminate(child: &mut Child, port: u16) {
     }
 }
 
-/// Copies a child's output to ours, a line at a time, prefixed by port.
-async fn pump(out: impl AsyncRead + Unpin, port: u16) {
+/// How long `up` reports the ring's formation before it says it is still
+/// incomplete and stops counting.
+const FORMATION_LIMIT: Duration = Duration::from_secs(60);
+
+/// Reports the ring forming ("7/11 linked", on each change) from the
+/// nodes' admin APIs (`(ring port, admin address)` each), then every
+/// node's admin URL. Bounded by [`FORMATION_LIMIT`] and `stop`.
+async fn formation(admins: Vec<(u16, String)>, stop: CancellationToken) {
+    let started = Instant::now();
+    let clients: Vec<_> = admins
+        .iter()
+        .map(|(_, a)| crate::admin::client::AdminClient::new(a, None))
+        .collect();
+    let total = clients.len();
+    let mut last = None;
+    loop {
+        let asks = clients.iter().map(|c| c.status(Duration::from_millis(500)));
+        let linked = futures::future::join_all(asks)
+            .await
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|r| r.successor_up))
+            .count();
+        if last != Some(linked) && linked < total {
+            info!("ring forming: {linked}/{total} linked");
+        }
+        last = Some(linked);
+        if linked == total {
+            info!(
+                "ring formed: {total}/{total} linked in {} ms",
+                started.elapsed().as_millis()
+            );
+            break;
+        }
+        if started.elapsed() >= FORMATION_LIMIT {
+            warn!(
+                "ring still forming after {} s: {linked}/{total} linked (`ringhost members --to \
+                 {}` shows which)",
+                FORMATION_LIMIT.as_secs(),
+                admins[0].1
+            );
+            break;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    for (port, admin) in &admins {
+        info!(
+            "node {port}: admin API http://{admin} (dashboard: /, status: /v1/status, ring: \
+             /v1/ring, metrics: /metrics)"
+        );
+    }
+}
+
+/// Copies a child's output to ours, a line at a time, prefixed by port
+/// (JSON lines go as they are: each names its node in its span fields).
+async fn pump(out: impl AsyncRead + Unpin, port: u16, json: bool) {
     let mut lines = BufReader::new(out).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        println!("{port} | {line}");
+        if json {
+            println!("{line}");
+        } else {
+            println!("{port} | {line}");
+        }
     }
 }

@@ -150,6 +150,15 @@ impl Tree {
         Ok(())
     }
 
+    /// Waits until `count` output lines seen so far (or coming) contain
+    /// `needle`.
+    fn wait_logged(&mut self, needle: &str, count: usize, within: Duration) {
+        let seen = |log: &[String]| log.iter().filter(|l| l.contains(needle)).count();
+        while seen(&self.log) < count {
+            self.wait_line(needle, within);
+        }
+    }
+
     /// Waits for an output line containing `needle`.
     fn wait_line(&mut self, needle: &str, within: Duration) {
         let deadline = Instant::now() + within;
@@ -213,6 +222,9 @@ fn up_forms_a_ring_and_sigterm_leaves_no_process() {
     become_subreaper();
     let mut tree = start_ring(3);
     tree.record_nodes(3);
+    // It says when the ring has formed, then where each admin API is.
+    tree.wait_logged("ring formed: 3/3 linked", 1, Duration::from_secs(30));
+    tree.wait_logged("admin API http://127.0.0.1:", 3, Duration::from_secs(10));
     // One node crashes: the supervisor respawns it, and the new process
     // ticks again.
     kill(Pid::from_raw(tree.nodes[2]), Signal::SIGKILL).unwrap();
