@@ -58,7 +58,7 @@ use crate::deploy::agent::{DeployMsg, DeployView};
 use crate::deploy::release::{Hash, Reply, Request as DeployRequest};
 use crate::metrics::{FetchLabels, Metrics, RequestLabels};
 use crate::observe::{Bus, EventKind};
-use crate::station::{Inbox, KvStore};
+use crate::station::{Inboxes, KvStore};
 use crate::status::{self, Report};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
@@ -102,8 +102,8 @@ pub struct AdminContext {
     pub deploy_view: watch::Receiver<DeployView>,
     /// The node's kv store.
     pub kv: KvStore,
-    /// The stations' inboxes.
-    pub inboxes: Vec<(String, Inbox)>,
+    /// The stations' inboxes (those that run later too).
+    pub inboxes: Inboxes,
     /// The node's event bus (and through it, its metrics).
     pub bus: Arc<Bus>,
 }
@@ -375,7 +375,7 @@ impl App {
 
     /// Whether this node runs (or has a release of) station `name`.
     fn station_known(&self, name: &str) -> ApiResult<()> {
-        let known = self.inboxes.iter().any(|(n, _)| n == name)
+        let known = self.inboxes.contains(name)
             || self
                 .deploy_view
                 .borrow()
@@ -578,10 +578,10 @@ async fn inbox_post(
 ) -> ApiResult<(StatusCode, Json<InboxAnswer>)> {
     let body = body?;
     app.station_known(&name)?;
-    let Some((_, inbox)) = app.inboxes.iter().find(|(n, _)| *n == name) else {
+    let Some(inbox) = app.inboxes.get(&name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("station {name} has no inbox on this node (it was not running at start)"),
+            format!("station {name} has not run on this node (no inbox)"),
         ));
     };
     inbox

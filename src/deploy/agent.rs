@@ -29,8 +29,8 @@ use crate::config::{NodeConfig, StationSource};
 use crate::model::{ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings};
 use crate::observe::{EventKind, Observer};
 use crate::station::{
-    Inbox, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv, StationHost, StationLimits,
-    read_source,
+    Inbox, Inboxes, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv, StationHost,
+    StationLimits, read_source,
 };
 use crate::wire::{Frame, FrameReader, FrameWriter};
 
@@ -206,8 +206,9 @@ pub struct DeployHandle {
 pub struct Started {
     /// The stations to run, in order.
     pub stations: Vec<Station>,
-    /// The inboxes of those stations.
-    pub inboxes: Vec<(String, Inbox)>,
+    /// The inboxes of the node's stations, those started with and those
+    /// that run later (shared with the agent, which registers them).
+    pub inboxes: Inboxes,
     /// The agent, to be run with [`Agent::run`].
     pub agent: Agent,
     /// The node's handle on it.
@@ -251,7 +252,7 @@ pub struct Agent {
     store: Store,
     base: EnvBase,
     limits: StationLimits,
-    inboxes: HashMap<String, Inbox>,
+    inboxes: Inboxes,
     running: HashMap<String, Hash>,
     errors: HashMap<String, (Option<u64>, String)>,
     rolled_back: HashMap<String, String>,
@@ -491,7 +492,7 @@ impl Agent {
         job: Job,
     ) {
         let host = Arc::clone(&self.host);
-        let inbox = self.inboxes.get(&name).cloned().unwrap_or_default();
+        let inbox = self.inboxes.get(&name).unwrap_or_default();
         let env = self.base.env(&name, inbox);
         let limits = self.limits;
         let tx = self.tx.clone();
@@ -642,9 +643,7 @@ impl Agent {
         if version.is_some_and(|v| self.current(&name).is_some_and(|c| c.version == v)) {
             self.rolled_back.remove(&name);
         }
-        self.inboxes
-            .entry(name)
-            .or_insert_with(|| station.inbox().clone());
+        self.inboxes.insert_if_absent(&name, station.inbox());
         let _ = self.owner.send(OwnerCmd::Swap { station, version }).await;
     }
 

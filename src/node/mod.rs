@@ -49,7 +49,7 @@ use crate::lograte::LogBackoff;
 use crate::metrics::Metrics;
 use crate::observe::{Bus, Observer};
 use crate::ring::state::RingState;
-use crate::station::{Inbox, KvStore, NodeInfo, Pipeline, StationHost, StationLimits};
+use crate::station::{Inbox, Inboxes, KvStore, NodeInfo, Pipeline, StationHost, StationLimits};
 
 use msg::Msg;
 pub use owner::TICK;
@@ -65,7 +65,7 @@ pub struct NodeHandle {
     tracker: TaskTracker,
     owner: Option<JoinHandle<Result<()>>>,
     kv: KvStore,
-    inboxes: Vec<(String, Inbox)>,
+    inboxes: Inboxes,
     deploy_view: watch::Receiver<DeployView>,
     admin: Option<SocketAddr>,
     bus: Arc<Bus>,
@@ -102,9 +102,9 @@ impl NodeHandle {
         &self.kv
     }
 
-    /// The inbox of station `name`, if the node runs it.
-    pub fn inbox(&self, name: &str) -> Option<&Inbox> {
-        self.inboxes.iter().find(|(n, _)| n == name).map(|(_, i)| i)
+    /// The inbox of station `name`, if the station has run on this node.
+    pub fn inbox(&self, name: &str) -> Option<Inbox> {
+        self.inboxes.get(name)
     }
 
     /// A token that stops the node when cancelled.

@@ -123,6 +123,36 @@ impl Inbox {
     }
 }
 
+/// The inboxes of a node's stations by name, shared by the deploy agent
+/// (which registers a station's inbox when the station first runs) and
+/// whoever feeds them (the admin API). Cloning shares it; locks are short.
+#[derive(Debug, Clone, Default)]
+pub struct Inboxes {
+    inner: Arc<Mutex<std::collections::HashMap<String, Inbox>>>,
+}
+
+impl Inboxes {
+    /// The inbox of station `name`, if it has run on this node.
+    pub fn get(&self, name: &str) -> Option<Inbox> {
+        self.inner.lock().expect("inboxes lock").get(name).cloned()
+    }
+
+    /// Registers `inbox` for `name` unless the name has one already (a
+    /// new version of a station keeps the queue of the old).
+    pub fn insert_if_absent(&self, name: &str, inbox: &Inbox) {
+        self.inner
+            .lock()
+            .expect("inboxes lock")
+            .entry(name.to_string())
+            .or_insert_with(|| inbox.clone());
+    }
+
+    /// Whether station `name` has an inbox here.
+    pub fn contains(&self, name: &str) -> bool {
+        self.inner.lock().expect("inboxes lock").contains_key(name)
+    }
+}
+
 /// What every store of one station on one node shares.
 #[derive(Debug, Clone)]
 pub struct StationEnv {

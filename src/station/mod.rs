@@ -27,7 +27,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
 pub use host_api::{
-    Inbox, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
+    Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
 };
 
 use crate::config::{StationSource, StationSpec};

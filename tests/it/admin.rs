@@ -614,3 +614,24 @@ async fn a_member_gone_before_the_first_gather_is_dead_by_its_predecessors_word(
     assert!(!view.healthy);
     ring.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_pushed_after_start_takes_inbox_messages() {
+    use crate::deploy::{addr, marker, push_to, released, wait_running};
+    let ring = TestRing::start(2, quick).await;
+    let c = client(&ring, 1);
+    let path = "/v1/stations/marker/inbox";
+    let (status, _) = c.exchange(Method::POST, path, None, T).await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "not running yet");
+    let v1 = released(push_to(&addr(&ring, 0), "marker", &marker(1), &[]).await);
+    wait_running(&ring, &[0, 1], "marker", v1.hash, Duration::from_secs(20)).await;
+    let body = Some((Bytes::from_static(b"hello"), "application/octet-stream"));
+    let (status, bytes) = c.exchange(Method::POST, path, body, T).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    ring.shutdown().await;
+}

@@ -30,7 +30,7 @@ pub async fn start(
         epoch: Instant::now(),
     };
     let mut stations = Vec::new();
-    let mut inboxes = Vec::new();
+    let inboxes = Inboxes::default();
     let mut local = Vec::new();
     let mut files = Vec::new();
     let mut names: Vec<String> = config.stations.iter().map(|s| s.name.clone()).collect();
@@ -110,7 +110,7 @@ pub async fn start(
             }
             (None, None) => continue,
         };
-        inboxes.push((name.clone(), inbox));
+        inboxes.insert_if_absent(&name, &inbox);
         stations.push(station);
     }
     // Current modules the store lost: fetched back from a neighbour.
@@ -142,7 +142,7 @@ pub async fn start(
         store,
         base,
         limits,
-        inboxes: inboxes.iter().cloned().collect(),
+        inboxes: inboxes.clone(),
         running,
         errors: HashMap::new(),
         rolled_back: HashMap::new(),

@@ -166,7 +166,7 @@ impl Agent {
                 let _ = reply.send((answer, Bytes::new()));
             }
             Request::ConfigGet { key } => {
-                let answer = if self.inboxes.contains_key(CONFIG_STATION) {
+                let answer = if self.inboxes.contains(CONFIG_STATION) {
                     Reply {
                         config: Some(self.config_entry(&key)),
                         ..Reply::default()
