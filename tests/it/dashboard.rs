@@ -131,7 +131,7 @@ impl Chromedriver {
     /// Starts chromedriver on a free port: one picked by binding port 0
     /// and releasing it, so another program may take it first; then the
     /// driver exits or never listens, and we try another.
-    fn start(driver: &Path) -> Self {
+    fn start(driver: &Path, profile: &TempDir) -> Self {
         use std::os::unix::process::CommandExt;
         let mut tries = Vec::new();
         for _ in 0..5 {
@@ -142,6 +142,10 @@ impl Chromedriver {
             let child = Command::new(driver)
                 .arg(format!("--port={port}"))
                 .process_group(0)
+                // Chromium's crash handler keeps its database under the
+                // config home, not the profile: keep it in the temp dir too.
+                .env("XDG_CONFIG_HOME", profile.0.join("config"))
+                .env("XDG_CACHE_HOME", profile.0.join("cache"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -212,7 +216,9 @@ impl Drop for Chromedriver {
         let _ = child.wait();
         // Browsers orphaned by the driver's death are re-parented to this
         // process when it is a subreaper (ProcRing makes it one): reap
-        // them, with a deadline.
+        // them, with a deadline. Chromium's crash handlers are in sessions
+        // of their own (they end by themselves when their browser does):
+        // reap those that became ours, by their pids.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             match waitpid(Pid::from_raw(-group.as_raw()), Some(WaitPidFlag::WNOHANG)) {
@@ -221,7 +227,40 @@ impl Drop for Chromedriver {
                 Err(_) => break, // no child of that group left
             }
         }
+        for pid in children_named("chrome_crashpad") {
+            while Instant::now() < deadline {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
+        }
     }
+}
+
+/// This process's children whose command name (`comm`, at most 15
+/// bytes) starts with `name`.
+fn children_named(name: &str) -> Vec<Pid> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces, not ") ".
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        let ppid = rest.split_whitespace().nth(1).unwrap_or("");
+        if ppid == me && comm.starts_with(name) {
+            out.push(Pid::from_raw(pid));
+        }
+    }
+    out
 }
 
 /// Whether a script's answer means "yes" (JS truthiness, roughly).
@@ -260,21 +299,34 @@ async fn wait_js(c: &Client, within: Duration, what: &str, script: &str) -> (Jso
     }
 }
 
-/// What the browser test may skip for: no driver on a developer machine.
-fn chromedriver() -> Option<&'static Path> {
-    let path = Path::new(CHROMEDRIVER);
+/// The driver at `path`; `Ok(None)` (the browser test is skipped, with a
+/// message) when it is missing on a developer machine; an error under CI
+/// (`ci`), where a missing driver fails the test.
+fn driver_or_skip(path: &Path, ci: bool) -> Result<Option<&Path>, String> {
     if path.exists() {
-        return Some(path);
+        return Ok(Some(path));
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{CHROMEDRIVER} is missing under CI: install Debian's chromium and chromium-driver"
-    );
+    if ci {
+        return Err(format!(
+            "{} is missing under CI: install Debian's chromium and chromium-driver",
+            path.display()
+        ));
+    }
     eprintln!(
-        "SKIPPED the_dashboard_shows_the_ring_live_in_headless_chromium: {CHROMEDRIVER} is \
-         missing (apt-get install chromium chromium-driver); under CI this fails"
+        "SKIPPED the_dashboard_shows_the_ring_live_in_headless_chromium: {} is missing \
+         (apt-get install chromium chromium-driver); under CI this fails",
+        path.display()
     );
-    None
+    Ok(None)
+}
+
+#[test]
+fn a_missing_chromedriver_skips_the_browser_test_locally_and_fails_it_under_ci() {
+    let absent = Path::new("/nonexistent/chromedriver");
+    assert_eq!(driver_or_skip(absent, false), Ok(None));
+    assert!(driver_or_skip(absent, true).is_err(), "under CI it fails");
+    let here = Path::new(env!("CARGO_BIN_EXE_ringhost"));
+    assert_eq!(driver_or_skip(here, true), Ok(Some(here)));
 }
 
 const N: usize = 11;
@@ -282,7 +334,10 @@ const KILLED: usize = 5;
 
 #[test]
 fn the_dashboard_shows_the_ring_live_in_headless_chromium() {
-    let Some(driver) = chromedriver() else {
+    let ci = std::env::var_os("CI").is_some();
+    let Some(driver) =
+        driver_or_skip(Path::new(CHROMEDRIVER), ci).unwrap_or_else(|e| panic!("{e}"))
+    else {
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -305,7 +360,7 @@ fn the_dashboard_shows_the_ring_live_in_headless_chromium() {
 
     // Dropped in reverse order: the browsers go before their profile.
     let profile = TempDir::new("chromium-profile");
-    let chromedriver = Chromedriver::start(driver);
+    let chromedriver = Chromedriver::start(driver, &profile);
     let page = rt.block_on(chromedriver.session(&profile));
     let within = Duration::from_secs(20);
 
