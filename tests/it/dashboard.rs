@@ -422,6 +422,17 @@ fn the_dashboard_shows_the_ring_live_in_headless_chromium() {
             signer: None,
             signature: None,
         };
+        // Every text the deploy box shows while the push travels.
+        page.execute(
+            "window.progress = [];
+             new MutationObserver(() => {
+               const t = document.getElementById('deploy').textContent;
+               if (window.progress[window.progress.length - 1] !== t) window.progress.push(t);
+             }).observe(document.getElementById('deploy'), { childList: true, subtree: true });",
+            vec![],
+        )
+        .await
+        .expect("watch the deploy box");
         let answer = client
             .push(&params, Bytes::from(marker(1)))
             .await
@@ -454,6 +465,18 @@ fn the_dashboard_shows_the_ring_live_in_headless_chromium() {
         .await;
         let want = format!("marker v{version}: {live}/{live} live members", live = N - 1);
         assert!(progress.as_str().is_some_and(|p| p.contains(&want)), "{progress} says {want}");
+        let seen = page
+            .execute("return window.progress;", vec![])
+            .await
+            .expect("the deploy box's texts");
+        eprintln!("the deploy box showed, in order: {seen}");
+        let travelling = format!("marker v{version}: ");
+        let partial = seen.as_array().into_iter().flatten().any(|t| {
+            t.as_str().is_some_and(|t| {
+                t.starts_with(&travelling) && !t.contains(&format!("{live}/{live}", live = N - 1))
+            })
+        });
+        assert!(partial, "progress shown while the push travelled: {seen}");
         if let Some(path) = std::env::var_os("RINGHOST_SCREENSHOT") {
             // A picture worth keeping: every lap-time sparkline filled.
             wait_js(
