@@ -53,6 +53,7 @@ use super::api::{
     ConfigBody, DeployAnswer, ErrorBody, InboxAnswer, KV_LIST_MAX, KvEntry, KvListing, Liveness,
     MemberView, RingView, RollbackBody, is_healthy,
 };
+use super::dashboard::{self, RingOrigins};
 use crate::config::{AdminConfig, RingLayout};
 use crate::deploy::agent::{DeployMsg, DeployView};
 use crate::deploy::release::{Hash, Reply, Request as DeployRequest};
@@ -243,10 +244,18 @@ async fn watch_members(app: App, cancel: CancellationToken) {
 
 /// The router: every route of the API (also used by the route test).
 fn router(app: App) -> Router {
+    let origins = Arc::new(RingOrigins::new(&app.ring, &app.config.listen));
+    let events = get(events).layer(middleware::from_fn_with_state(
+        origins,
+        dashboard::allow_ring_origins,
+    ));
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
         .route("/v1/status", get(status))
         .route("/v1/ring", get(ring))
-        .route("/v1/events", get(events))
+        .route("/v1/events", events)
         .route("/v1/stations/{name}/kv", get(kv_list))
         .route("/v1/stations/{name}/kv/{key}", get(kv_get))
         .route("/v1/stations/{name}/inbox", axum::routing::post(inbox_post))
@@ -271,6 +280,9 @@ fn router(app: App) -> Router {
 
 /// Every route pattern the router serves, for the OpenAPI test.
 pub const ROUTES: &[&str] = &[
+    "/",
+    "/dashboard.js",
+    "/dashboard.css",
     "/v1/status",
     "/v1/ring",
     "/v1/events",

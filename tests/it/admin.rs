@@ -409,7 +409,7 @@ async fn bad_requests_are_answered_4xx_naming_the_problem_and_the_node_keeps_ser
         ),
         (
             Method::GET,
-            "/",
+            "/v2/status",
             None,
             StatusCode::NOT_FOUND,
             "no such endpoint",

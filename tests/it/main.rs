@@ -2,6 +2,7 @@
 
 mod admin;
 mod cut_link;
+mod dashboard;
 mod deploy;
 mod deploy_client;
 mod deploy_order;
