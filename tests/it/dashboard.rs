@@ -418,9 +418,7 @@ fn the_dashboard_shows_the_ring_live_in_headless_chromium() {
         let client = AdminClient::new(&admin, None);
         let params = PushParams {
             name: "marker".into(),
-            config: Vec::new(),
-            signer: None,
-            signature: None,
+            ..PushParams::default()
         };
         // Every text the deploy box shows while the push travels.
         page.execute(
