@@ -522,6 +522,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let body = self.buf.split().freeze();
         self.inner.send(body).await
     }
+
+    /// Shuts the write side (a TCP FIN): the peer reads the end of the
+    /// stream after the last frame (every `write_frame` flushed its frame).
+    ///
+    /// # Errors
+    /// When the stream fails.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.inner.get_mut().shutdown().await
+    }
 }
 
 #[cfg(test)]

@@ -105,10 +105,20 @@ pub(super) async fn dial(
     }
 }
 
+/// What ends a successor link's task.
+pub(super) struct LinkEnds {
+    /// The node stops: end without a report.
+    pub(super) node: CancellationToken,
+    /// The owner's particle write failed: report how the link ended.
+    pub(super) broken: CancellationToken,
+}
+
 /// Watches one link to a successor: pings it and reports what comes back
 /// (pongs, custody acks) and the link's end. The owner writes particles to
 /// the shared writer itself. Ends when the owner drops the link (aborting
-/// this task), the link fails, or the node stops.
+/// this task), the link fails (a write of its own or, through
+/// `ends.broken`, of the owner's), or the node stops; a failed link is
+/// reported as `Left` when the successor said `Leave` before the end.
 ///
 /// With `beacon` (the successor reads them), every ping carries what this
 /// node knows of the particle, and a ping goes out at once when the owner
@@ -121,7 +131,7 @@ pub(super) async fn run_downlink(
     tx: mpsc::Sender<Msg>,
     config: Arc<NodeConfig>,
     beacon: Option<Arc<BeaconCell>>,
-    cancel: CancellationToken,
+    ends: LinkEnds,
 ) {
     let write_limit = Duration::from_millis(config.write_timeout_ms);
     let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
@@ -136,7 +146,8 @@ pub(super) async fn run_downlink(
             }
         };
         let send = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = ends.node.cancelled() => return,
+            () = ends.broken.cancelled() => break "a particle write failed".to_string(),
             _ = ping.tick() => true,
             () = news => true,
             r = reader.read_frame() => {
@@ -173,5 +184,40 @@ pub(super) async fn run_downlink(
             }
         }
     };
-    let _ = tx.send(Msg::LinkLost { link, why }).await;
+    let msg = last_word(link, &mut reader, &tx, why).await;
+    let _ = tx.send(msg).await;
+}
+
+/// How long a link that failed on a write is still read for a `Leave`.
+const LAST_WORD_GRACE: Duration = Duration::from_millis(200);
+
+/// How the link ended: `Left` when the successor said `Leave` before the
+/// end, else `LinkLost`. A write (a ping here, a particle by the owner)
+/// can fail before the reader got to a `Leave` already received: a
+/// successor that stops resets the connection when it closes with our
+/// frames unread. So the frames still in the socket are read first
+/// (bounded: a jammed peer that sends nothing ends as lost), and a clean
+/// stop is never taken for a failure, whichever side noticed the end.
+async fn last_word(
+    link: LinkId,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    tx: &mpsc::Sender<Msg>,
+    why: String,
+) -> Msg {
+    let read = async {
+        loop {
+            match reader.read_frame().await {
+                Ok(Some(Frame::Leave)) => return true,
+                Ok(Some(Frame::Forwarded { id, hop })) => {
+                    let _ = tx.send(Msg::Forwarded { link, id, hop }).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    };
+    match timeout(LAST_WORD_GRACE, read).await {
+        Ok(true) => Msg::Left(link),
+        _ => Msg::LinkLost { link, why },
+    }
 }

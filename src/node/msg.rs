@@ -10,6 +10,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::ring::state::{Beacon, DialResult, LinkId, UpstreamId};
 use crate::ring::token::{Alive, Particle, ParticleId};
@@ -39,6 +40,10 @@ pub(super) type AckSlot = Arc<std::sync::Mutex<Option<(ParticleId, u64)>>>;
 pub(super) struct Downlink {
     pub(super) writer: SharedWriter,
     pub(super) task: JoinHandle<()>,
+    /// Cancelled by the owner when a particle write fails: the link's task
+    /// then reads what the successor last said (a `Leave`?) and reports
+    /// how the link ended.
+    pub(super) broken: CancellationToken,
 }
 
 impl Downlink {

@@ -27,7 +27,7 @@ use crate::station::{Pipeline, StopBase};
 use crate::status::{self, Samples};
 use crate::wire::{Frame, Hello, PROTOCOL_VERSION};
 
-use super::downlink::{DialError, Dialed, dial, run_downlink};
+use super::downlink::{DialError, Dialed, LinkEnds, dial, run_downlink};
 use super::msg::{AckSlot, BeaconCell, Downlink, Msg};
 
 /// How often the owner ticks the protocol (deadlines are checked at this
@@ -381,18 +381,22 @@ impl Owner {
                     }
                 }
                 let limit = Duration::from_millis(self.config.write_timeout_ms);
-                let sent = match self.links.get(&link) {
-                    Some(d) => d.write(&Frame::Particle(particle), limit).await,
-                    None => false,
-                };
-                if !sent {
-                    // The link is gone or jammed: the protocol still holds a
-                    // copy (in flight) and resends it on the next link.
-                    self.links.remove(&link);
-                    events.push_back(Event::LinkLost {
+                match self.links.get(&link) {
+                    Some(d) => {
+                        if !d.write(&Frame::Particle(particle), limit).await {
+                            // The link is gone or jammed: the protocol still
+                            // holds a copy (in flight) and resends it on the
+                            // next link. Whether the successor failed or
+                            // said it leaves, only the link's reader knows
+                            // (a `Leave` may wait unread): its task reports
+                            // `Left` or `LinkLost`.
+                            d.broken.cancel();
+                        }
+                    }
+                    None => events.push_back(Event::LinkLost {
                         link,
                         now: Instant::now(),
-                    });
+                    }),
                 }
             }
             Action::Ack { to, id, hop } => {
@@ -511,11 +515,12 @@ impl Owner {
                                 let _ = deploy_tx.send(DeployMsg::PeerReleases { peer, releases }).await;
                                 let writer = Arc::new(tokio::sync::Mutex::new(writer));
                                 let beacon = beacons.then_some(beacon);
+                                let broken = CancellationToken::new();
                                 let task = tracker.spawn(
-                                    run_downlink(link, Arc::clone(&writer), reader, tx.clone(), Arc::clone(&config), beacon, cancel.clone())
+                                    run_downlink(link, Arc::clone(&writer), reader, tx.clone(), Arc::clone(&config), beacon, LinkEnds { node: cancel.clone(), broken: broken.clone() })
                                         .in_current_span(),
                                 );
-                                (DialResult::Up { peer_seen }, Some(Downlink { writer, task }))
+                                (DialResult::Up { peer_seen }, Some(Downlink { writer, task, broken }))
                             }
                             Err(DialError::Ended(e)) => (e, None),
                             Err(DialError::Duplicate(why)) => {

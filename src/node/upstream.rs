@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
@@ -29,6 +29,11 @@ use crate::ring::token::ParticleId;
 use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
 
 use super::msg::{AckSlot, Msg, short};
+
+/// How long a stopping node waits for a predecessor to take its `Leave`
+/// and close the link (a peer on the same machine takes well under a
+/// millisecond).
+const LEAVE_GRACE: Duration = Duration::from_millis(200);
 
 /// The live upstream link of one predecessor member, to refuse a second
 /// process claiming the same member while the first is alive.
@@ -60,12 +65,16 @@ pub(super) struct Upstreams {
     pub(super) deploy_view: watch::Receiver<DeployView>,
 }
 
+/// Accepts connections on the ring port until the node has released the
+/// particle while stopping (not at the stop itself: a predecessor that
+/// redials meanwhile must reach a node that tells it it leaves, not a
+/// closed port that reads as a failure).
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(1);
     let mut next_id: UpstreamId = 1;
     loop {
         let accepted = tokio::select! {
-            () = ctx.cancel.cancelled() => return,
+            () = ctx.released.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -80,7 +89,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: 
                 // Out of file descriptors and the like: wait, then go on.
                 warn!(cause = %e, "accept failed");
                 tokio::select! {
-                    () = ctx.cancel.cancelled() => return,
+                    () = ctx.released.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -123,8 +132,11 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     };
 
     let limit = Duration::from_millis(config.handshake_timeout_ms);
+    // A predecessor that (re)dials while this node is stopping is welcomed
+    // and then told the node leaves: until the particle is released the
+    // node is a member, and after that it says `Leave` on every link.
     let first = tokio::select! {
-        () = cancel.cancelled() => return,
+        () = released.cancelled() => return,
         r = timeout(limit, reader.read_frame()) => r,
     };
     let mut hello = match first {
@@ -250,7 +262,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         // tell the predecessor this is a leave, so it skips us at once
         // and nobody respawns us.
         let frame = tokio::select! {
-            () = released.cancelled() => return say_leave(&mut writer, &ack, write_limit).await,
+            () = released.cancelled() => return say_leave(&mut writer, &mut reader, &ack, write_limit).await,
             r = reader.read_frame() => r,
         };
         let n = match frame {
@@ -261,7 +273,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
                     ack: Arc::clone(&ack),
                 };
                 if tx.send(msg).await.is_err() {
-                    return say_leave(&mut writer, &ack, write_limit).await; // the node is stopping
+                    return say_leave(&mut writer, &mut reader, &ack, write_limit).await; // the node is stopping
                 }
                 continue;
             }
@@ -271,7 +283,8 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
                     releases,
                 };
                 if deploy_tx.send(msg).await.is_err() {
-                    return;
+                    // The agent is gone: the node is stopping.
+                    return say_leave(&mut writer, &mut reader, &ack, write_limit).await;
                 }
                 continue;
             }
@@ -296,7 +309,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             break Some(why);
         }
         if tx.send(Msg::UpstreamAlive(alive)).await.is_err() {
-            return say_leave(&mut writer, &ack, write_limit).await;
+            return say_leave(&mut writer, &mut reader, &ack, write_limit).await;
         }
         // Custody acks ride along with the pongs.
         let owed = ack.lock().expect("ack slot").take();
@@ -326,16 +339,35 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
 }
 
 /// Tells the predecessor this node leaves, after the custody ack it is
-/// owed (the particle went on: no need to resend it), bounded so a stuck
-/// peer does not hold up the stop.
-async fn say_leave(writer: &mut FrameWriter<OwnedWriteHalf>, ack: &AckSlot, write_limit: Duration) {
-    let limit = write_limit.min(Duration::from_millis(200));
+/// owed (the particle went on: no need to resend it), then closes the link
+/// gracefully: our side is shut (a FIN after the `Leave`) and what the
+/// predecessor still sends (pings, a particle) is read and dropped until it
+/// closes its side on reading the `Leave`. Closing with its frames unread
+/// would reset the connection: the reset can discard a `Leave` still
+/// queued here, and makes the predecessor's next write fail before it has
+/// read the `Leave`, so a clean stop would look like a failure. Bounded,
+/// so a stuck peer does not hold up the stop.
+async fn say_leave(
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    ack: &AckSlot,
+    write_limit: Duration,
+) {
+    let limit = write_limit.min(LEAVE_GRACE);
     let owed = ack.lock().expect("ack slot").take();
-    let _ = timeout(limit, async {
+    let said = timeout(limit, async {
         if let Some((id, hop)) = owed {
             writer.write_frame(&Frame::Forwarded { id, hop }).await?;
         }
-        writer.write_frame(&Frame::Leave).await
+        writer.write_frame(&Frame::Leave).await?;
+        writer.shutdown().await
+    })
+    .await;
+    if !matches!(said, Ok(Ok(()))) {
+        return;
+    }
+    let _ = timeout(LEAVE_GRACE, async {
+        while let Ok(Some(_)) = reader.read_frame().await {}
     })
     .await;
 }

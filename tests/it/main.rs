@@ -11,6 +11,7 @@ mod deploy_rollback;
 mod deploy_sources;
 mod files;
 mod health;
+mod leave_race;
 mod ring;
 mod slow_stop;
 mod startup;
