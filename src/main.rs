@@ -7,7 +7,19 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = ringhost::cli::Cli::parse();
+    // A usage error exits 1, like any other error: 2 is what `status` and
+    // `members` say of a ring that is not whole (clap would exit 2).
+    let cli = match ringhost::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

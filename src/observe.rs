@@ -238,7 +238,11 @@ impl Bus {
                 }
             }
             EventKind::StationFault { station, .. } => m.station_fault(station),
-            EventKind::MemberDown { left: false, .. } => _ = m.failures.inc(),
+            EventKind::MemberDown {
+                left: false,
+                ever_up: true,
+                ..
+            } => _ = m.failures.inc(),
             EventKind::ViewChanged { live } => {
                 _ = m.live_members.set(i64::try_from(live.len()).unwrap_or(0));
             }

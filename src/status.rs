@@ -58,8 +58,9 @@ pub struct Report {
     /// Highest replicated config entry version applied here (0: none).
     #[serde(default)]
     pub config_version: u64,
-    /// Members this node has linked to as its successor since it started
-    /// (so they were up then): tells a dead member from one not started.
+    /// Members this node has known up since it started (a link to one came
+    /// up, or a particle back from a full lap marked it live): tells a dead
+    /// member from one not started yet.
     #[serde(default)]
     pub linked_ever: Vec<usize>,
 }
@@ -254,7 +255,13 @@ pub fn render(r: &Report) -> String {
             m.index,
             m.name,
             m.addr,
-            if m.live { "live" } else { "DEAD" }
+            if m.live {
+                "live"
+            } else if m.index == r.node.index || r.linked_ever.contains(&m.index) {
+                "DEAD"
+            } else {
+                "not started yet"
+            }
         );
     }
     for st in &r.stations {

@@ -32,6 +32,9 @@ pub const LOG_BURST: f64 = 100.0;
 pub const KV_QUOTA_BYTES: usize = 1 << 20;
 /// Pending messages one station's inbox may hold.
 pub const INBOX_CAPACITY: usize = 10_000;
+/// Pending bytes one station's inbox may hold (a station that never reads
+/// its inbox holds at most this much of the node's memory).
+pub const INBOX_MAX_BYTES: usize = 8 << 20;
 
 /// The node-local key-value store, namespaced per station. Cloning shares
 /// it. Short critical sections only, never held across an await.
@@ -88,33 +91,50 @@ impl KvStore {
 /// A station's queue of local inputs. Cloning shares it.
 #[derive(Debug, Clone, Default)]
 pub struct Inbox {
-    inner: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    inner: Arc<Mutex<Queue>>,
+}
+
+/// An inbox's messages and their total size.
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<Vec<u8>>,
+    bytes: usize,
 }
 
 impl Inbox {
     /// Appends a message.
     ///
     /// # Errors
-    /// When [`INBOX_CAPACITY`] messages are already pending.
+    /// When [`INBOX_CAPACITY`] messages are already pending, or the
+    /// message would take the pending bytes over [`INBOX_MAX_BYTES`].
     pub fn push(&self, msg: Vec<u8>) -> Result<(), String> {
         let mut q = self.inner.lock().expect("inbox lock");
-        if q.len() >= INBOX_CAPACITY {
+        if q.messages.len() >= INBOX_CAPACITY {
             return Err(format!("inbox full ({INBOX_CAPACITY} messages)"));
         }
-        q.push_back(msg);
+        if q.bytes + msg.len() > INBOX_MAX_BYTES {
+            return Err(format!(
+                "inbox full ({} bytes pending; at most {INBOX_MAX_BYTES})",
+                q.bytes
+            ));
+        }
+        q.bytes += msg.len();
+        q.messages.push_back(msg);
         Ok(())
     }
 
     /// Removes up to `max` messages, oldest first.
     pub fn take(&self, max: usize) -> Vec<Vec<u8>> {
         let mut q = self.inner.lock().expect("inbox lock");
-        let n = max.min(q.len());
-        q.drain(..n).collect()
+        let n = max.min(q.messages.len());
+        let taken: Vec<Vec<u8>> = q.messages.drain(..n).collect();
+        q.bytes -= taken.iter().map(Vec::len).sum::<usize>();
+        taken
     }
 
     /// Pending message count.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("inbox lock").len()
+        self.inner.lock().expect("inbox lock").messages.len()
     }
 
     /// Whether no message is pending.
@@ -482,6 +502,16 @@ mod tests {
         assert!(inbox.push(vec![0]).is_err());
         assert_eq!(inbox.take(2), vec![vec![0], vec![1]]);
         assert_eq!(inbox.len(), INBOX_CAPACITY - 2);
+        // Bytes are bounded too, and taking frees them.
+        let inbox = Inbox::default();
+        let chunk = INBOX_MAX_BYTES / 4;
+        for _ in 0..4 {
+            inbox.push(vec![0; chunk]).unwrap();
+        }
+        let e = inbox.push(vec![0]).unwrap_err();
+        assert!(e.contains("bytes pending"), "{e}");
+        assert_eq!(inbox.take(1).len(), 1);
+        inbox.push(vec![0; chunk]).unwrap();
     }
 
     #[test]

@@ -422,6 +422,14 @@ async fn bad_requests_are_answered_4xx_naming_the_problem_and_the_node_keeps_ser
             "",
         ),
     ];
+    let long_key: &'static str = format!("/v1/config/{}", "k".repeat(1025)).leak();
+    let cases = cases.into_iter().chain([(
+        Method::PUT,
+        long_key,
+        json(r#"{"value":"v"}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "more than 1024",
+    )]);
     for (method, path, body, want, says) in cases {
         let big = body.as_ref().is_some_and(|b| b.0.len() > 1 << 20);
         let (status, bytes) = match c.exchange(method.clone(), path, body, T).await {

@@ -151,7 +151,9 @@ impl Agent {
                 });
             }
             Request::ConfigSet { key, value } => {
+                let checked = crate::model::check_config_write(&key, value.as_deref());
                 let answer = match self.inboxes.get(CONFIG_STATION) {
+                    _ if checked.is_err() => Reply::error(checked.err().unwrap_or_default()),
                     None => Reply::error(format!(
                         "this node does not run the {CONFIG_STATION} station (start it with --station {CONFIG_STATION})"
                     )),
