@@ -51,14 +51,15 @@ pub const EXIT_CANNOT_BIND: u8 = 3;
 /// A node could not bind its ring port or its admin address: `main` exits
 /// with [`EXIT_CANNOT_BIND`].
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind the {what} {addr}: {source}")]
+#[error("cannot bind the {what} {addr}: {cause}")]
 pub struct BindError {
     /// Which port: `ring port` or `admin address`.
     pub what: &'static str,
     /// The address asked for.
     pub addr: String,
-    /// Why (address in use, not local…).
-    pub source: std::io::Error,
+    /// Why (address in use, not local…); part of the message, not a
+    /// separate cause, so it is said once.
+    pub cause: std::io::Error,
 }
 
 /// Runs what the command line asks for until `shutdown` resolves; the
@@ -101,10 +102,10 @@ async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Re
         .unwrap_or_else(|| config.me().addr.clone());
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
-        .map_err(|source| BindError {
+        .map_err(|cause| BindError {
             what: "ring port",
             addr: bind.clone(),
-            source,
+            cause,
         })?;
     let host = station::StationHost::with_cache(args.stations.cache_dir())?;
     let ring = config.ring.clone();

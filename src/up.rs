@@ -88,7 +88,18 @@ fn admin_base_port(args: &UpArgs) -> Result<u16> {
     if last > u32::from(u16::MAX) {
         anyhow::bail!("admin ports {base}-{last} pass 65535: choose a lower --admin-base-port");
     }
-    Ok(u16::try_from(base).expect("checked above"))
+    // The admin ports are on 127.0.0.1; the ring ports on --host, which may
+    // be the same interface: the two ranges must not meet.
+    let ring = u32::from(args.base_port)..u32::from(args.base_port) + u32::from(args.nodes);
+    if (base..=last).any(|p| ring.contains(&p)) {
+        anyhow::bail!(
+            "admin ports {base}-{last} overlap the ring ports {}-{}: choose another \
+             --admin-base-port",
+            ring.start,
+            ring.end - 1
+        );
+    }
+    Ok(u16::try_from(base).unwrap_or(u16::MAX))
 }
 
 /// Runs the ring until `shutdown` resolves, then stops every node.

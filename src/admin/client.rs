@@ -99,10 +99,15 @@ impl AdminClient {
     ) -> Result<T> {
         let (status, bytes) = self.exchange(method.clone(), path, body, within).await?;
         if !status.is_success() {
-            let why = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
-            bail!("{} {method} {path}: {status}: {why}", self.addr);
+            let Ok(why) = serde_json::from_slice::<ErrorBody>(&bytes) else {
+                bail!(
+                    "{} {method} {path}: {status}, and not a ringhost admin API's answer \
+                     (no JSON error): is {} a ringhost node's admin address?",
+                    self.addr,
+                    self.addr
+                );
+            };
+            bail!("{} {method} {path}: {status}: {}", self.addr, why.error);
         }
         let bytes = if bytes.is_empty() {
             Bytes::from_static(b"null")

@@ -187,10 +187,10 @@ type ApiResult<T> = Result<T, ApiError>;
 pub async fn bind(config: &AdminConfig) -> Result<TcpListener, crate::BindError> {
     TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| crate::BindError {
+        .map_err(|cause| crate::BindError {
             what: "admin address",
             addr: config.listen.clone(),
-            source,
+            cause,
         })
 }
 
@@ -341,21 +341,33 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         let ok = match (&app.config.token, given) {
             (Some(token), Some(given)) => same_secret(token.as_bytes(), given.trim().as_bytes()),
             _ => false,
         };
         if !ok {
-            return ApiError::new(
+            let mut refused = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this admin API is not on a loopback address: a mutating request needs \
                  `Authorization: Bearer <token>` with the node's --admin-token-file token",
             )
             .into_response();
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ringhost admin\""),
+            );
+            return refused;
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme
+/// name is case-insensitive, RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares two secrets in time that depends on their lengths only.
@@ -757,6 +769,15 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("BEARER s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("Basic czNjcmV0"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn secrets_compare_by_content_and_length() {

@@ -335,3 +335,19 @@ fn up_with_a_port_taken_by_another_program_names_it_and_fails() {
     );
     drop(holder);
 }
+
+#[test]
+fn admin_ports_overlapping_ring_ports_are_refused_before_any_node_starts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringhost"))
+        .args(["up", "--nodes", "2", "--base-port", "4840"])
+        .args(["--admin-base-port", "4841"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringhost up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("admin ports 4841-4842 overlap the ring ports 4840-4841"),
+        "{err}"
+    );
+}
