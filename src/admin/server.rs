@@ -20,6 +20,11 @@
 //! ring port's status request must therefore stay as member-to-member
 //! traffic when the operator requests move off the ring port.)
 //!
+//! Concurrent requests share one gather in flight, and a view gathered
+//! less than [`RING_FRESH`] (500 ms) ago is served again: a node runs at
+//! most one ring-wide gather at a time. A member's own report comes from
+//! its status snapshot (at most about one report built per 200 ms).
+//!
 //! A member that answers is `live`. One that does not is `dead` if this
 //! server has ever seen it up (it answered a gather, this node linked to
 //! it or spliced it back in, or a member reports having linked to it as
@@ -30,7 +35,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -65,6 +70,9 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 
 /// Bound on one member's status answer while gathering `GET /v1/ring`.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How old a gathered `GET /v1/ring` view may be and still be served.
+pub const RING_FRESH: Duration = Duration::from_millis(500);
 
 /// Body limit of `POST /v1/push`: the module limit and a little more.
 pub const PUSH_BODY_LIMIT: usize = crate::station::MAX_MODULE_BYTES + (64 << 10);
@@ -113,6 +121,9 @@ struct Inner {
     ctx: AdminContext,
     /// Members this server has seen up (see the module docs).
     ever_up: Mutex<HashSet<usize>>,
+    /// The last `/v1/ring` view and when its gather ended; held during a
+    /// gather, so concurrent requests share the one in flight.
+    gathered: tokio::sync::Mutex<Option<(Instant, RingView)>>,
     cancel: CancellationToken,
 }
 
@@ -202,6 +213,7 @@ pub async fn serve(listener: TcpListener, ctx: AdminContext, cancel: Cancellatio
     let app = App(Arc::new(Inner {
         ctx,
         ever_up: Mutex::new(ever_up),
+        gathered: tokio::sync::Mutex::new(None),
         cancel: cancel.clone(),
     }));
     let watcher = tokio::spawn(watch_members(app.clone(), cancel.clone()));
@@ -448,7 +460,24 @@ async fn status(State(app): State<App>) -> ApiResult<Json<Report>> {
     app.report().await.map(Json)
 }
 
+/// `GET /v1/ring`. Concurrent requests share one gather in flight, and a
+/// view gathered less than [`RING_FRESH`] ago is served again, so a node
+/// runs at most one ring-wide gather at a time however many come.
 async fn ring(State(app): State<App>) -> ApiResult<Json<RingView>> {
+    let since = Instant::now();
+    let mut gathered = app.0.gathered.lock().await;
+    if let Some((at, view)) = gathered.as_ref()
+        && (at.elapsed() < RING_FRESH || *at >= since)
+    {
+        return Ok(Json(view.clone()));
+    }
+    let view = gather(&app).await?;
+    *gathered = Some((Instant::now(), view.clone()));
+    Ok(Json(view))
+}
+
+/// Asks every member for its report (see the module docs).
+async fn gather(app: &App) -> ApiResult<RingView> {
     let me = app.report().await?;
     let members = app.ring.members();
     let asks = members.iter().enumerate().map(|(i, m)| {
@@ -507,13 +536,13 @@ async fn ring(State(app): State<App>) -> ApiResult<Json<RingView>> {
             });
         }
     }
-    Ok(Json(RingView {
+    Ok(RingView {
         node: app.index,
         ring_size: members.len(),
         ring_hash: app.ring.hash().to_string(),
         healthy: is_healthy(&views),
         members: views,
-    }))
+    })
 }
 
 async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

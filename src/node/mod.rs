@@ -27,6 +27,7 @@
 mod downlink;
 mod msg;
 mod owner;
+mod snapshot;
 mod upstream;
 
 use std::collections::{BTreeSet, HashMap};
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,10 +52,14 @@ use crate::observe::{Bus, Observer};
 use crate::ring::state::RingState;
 use crate::station::{Inbox, Inboxes, KvStore, NodeInfo, Pipeline, StationHost, StationLimits};
 
-use msg::Msg;
 pub use owner::TICK;
 use owner::{Owner, Stats};
+use snapshot::StatusSnapshot;
 use upstream::{Claims, Upstreams, accept_loop};
+
+/// Bound on an admin status request's wait for the snapshot (the
+/// refresh lock and the owner's answer).
+const STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// A running node. Dropping it cancels the node without waiting; call
 /// [`NodeHandle::shutdown`] to wait for every task to end.
@@ -69,6 +74,7 @@ pub struct NodeHandle {
     deploy_view: watch::Receiver<DeployView>,
     admin: Option<SocketAddr>,
     bus: Arc<Bus>,
+    status: Arc<StatusSnapshot>,
 }
 
 impl NodeHandle {
@@ -85,6 +91,13 @@ impl NodeHandle {
     /// The node's deploy state (releases, what runs), as it changes.
     pub fn deploy_view(&self) -> watch::Receiver<DeployView> {
         self.deploy_view.clone()
+    }
+
+    /// How many status reports the owner task has built since the node
+    /// started (every admin and ring-port status request is served from a
+    /// shared snapshot; see `node/snapshot.rs`).
+    pub fn status_reports_built(&self) -> u64 {
+        self.status.built()
     }
 
     /// The address the ring port is bound to.
@@ -227,6 +240,8 @@ pub async fn start(
     // node leaves, so no predecessor resends what this node is still
     // visiting.
     let released = CancellationToken::new();
+    let reports_built = Arc::default();
+    let status = Arc::new(StatusSnapshot::new(tx.clone(), Arc::clone(&reports_built)));
     tracker.spawn(
         accept_loop(
             listener,
@@ -241,6 +256,7 @@ pub async fn start(
                 deploy_view: deploy_view.clone(),
                 claims: Claims::default(),
                 log: Arc::default(),
+                status: Arc::clone(&status),
             },
             tracker.clone(),
         )
@@ -266,6 +282,7 @@ pub async fn start(
         linked: None,
         not_started_told: BTreeSet::new(),
         stats: Stats::default(),
+        reports_built,
         started: Instant::now(),
         addr,
         admin_addr,
@@ -275,13 +292,12 @@ pub async fn start(
         tracker: tracker.clone(),
     };
     if let (Some(listener), Some(settings)) = (admin_listener, &config.admin) {
-        let ask = owner.tx.clone();
+        let snapshot = Arc::clone(&status);
         let status: admin::server::StatusFn = Arc::new(move || {
-            let ask = ask.clone();
+            let snapshot = Arc::clone(&snapshot);
             Box::pin(async move {
-                let (otx, orx) = oneshot::channel();
-                ask.send(Msg::Status(otx)).await.ok()?;
-                serde_json::from_str(&orx.await.ok()?).ok()
+                let json = snapshot.get(STATUS_WAIT).await?;
+                serde_json::from_str(&json).ok()
             })
         });
         let ctx = admin::server::AdminContext {
@@ -319,5 +335,6 @@ pub async fn start(
         deploy_view,
         admin: admin_addr,
         bus,
+        status,
     })
 }

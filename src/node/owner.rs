@@ -72,6 +72,8 @@ pub(super) struct Owner {
     /// Members already reported as not started yet (said once each).
     pub(super) not_started_told: BTreeSet<usize>,
     pub(super) stats: Stats,
+    /// Status reports built (read through the node's status snapshot).
+    pub(super) reports_built: Arc<std::sync::atomic::AtomicU64>,
     pub(super) started: Instant,
     pub(super) addr: SocketAddr,
     /// The bound admin API address (`None`: off), for the status report.
@@ -317,6 +319,8 @@ impl Owner {
                 }
             }
             Msg::Status(reply) => {
+                self.reports_built
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(self.status_json());
             }
             Msg::Duplicate(why) => {

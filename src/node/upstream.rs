@@ -29,6 +29,7 @@ use crate::ring::token::ParticleId;
 use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
 
 use super::msg::{AckSlot, Msg, short};
+use super::snapshot::StatusSnapshot;
 
 /// How long a stopping node waits for a predecessor to take its `Leave`
 /// and close the link (a peer on the same machine takes well under a
@@ -63,6 +64,8 @@ pub(super) struct Upstreams {
     pub(super) released: CancellationToken,
     pub(super) deploy_tx: mpsc::Sender<DeployMsg>,
     pub(super) deploy_view: watch::Receiver<DeployView>,
+    /// The status snapshot a status request is answered from.
+    pub(super) status: Arc<StatusSnapshot>,
 }
 
 /// Accepts connections on the ring port until the node has released the
@@ -112,6 +115,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         deploy_view,
         claims,
         log,
+        status,
     } = ctx;
     let _ = stream.set_nodelay(true);
     let Ok(remote) = stream.peer_addr() else {
@@ -142,11 +146,9 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let mut hello = match first {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(Frame::StatusRequest))) => {
-            let (otx, orx) = oneshot::channel();
-            if tx.send(Msg::Status(otx)).await.is_ok()
-                && let Ok(Ok(json)) = timeout(limit, orx).await
-            {
-                let _ = timeout(limit, writer.write_frame(&Frame::Status(json))).await;
+            if let Some(json) = status.get(limit).await {
+                let frame = Frame::Status(json.to_string());
+                let _ = timeout(limit, writer.write_frame(&frame)).await;
             }
             return;
         }

@@ -249,8 +249,11 @@ impl ProcRing {
                             .filter(|m| m.live)
                             .map(|m| m.index)
                             .collect();
-                        let moving = last_visits.get(&i).is_some_and(|&v| r.visits > v);
-                        last_visits.insert(i, r.visits);
+                        // Visits grew since this wait first asked (a report
+                        // may be served again for up to 200 ms: successive
+                        // answers can be the same one).
+                        let first = *last_visits.entry(i).or_insert(r.visits);
+                        let moving = r.visits > first;
                         ok &= members == live && r.successor_up && moving;
                     }
                     None => ok = false,
