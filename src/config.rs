@@ -469,6 +469,32 @@ pub struct AdminConfig {
     /// Whether mutating requests need the token. [`AdminConfig::at`] sets
     /// it when `listen` is not a loopback address; tests may force it.
     pub require_token: bool,
+    /// Bounds on the server's connections (see `crate::admin::listen`).
+    pub limits: AdminLimits,
+}
+
+/// Bounds on an admin server's connections (see `crate::admin::listen`
+/// for what happens at each).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Open connections at most (default 512).
+    pub max_connections: usize,
+    /// Time a connection gets to send a whole request head; also the idle
+    /// timeout of a kept-alive connection (default 10 s).
+    pub header_timeout: Duration,
+    /// Time a request gets to send its whole body (default 30 s: a pushed
+    /// module of 8 MiB at about 300 KB/s).
+    pub body_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl AdminConfig {
@@ -480,6 +506,7 @@ impl AdminConfig {
             listen,
             token,
             require_token,
+            limits: AdminLimits::default(),
         }
     }
 

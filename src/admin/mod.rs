@@ -4,6 +4,8 @@
 //! - [`api`]: request and reply bodies (JSON), shared by both sides.
 //! - [`server`]: the axum server a node runs beside its ring listener
 //!   (`--admin ADDR`, default 127.0.0.1 at the ring port + 1000).
+//! - [`listen`]: how the server takes connections (its own thread,
+//!   bounded connections, header and body deadlines).
 //! - [`dashboard`]: the page served at `/` (plain HTML/JS/CSS in the
 //!   binary) and the event stream's cross-origin rule it needs.
 //! - [`client`]: a small HTTP/1 client (hyper) for the tools, and how a
@@ -17,4 +19,5 @@
 pub mod api;
 pub mod client;
 pub mod dashboard;
+pub mod listen;
 pub mod server;

@@ -52,13 +52,13 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use super::api::{
     ConfigBody, DeployAnswer, ErrorBody, InboxAnswer, KV_LIST_MAX, KvEntry, KvListing, Liveness,
     MemberView, RingView, RollbackBody, is_healthy,
 };
 use super::dashboard::{self, RingOrigins};
+use super::listen;
 use crate::config::{AdminConfig, RingLayout};
 use crate::deploy::agent::{DeployMsg, DeployView};
 use crate::deploy::release::{Hash, Reply, Request as DeployRequest};
@@ -156,14 +156,7 @@ impl IntoResponse for ApiError {
 impl ApiError {
     /// 413, naming the limits (the rejection does not say which endpoint).
     fn too_large() -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body exceeds this endpoint's size limit (a pushed module: at most {} \
-                 bytes; other bodies: at most {BODY_LIMIT} bytes)",
-                crate::station::MAX_MODULE_BYTES
-            ),
-        )
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, listen::body_too_large())
     }
 }
 
@@ -217,17 +210,9 @@ pub async fn serve(listener: TcpListener, ctx: AdminContext, cancel: Cancellatio
         cancel: cancel.clone(),
     }));
     let watcher = tokio::spawn(watch_members(app.clone(), cancel.clone()));
+    let limits = app.config.limits;
     let router = router(app);
-    let stopped = cancel.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(stopped.cancelled_owned());
-    tokio::select! {
-        r = server => if let Err(e) = r {
-            warn!(cause = %e, "admin server stopped");
-        },
-        () = async { cancel.cancelled().await; tokio::time::sleep(STOP_GRACE).await } => {
-            info!("admin requests still open after stopping; dropped");
-        }
-    }
+    listen::serve(listener, router, limits, cancel, STOP_GRACE).await;
     watcher.abort();
 }
 
@@ -285,6 +270,10 @@ fn router(app: App) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            app.config.limits.body_timeout,
+            listen::read_body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
         .layer(middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::admin;
 use crate::config::NodeConfig;
@@ -311,7 +311,24 @@ pub async fn start(
             inboxes: inboxes.clone(),
             bus: Arc::clone(&bus),
         };
-        tracker.spawn(admin::server::serve(listener, ctx, cancel.clone()).instrument(span.clone()));
+        // The admin server runs on a thread of its own (see
+        // `admin::listen`); its listener moves to that thread's runtime.
+        let listener = listener
+            .into_std()
+            .context("handing the admin listener to its thread")?;
+        let stop = cancel.clone();
+        let admin_span = span.clone();
+        let ended = admin::listen::spawn_thread(
+            async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => admin::server::serve(l, ctx, stop).await,
+                    Err(e) => warn!(cause = %e, "the admin API could not take its listener"),
+                }
+            }
+            .instrument(admin_span),
+        )
+        .context("starting the admin API's thread")?;
+        tracker.spawn(ended);
     }
     info!(
         parent: &span,

@@ -1,6 +1,7 @@
 //! The one integration-test binary (see STYLE.md §9).
 
 mod admin;
+mod admin_conns;
 mod cut_link;
 mod dashboard;
 mod deploy;

@@ -1,0 +1,215 @@
+//! The admin server's connection bounds (`ringhost::admin::listen`): a
+//! flood of idle or half-sent connections cannot lock an operator out or
+//! stop the particle, silent connections and slow bodies meet their
+//! deadlines, and a server whose every connection is inside a request
+//! answers `503` and recovers.
+
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use ringhost::admin::client::AdminClient;
+use ringhost::config::{AdminLimits, NodeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::deploy::quick;
+use crate::support::TestRing;
+
+const T: Duration = Duration::from_secs(5);
+
+fn limited(limits: AdminLimits) -> impl Fn(&mut NodeConfig) {
+    move |c: &mut NodeConfig| {
+        quick(c);
+        if let Some(a) = c.admin.as_mut() {
+            a.limits = limits;
+        }
+    }
+}
+
+fn admin_of(ring: &TestRing, i: usize) -> String {
+    ring.nodes[i]
+        .as_ref()
+        .expect("node running")
+        .admin_addr()
+        .expect("admin on")
+        .to_string()
+}
+
+/// Reads from `s` until the peer closes it (`Ok(bytes read)`), or `Err`
+/// when it stays open past `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(()) => Ok(got),
+        Err(_) => Err(format!(
+            "still open after {within:?}; read {:?}",
+            String::from_utf8_lossy(&got)
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_and_half_sent_connections_locks_out_no_operator() {
+    let limits = AdminLimits {
+        max_connections: 32,
+        ..AdminLimits::default()
+    };
+    let mut ring = TestRing::start(3, limited(limits)).await;
+    ring.visits(6, Duration::from_secs(10)).await;
+    let admin = admin_of(&ring, 0);
+    // Ten times the cap: half silent, half stopping inside the head.
+    let mut flood = Vec::new();
+    for k in 0..320 {
+        let mut s = TcpStream::connect(&admin).await.expect("connect");
+        if k % 2 == 1 {
+            s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("write");
+        }
+        flood.push(s);
+    }
+    // Kept open (the server's head deadline is 10 s, longer than this
+    // test's requests): every one of these requests must still be served.
+    let c = AdminClient::new(&admin, None);
+    for _ in 0..5 {
+        let r = c.status(T).await.expect("status answered during the flood");
+        assert_eq!(r.node.index, 0);
+    }
+    // The particle kept moving through the node the flood is aimed at.
+    let visits = ring.visits(9, Duration::from_secs(10)).await;
+    assert!(visits.iter().any(|v| v.node == 0), "{visits:?}");
+    // The oldest flood connections were closed to make room.
+    let mut closed = 0;
+    for s in flood.iter_mut().take(40) {
+        if closed_within(s, Duration::from_millis(50)).await.is_ok() {
+            closed += 1;
+        }
+    }
+    assert!(closed > 0, "no flood connection was closed to make room");
+    drop(flood);
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_and_slow_bodies_meet_their_deadlines() {
+    let limits = AdminLimits {
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        ..AdminLimits::default()
+    };
+    let ring = TestRing::start(1, limited(limits)).await;
+    let admin = admin_of(&ring, 0);
+
+    // Silent from the start.
+    let mut s = TcpStream::connect(&admin).await.unwrap();
+    closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("a silent connection is closed");
+
+    // A head that never ends (slowloris).
+    let mut s = TcpStream::connect(&admin).await.unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("an unfinished head is closed");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // Kept alive after one answered request, then idle.
+    let mut s = TcpStream::connect(&admin).await.unwrap();
+    s.write_all(b"GET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("an idle kept-alive connection is closed");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+
+    // A body that stops half-way: 408 naming the deadline.
+    let mut s = TcpStream::connect(&admin).await.unwrap();
+    s.write_all(
+        b"PUT /v1/config/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"value\":",
+    )
+    .await
+    .unwrap();
+    let got = closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("a stalled body is answered and closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within"), "{text}");
+
+    // The node still serves.
+    let c = AdminClient::new(&admin, None);
+    c.status(T).await.expect("status after the slow clients");
+    ring.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_every_connection_is_busy_answers_503_and_recovers() {
+    let limits = AdminLimits {
+        max_connections: 4,
+        ..AdminLimits::default()
+    };
+    let ring = TestRing::start(1, limited(limits)).await;
+    let admin = admin_of(&ring, 0);
+    // Four event streams: every connection is inside a request.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&admin).await.unwrap();
+        s.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .expect("the stream answers")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        streams.push(s);
+    }
+    let c = AdminClient::new(&admin, None);
+    let (code, body) = c
+        .exchange(Method::GET, "/v1/status", None, T)
+        .await
+        .expect("an answer");
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("retry"), "{text}");
+    // One stream ends: the next request is served.
+    drop(streams.pop());
+    let deadline = Instant::now() + T;
+    loop {
+        let (code, _) = c
+            .exchange(Method::GET, "/v1/status", None, T)
+            .await
+            .expect("an answer");
+        if code == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {code} after a stream ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(streams);
+    ring.shutdown().await;
+}
