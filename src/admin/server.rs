@@ -93,7 +93,7 @@ pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
 /// Asks the node's owner task for its status report; `None` when the node
 /// is stopping.
 pub type StatusFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Report>> + Send>> + Send + Sync>;
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Arc<Report>>> + Send>> + Send + Sync>;
 
 /// What the server needs of its node.
 pub struct AdminContext {
@@ -384,7 +384,7 @@ impl App {
         self.0.ever_up.lock().expect("ever_up lock").insert(member);
     }
 
-    async fn report(&self) -> ApiResult<Report> {
+    async fn report(&self) -> ApiResult<Arc<Report>> {
         match tokio::time::timeout(Duration::from_secs(5), (self.status)()).await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(ApiError::new(
@@ -446,7 +446,7 @@ impl App {
 }
 
 async fn status(State(app): State<App>) -> ApiResult<Json<Report>> {
-    app.report().await.map(Json)
+    app.report().await.map(|r| Json(Report::clone(&r)))
 }
 
 /// `GET /v1/ring`. Concurrent requests share one gather in flight, and a
@@ -470,7 +470,7 @@ async fn gather(app: &App) -> ApiResult<RingView> {
     let me = app.report().await?;
     let members = app.ring.members();
     let asks = members.iter().enumerate().map(|(i, m)| {
-        let mine = (i == app.index).then(|| me.clone());
+        let mine = (i == app.index).then(|| Report::clone(&me));
         async move {
             match mine {
                 Some(r) => Ok(r),

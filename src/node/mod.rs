@@ -295,10 +295,7 @@ pub async fn start(
         let snapshot = Arc::clone(&status);
         let status: admin::server::StatusFn = Arc::new(move || {
             let snapshot = Arc::clone(&snapshot);
-            Box::pin(async move {
-                let json = snapshot.get(STATUS_WAIT).await?;
-                serde_json::from_str(&json).ok()
-            })
+            Box::pin(async move { snapshot.get(STATUS_WAIT).await })
         });
         let ctx = admin::server::AdminContext {
             config: settings.clone(),

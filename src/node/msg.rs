@@ -86,7 +86,7 @@ pub(super) enum Msg {
         link: LinkId,
         why: String,
     },
-    Status(oneshot::Sender<String>),
+    Status(oneshot::Sender<crate::status::Report>),
     /// A successor refused us as a second process of our member: this
     /// process is the duplicate and stops.
     Duplicate(String),

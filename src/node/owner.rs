@@ -321,7 +321,7 @@ impl Owner {
             Msg::Status(reply) => {
                 self.reports_built
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = reply.send(self.status_json());
+                let _ = reply.send(self.status_report());
             }
             Msg::Duplicate(why) => {
                 error!(%why, "another live process runs this member; this one stops");
@@ -540,10 +540,10 @@ impl Owner {
         );
     }
 
-    fn status_json(&self) -> String {
+    fn status_report(&self) -> status::Report {
         let members = self.config.ring.members();
         let view = self.state.view();
-        let report = status::Report {
+        status::Report {
             node: status::NodeRef {
                 index: self.config.index,
                 name: self.config.me().name.clone(),
@@ -590,8 +590,7 @@ impl Owner {
                 .filter(|&i| i != self.config.index && self.state.ever_up(i))
                 .collect(),
             config_version: status::config_version(&self.kv),
-        };
-        serde_json::to_string(&report).expect("status serializes")
+        }
     }
 }
 

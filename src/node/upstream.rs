@@ -146,7 +146,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let mut hello = match first {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(Frame::StatusRequest))) => {
-            if let Some(json) = status.get(limit).await {
+            if let Some(json) = status.get_json(limit).await {
                 let frame = Frame::Status(json.to_string());
                 let _ = timeout(limit, writer.write_frame(&frame)).await;
             }
