@@ -17,7 +17,8 @@
 //! 10000; `--rounds N` quiet/loaded pairs, default 3; `--ring-requests N`,
 //! default 300).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -29,14 +30,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ringhost::admin::api::{Liveness, RingView};
 use ringhost::admin::client::AdminClient;
-use ringhost::config::{NodeConfig, RingLayout, StationSpec};
 use ringhost::node::NodeHandle;
-use ringhost::observe::{EventKind, NodeEvent, Observer};
-use ringhost::station::StationHost;
-use tokio::net::TcpListener;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
+
+use common::{TickRing, fmt, percentiles};
 use tokio_util::sync::CancellationToken;
 
 const NODES: usize = 11;
@@ -98,7 +96,7 @@ async fn run(args: &Args, clients: Handle) -> Result<()> {
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
         for loaded in [false, true] {
-            let load = loaded.then(|| Load::start(&clients, &ring.admins));
+            let load = loaded.then(|| Load::start(&clients, &ring.0.admins));
             let laps = ring.laps(args.laps).await;
             let load = match load {
                 Some(l) => Some(l.stop().await?),
@@ -115,10 +113,10 @@ async fn run(args: &Args, clients: Handle) -> Result<()> {
         }
     }
     let ring_latency = clients
-        .spawn(ring_latency(ring.admins.clone(), args.ring_requests))
+        .spawn(ring_latency(ring.0.admins.clone(), args.ring_requests))
         .await??;
-    let encode = time_encode(&ring.nodes[0]);
-    ring.shutdown().await?;
+    let encode = time_encode(&ring.0.nodes[0]);
+    ring.0.shutdown().await?;
     report(args, &runs, &ring_latency);
     println!(
         "Metrics::encode alone (what a scrape costs the node besides HTTP): mean {} for {} B",
@@ -142,83 +140,27 @@ fn time_encode(node: &NodeHandle) -> (Duration, usize) {
 }
 
 /// Eleven in-process nodes; node 0 reports its visits.
-struct Ring {
-    nodes: Vec<NodeHandle>,
-    admins: Vec<String>,
-    events: UnboundedReceiver<NodeEvent>,
-}
+struct Ring(TickRing);
 
 impl Ring {
     async fn start() -> Result<Self> {
-        let host = StationHost::new()?;
-        let mut listeners = Vec::new();
-        for _ in 0..NODES {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await?);
-        }
-        let layout = RingLayout::from_addrs(
-            listeners
-                .iter()
-                .map(|l| l.local_addr().map(|a| a.to_string()))
-                .collect::<Result<Vec<_>, _>>()?,
-        )?;
-        let (observer, events) = Observer::channel();
-        let mut nodes = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            // `NodeConfig::new` puts the admin API on 127.0.0.1:0.
-            let mut config = NodeConfig::new(layout.clone(), i);
-            config.delay_ms = 0;
-            config.stations = vec![StationSpec::builtin("tick").with("quiet", "true")];
-            let obs = if i == 0 {
-                observer.clone()
-            } else {
-                Observer::none()
-            };
-            nodes.push(ringhost::node::start(config, listener, Arc::clone(&host), obs).await?);
-        }
-        let admins = nodes
-            .iter()
-            .map(|n| {
-                n.admin_addr()
-                    .map(|a| a.to_string())
-                    .context("a node without an admin API")
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            nodes,
-            admins,
-            events,
-        })
-    }
-
-    async fn next_visit(&mut self, deadline: Instant) -> Result<(u64, Option<Duration>)> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ev = tokio::time::timeout(left, self.events.recv())
-                .await
-                .context("ring too slow")?
-                .context("events ended")?;
-            if let EventKind::Visit { lap, lap_time, .. } = ev.kind {
-                return Ok((lap, lap_time));
-            }
-        }
+        Ok(Self(TickRing::start(NODES).await?))
     }
 
     async fn wait_formed(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.next_visit(deadline).await?.0 < WARMUP_LAPS {}
-        Ok(())
+        self.0.wait_laps(WARMUP_LAPS).await
     }
 
     /// `n` lap times at node 0, after [`SETTLE`], and the CPU time the
     /// process spent meanwhile outside the clients' thread.
     async fn laps(&mut self, n: usize) -> Result<(Vec<Duration>, Duration)> {
-        while self.events.try_recv().is_ok() {}
+        self.0.drain();
         let deadline = Instant::now() + Duration::from_secs(120);
         let settled = Instant::now() + SETTLE;
         let mut times = Vec::with_capacity(n);
         let mut cpu_start = None;
         while times.len() < n {
-            if let (_, Some(t)) = self.next_visit(deadline).await?
+            if let (_, Some(t)) = self.0.next_visit(deadline).await?
                 && Instant::now() >= settled
             {
                 if cpu_start.is_none() {
@@ -229,13 +171,6 @@ impl Ring {
         }
         let cpu = node_cpu()?.saturating_sub(cpu_start.unwrap_or_default());
         Ok((times, cpu))
-    }
-
-    async fn shutdown(self) -> Result<()> {
-        for n in self.nodes {
-            n.shutdown().await?;
-        }
-        Ok(())
     }
 }
 
@@ -611,21 +546,4 @@ fn size(b: u64) -> String {
     } else {
         format!("{:.1} KB", b as f64 / 1e3)
     }
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} us", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.3} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
-    if v.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    v.sort();
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.99))
 }

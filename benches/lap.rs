@@ -6,17 +6,20 @@
 //! Both rings run in this process, on the same runtime, one after the
 //! other, so the ratio compares like with like.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use ringhost::config::{NodeConfig, RingLayout, StationSpec};
-use ringhost::observe::{EventKind, Observer};
+use anyhow::Result;
+use ringhost::config::StationSpec;
+use ringhost::observe::Observer;
 use ringhost::station::{
     Inbox, KvStore, NodeInfo, StationEnv, StationHost, StationLimits, StopContext,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use common::{TickRing, fmt, percentiles};
 
 const NODES: usize = 11;
 const WARMUP_LAPS: usize = 200;
@@ -70,20 +73,6 @@ fn main() -> Result<()> {
         );
         Ok(())
     })
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.2} us", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.3} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    (p(0.5), p(0.99))
 }
 
 /// Raw ring: each member reads a 64-byte message from its predecessor and
@@ -156,53 +145,17 @@ async fn raw_ring(laps: usize) -> Result<(Duration, Duration)> {
 /// ringhost ring: 11 in-process nodes running the built-in tick station;
 /// node 0 reports its lap times.
 async fn ringhost_ring(laps: usize) -> Result<(Duration, Duration)> {
-    let host = StationHost::new()?;
-    let mut listeners = Vec::new();
-    for _ in 0..NODES {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
-    }
-    let layout = RingLayout::from_addrs(
-        listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.to_string()))
-            .collect::<Result<Vec<_>, _>>()?,
-    )?;
-    let (observer, mut events) = Observer::channel();
-    let mut handles = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let mut config = NodeConfig::new(layout.clone(), i);
-        config.delay_ms = 0;
-        config.stations = vec![StationSpec::builtin("tick").with("quiet", "true")];
-        // Only node 0 reports, so the observer costs one node, not eleven.
-        let obs = if i == 0 {
-            observer.clone()
-        } else {
-            Observer::none()
-        };
-        handles.push(ringhost::node::start(config, listener, Arc::clone(&host), obs).await?);
-    }
-    drop(observer);
+    let mut ring = TickRing::start(NODES).await?;
     let mut times = Vec::with_capacity(laps);
     let deadline = Instant::now() + Duration::from_secs(120);
     while times.len() < laps {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = tokio::time::timeout(left, events.recv())
-            .await
-            .context("ring too slow")?
-            .context("events ended")?;
-        if let EventKind::Visit {
-            lap,
-            lap_time: Some(t),
-            ..
-        } = ev.kind
+        if let (lap, Some(t)) = ring.next_visit(deadline).await?
             && lap as usize > WARMUP_LAPS
         {
             times.push(t);
         }
     }
-    for h in handles {
-        h.shutdown().await?;
-    }
+    ring.shutdown().await?;
     Ok(percentiles(times))
 }
 
