@@ -19,7 +19,7 @@ use crate::support::TestRing;
 
 const T: Duration = Duration::from_secs(5);
 
-fn admin_of(ring: &TestRing, i: usize) -> String {
+pub(crate) fn admin_of(ring: &TestRing, i: usize) -> String {
     ring.nodes[i]
         .as_ref()
         .expect("node running")

@@ -12,6 +12,7 @@ use ringhost::config::{AdminLimits, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::admin::admin_of;
 use crate::deploy::quick;
 use crate::support::TestRing;
 
@@ -24,15 +25,6 @@ fn limited(limits: AdminLimits) -> impl Fn(&mut NodeConfig) {
             a.limits = limits;
         }
     }
-}
-
-fn admin_of(ring: &TestRing, i: usize) -> String {
-    ring.nodes[i]
-        .as_ref()
-        .expect("node running")
-        .admin_addr()
-        .expect("admin on")
-        .to_string()
 }
 
 /// Reads from `s` until the peer closes it (`Ok(bytes read)`), or `Err`
