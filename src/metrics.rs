@@ -3,7 +3,8 @@
 //! Names follow the Prometheus conventions: the `ringhost_` prefix, base
 //! units (`_seconds`, `_bytes`), `_total` on counters. The text is
 //! produced by `prometheus-client` (OpenMetrics text, which Prometheus
-//! scrapes as is).
+//! scrapes as is), and turned into the 0.0.4 text format for scrapers
+//! that ask for `text/plain`.
 //!
 //! The particle's path only touches atomics here: [`Metrics::visit`] and
 //! [`Metrics::hop`] bump counters and [`AtomicHistogram`] buckets, with no
@@ -13,7 +14,8 @@
 //! keeps elsewhere (deploy fetches, the config version) are copied in at
 //! scrape time by the admin server, not on the particle's path.
 //!
-//! This module does not serve anything; `admin::server` does.
+//! This module does not serve anything; `admin::server` does, in the
+//! format the scraper asks for ([`exposition`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +29,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
+
+pub mod exposition;
+
+pub use exposition::Format;
 
 /// Upper bounds (seconds) of the lap histogram's buckets.
 pub const LAP_BUCKETS: &[f64] = &[
@@ -400,12 +406,20 @@ impl Metrics {
             .with(station, |s| _ = s.faults.fetch_add(1, Ordering::Relaxed));
     }
 
-    /// The metrics in the text format.
+    /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The metrics in `format` (see [`Format::negotiate`]).
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Text004 => exposition::to_text_004(&self.encode()),
+        }
     }
 }
 

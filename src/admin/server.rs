@@ -757,8 +757,19 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-/// Prometheus text. Figures kept elsewhere are copied in first.
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
+/// Prometheus metrics, in the text format the `Accept` header asks for
+/// (see [`crate::metrics::Format::negotiate`]: OpenMetrics by default, the 0.0.4 text for
+/// `text/plain`). Figures kept elsewhere are copied in first.
+async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    // Several Accept headers are one list (RFC 9110, 5.3).
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let format = crate::metrics::Format::negotiate(
+        (!accept.is_empty()).then(|| accept.join(",")).as_deref(),
+    );
     let m: &Metrics = app.bus.metrics();
     {
         let view = app.deploy_view.borrow();
@@ -776,11 +787,15 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     m.config_version
         .set(i64::try_from(status::config_version(&app.kv)).unwrap_or(i64::MAX));
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        m.encode(),
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
+            // Caches must not hand one format to a client of the other.
+            (header::VARY, HeaderValue::from_static("accept")),
+        ],
+        m.encode_as(format),
     )
 }
 

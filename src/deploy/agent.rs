@@ -87,7 +87,7 @@ pub enum DeployMsg {
         /// The module that faulted: a report about a module no longer
         /// running (it was replaced while the report waited) is ignored.
         hash: Hash,
-        /// The last fault.
+        /// What made it due: the fault count, the window and the last fault.
         cause: String,
     },
     /// A watched station file settled with new contents.
@@ -158,6 +158,12 @@ pub struct StationDeploy {
     pub published_ms: u64,
     /// The module actually running.
     pub running: Hash,
+    /// The version of the release running (which, after an automatic
+    /// rollback, is older than `version`); `None`: the module the node was
+    /// started with, one run on this node only, or a node older than this
+    /// field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_version: Option<u64>,
     /// Why the last release tried here is not running, if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -685,6 +691,11 @@ impl Agent {
                     hash: rec.current.hash,
                     published_ms: rec.current.published_ms,
                     running,
+                    running_version: self
+                        .runs
+                        .get(name)
+                        .filter(|r| r.hash == running)
+                        .map(|r| r.version),
                     error: self.errors.get(name).map(|e| e.1.clone()),
                     failed_version: self.errors.get(name).and_then(|e| e.0),
                     rolled_back: self.rolled_back.get(name).cloned(),

@@ -247,6 +247,7 @@ pub async fn start(
             listener,
             Upstreams {
                 config: Arc::clone(&config),
+                admin: admin_addr,
                 tx: tx.clone(),
                 seen: seen_rx,
                 observer: observer.clone(),

@@ -56,6 +56,9 @@ pub(super) struct Upstreams {
     /// Backs off repeated rejection lines (a peer redialing every probe).
     pub(super) log: Arc<std::sync::Mutex<LogBackoff>>,
     pub(super) config: Arc<NodeConfig>,
+    /// The bound address of the node's admin API (`None`: off), named to
+    /// operator requests that arrive on the ring port.
+    pub(super) admin: Option<SocketAddr>,
     pub(super) tx: mpsc::Sender<Msg>,
     pub(super) seen: watch::Receiver<Option<ParticleId>>,
     pub(super) observer: Observer,
@@ -101,11 +104,35 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: 
     }
 }
 
+/// The answer to an operator request (`kind`: push, rollback, config…)
+/// sent to the ring port: names the node's admin API URL, or says it is
+/// off. An admin API bound to every interface is named at `local_ip`, the
+/// address the requester reached this node at (when known).
+fn refusal(kind: &str, admin: Option<SocketAddr>, local_ip: Option<std::net::IpAddr>) -> String {
+    match admin {
+        Some(mut a) => {
+            if let Some(ip) = local_ip.filter(|_| a.ip().is_unspecified()) {
+                a.set_ip(ip);
+            }
+            format!(
+                "{kind} is not served on the ring port: this node's admin API is at \
+                 http://{a} (a ringhost tool of this version uses it, given `--to {a}` or \
+                 this ring address)"
+            )
+        }
+        None => format!(
+            "{kind} is not served on the ring port, and this node's admin API is off \
+             (it was started with `--admin off`; restart it with `--admin ADDR`)"
+        ),
+    }
+}
+
 /// Serves one connection on the ring port: a hello (then pings, particles
 /// and announces), a status request, or a request (push, fetch, config…).
 async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let Upstreams {
         config,
+        admin,
         tx,
         seen,
         observer,
@@ -121,6 +148,8 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     let Ok(remote) = stream.peer_addr() else {
         return; // gone already
     };
+    // Where the peer reached us: names an admin API bound everywhere.
+    let local_ip = stream.local_addr().ok().map(|a| a.ip());
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, config.max_frame_bytes);
     let mut writer = FrameWriter::new(w, config.max_frame_bytes);
@@ -155,12 +184,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         Ok(Ok(Some(Frame::Request(req, _)))) if !req.is_member_traffic() => {
             // The ring port carries member traffic only: operator requests
             // (push, rollback, config) go to the admin API.
-            let why = format!(
-                "{} is not served on the ring port: use the node's admin API \
-                 (`ringhost status --to {}` names it)",
-                req.kind_name(),
-                config.me().addr
-            );
+            let why = refusal(req.kind_name(), admin, local_ip);
             let limit = Duration::from_millis(config.write_timeout_ms).max(limit);
             let _ = timeout(
                 limit,
@@ -434,5 +458,29 @@ fn check_hello(hello: &Hello, config: &NodeConfig) -> Result<(), String> {
             "{:?} at index {} is not a member of this ring",
             hello.from_name, hello.from_index
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_requests_on_the_ring_port_are_told_the_admin_url_or_that_it_is_off() {
+        let lo: SocketAddr = "127.0.0.1:4000".parse().expect("an address");
+        let e = refusal("push", Some(lo), Some([127, 0, 0, 2].into()));
+        assert!(
+            e.starts_with("push is not served on the ring port")
+                && e.contains("admin API is at http://127.0.0.1:4000 "),
+            "{e}"
+        );
+        let everywhere: SocketAddr = "0.0.0.0:4001".parse().expect("an address");
+        let e = refusal("rollback", Some(everywhere), Some([10, 0, 0, 5].into()));
+        assert!(e.contains("http://10.0.0.5:4001 "), "{e}");
+        let e = refusal("config-set", None, None);
+        assert!(
+            e.contains("admin API is off") && !e.contains("http://"),
+            "{e}"
+        );
     }
 }

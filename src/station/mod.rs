@@ -634,7 +634,8 @@ impl Pipeline {
     }
 
     /// Stations that faulted often enough to be rolled back, each once:
-    /// name, the module that faulted, the last fault.
+    /// name, the module that faulted, and the cause (`"3 faults within
+    /// 10 s, the last: …"`).
     pub fn take_faulty(&mut self) -> Vec<(String, Hash, String)> {
         std::mem::take(&mut self.faulty)
     }
@@ -669,9 +670,16 @@ impl Pipeline {
                 }
                 Err(e) => {
                     if station.report_fault(self.node_index, &e) {
+                        // The count and window go into the cause, so the
+                        // rollback's report says what it was due to.
+                        let cause = format!(
+                            "{} faults within {} s, the last: {e}",
+                            station.recent_faults.len(),
+                            station.limits.rollback_window.as_secs_f64()
+                        );
                         station.recent_faults.clear();
                         self.faulty
-                            .push((station.name.clone(), station.hash(), e.to_string()));
+                            .push((station.name.clone(), station.hash(), cause));
                     }
                     if !slot.is_empty() {
                         particle.slots.insert(station.name.clone(), slot);

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::admin::api::{Liveness, RingView};
 use crate::admin::client::{AdminClient, PushParams, connect};
-use crate::deploy::agent::DeployView;
+use crate::deploy::agent::{DeployView, StationDeploy};
 use crate::deploy::release::{ConfigEntry, Hash, MAX_AHEAD_MS, OrderKey, Release};
 use crate::deploy::sign;
 use crate::station::MAX_MODULE_BYTES;
@@ -205,14 +205,63 @@ fn faults_of(report: &status::Report, name: &str) -> Option<u64> {
         .map(|s| s.faults)
 }
 
+/// How long `push` waits, once a member running the release faulted, for
+/// that member's automatic rollback to show (the default
+/// `--rollback-window-ms`: past it, a fault no longer counts towards one).
+const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
+
 /// Where one member stands with a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Standing {
     Waiting,
     Running,
+    /// Faulted running it (`faults` since the station was loaded there);
+    /// watched until `until` for the node's automatic rollback.
+    Faulted {
+        faults: u64,
+        until: Instant,
+    },
     Failed(String),
+    /// The member rolled back from the release on its own.
+    RolledBack {
+        /// What the member reports (`rolled back to v1 (…) after 3 faults
+        /// within 10 s, the last: …`).
+        said: String,
+        /// What it runs now (`v1 (e4aa3580bfd0)`).
+        now: String,
+    },
     Superseded(String),
     Unreachable(String),
+}
+
+impl Standing {
+    /// Final: the member is not watched any more.
+    fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Standing::Failed(_) | Standing::RolledBack { .. } | Standing::Superseded(_)
+        )
+    }
+
+    /// What the member line says after the member's name and address.
+    fn describe(&self) -> String {
+        match self {
+            Standing::Running => "runs it".to_string(),
+            Standing::Waiting => "still waiting (timed out)".to_string(),
+            Standing::Faulted { faults, .. } => {
+                format!("FAILED: the station faulted running it ({faults} fault(s))")
+            }
+            Standing::Failed(e) => format!("FAILED: {e}"),
+            // A node rolls back on its own only after faults (traps,
+            // timeouts, a failing `init`) of what it ran.
+            Standing::RolledBack { said, now } => format!(
+                "FAILED, ROLLED BACK: the station faulted running it, and the node {said}; it \
+                 runs {now} now"
+            ),
+            Standing::Superseded(by) => format!("superseded by {by}"),
+            Standing::Unreachable(e) => format!("unreachable (down?): {e}"),
+        }
+    }
 }
 
 /// Polls every member's status until each live one runs `release`, failed
@@ -249,13 +298,11 @@ async fn wait_ring(
     loop {
         let round = node.ring(RING_TIMEOUT).await;
         for (index, _, _) in &members {
-            if matches!(
-                standing.get(index),
-                Some(Standing::Failed(_) | Standing::Superseded(_))
-            ) {
+            let was = standing.get(index).cloned().unwrap_or(Standing::Waiting);
+            if was.is_final() {
                 continue;
             }
-            let was_running = standing.get(index) == Some(&Standing::Running);
+            let was_running = matches!(was, Standing::Running | Standing::Faulted { .. });
             let now = match member_report(&round, *index) {
                 Ok(r) => {
                     misses.remove(index);
@@ -277,17 +324,25 @@ async fn wait_ring(
                             // A smaller count is a fresh instance.
                             Some(last) => count > last || (count < last && count > 0),
                         };
-                        if new {
-                            now = Standing::Failed(format!(
-                                "the station faulted running it ({count} fault(s) since it \
-                                 was loaded; the node's log has the trap)"
-                            ));
-                        }
+                        // Faulted: watched (bounded) until the node's
+                        // rollback shows, so the line can say what the
+                        // ring did.
+                        now = match was {
+                            Standing::Faulted { faults, until } => Standing::Faulted {
+                                faults: faults.max(count),
+                                until,
+                            },
+                            _ if new => Standing::Faulted {
+                                faults: count,
+                                until: (Instant::now() + ROLLBACK_WAIT).min(deadline),
+                            },
+                            _ => now,
+                        };
                     }
                     now
                 }
                 // Seen running: a missed poll while it settles is no news.
-                Err(_) if was_running => Standing::Running,
+                Err(_) if was_running => was,
                 Err(e) => {
                     let n = misses.entry(*index).or_default();
                     *n += 1;
@@ -299,9 +354,21 @@ async fn wait_ring(
                     }
                 }
             };
+            let now = match now {
+                Standing::Faulted { faults, until } if Instant::now() >= until => {
+                    Standing::Failed(format!(
+                        "the station faulted running it ({faults} fault(s) since it was \
+                         loaded; the node's log has the trap), and the node did not roll it \
+                         back while push waited (up to {} s)",
+                        ROLLBACK_WAIT.as_secs()
+                    ))
+                }
+                now => now,
+            };
             standing.insert(*index, now);
         }
         let running = count(&standing, |s| *s == Standing::Running);
+        let faulted = count(&standing, |s| matches!(s, Standing::Faulted { .. }));
         let waiting = count(&standing, |s| *s == Standing::Waiting);
         let down = count(&standing, |s| matches!(s, Standing::Unreachable(_)));
         let line = format!(
@@ -320,7 +387,9 @@ async fn wait_ring(
                 .iter()
                 .filter(|(i, _)| standing.get(i) == Some(&Standing::Running))
                 .all(|(_, (at, last))| last.saturating_sub(*at) >= SETTLE_VISITS);
-            if settled || now >= until || now >= deadline {
+            // A member that faulted is waited for (bounded by its own
+            // deadline) whatever the others do.
+            if ((settled || now >= until) && faulted == 0) || now >= deadline {
                 break;
             }
         } else if now >= deadline {
@@ -335,18 +404,9 @@ async fn wait_ring(
     let mut out = std::io::stdout().lock();
     for (index, name, addr) in &members {
         let s = standing.get(index).cloned().unwrap_or(Standing::Waiting);
-        let text = match &s {
-            Standing::Running => "runs it".to_string(),
-            Standing::Waiting => "still waiting (timed out)".to_string(),
-            Standing::Failed(e) => format!("FAILED: {e}"),
-            Standing::Superseded(by) => format!("superseded by {by}"),
-            Standing::Unreachable(e) => format!("unreachable (down?): {e}"),
-        };
+        let text = s.describe();
         let _ = writeln!(out, "  {index:>3} {name:<24} {addr:<22} {text}");
-        if matches!(
-            s,
-            Standing::Waiting | Standing::Failed(_) | Standing::Superseded(_)
-        ) {
+        if !matches!(s, Standing::Running | Standing::Unreachable(_)) {
             problems.push(format!("{name}: {text}"));
         }
     }
@@ -356,11 +416,39 @@ async fn wait_ring(
         Ok(())
     } else {
         Err(anyhow!(
-            "{} is not running everywhere:\n  {}",
+            "{} is not running everywhere{}:\n  {}",
             release.label(),
+            rollback_summary(&standing, members.len()),
             problems.join("\n  ")
         ))
     }
+}
+
+/// The rollbacks among `standing`, for the summary line: empty when there
+/// are none, else `"; 3/3 nodes rolled back from it (they run v1 (…) now)"`.
+fn rollback_summary(standing: &BTreeMap<usize, Standing>, members: usize) -> String {
+    let mut now: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in standing.values() {
+        if let Standing::RolledBack { now: n, .. } = s {
+            *now.entry(n.as_str()).or_default() += 1;
+        }
+    }
+    let rolled: usize = now.values().sum();
+    if rolled == 0 {
+        return String::new();
+    }
+    let runs = match now.len() {
+        1 => format!("they run {} now", now.keys().next().expect("one entry")),
+        _ => {
+            "now running: ".to_string()
+                + &now
+                    .iter()
+                    .map(|(v, n)| format!("{v} on {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+        }
+    };
+    format!("; {rolled}/{members} nodes rolled back from it ({runs})")
 }
 
 /// Member `index`'s report in a `GET /v1/ring` answer, or why there is
@@ -421,7 +509,12 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
         {
             Standing::Failed(e.clone())
         } else if let Some(r) = &d.rolled_back {
-            Standing::Failed(r.clone())
+            // The release is still the member's current one, but it rolled
+            // back from it to something older.
+            Standing::RolledBack {
+                said: r.clone(),
+                now: running_now(d),
+            }
         } else {
             Standing::Waiting
         };
@@ -450,6 +543,15 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
     match &d.error {
         Some(e) if d.failed_version == Some(release.version) => Standing::Failed(e.clone()),
         _ => Standing::Waiting,
+    }
+}
+
+/// What a member runs of a station, in words: `v1 (e4aa3580bfd0)`, or
+/// just the module hash when the member does not say which version.
+fn running_now(d: &StationDeploy) -> String {
+    match d.running_version {
+        Some(v) => format!("v{v} ({})", d.running.short()),
+        None => format!("module {}", d.running.short()),
     }
 }
 
@@ -609,6 +711,34 @@ mod tests {
             "{notes:?}"
         );
         assert!(conflicts_about(&view, &other).is_empty());
+    }
+
+    #[test]
+    fn rollbacks_are_named_per_member_and_counted_in_the_summary() {
+        let back = |now: &str| Standing::RolledBack {
+            said: "rolled back to v1 (aaaaaaaaaaaa) after 3 faults within 10 s, the last: trap"
+                .into(),
+            now: now.into(),
+        };
+        let line = back("v1 (aaaaaaaaaaaa)").describe();
+        assert!(
+            line.starts_with(
+                "FAILED, ROLLED BACK: the station faulted running it, and the node \
+                              rolled back to v1"
+            ) && line.ends_with("; it runs v1 (aaaaaaaaaaaa) now"),
+            "{line}"
+        );
+        let mut standing = BTreeMap::from([(0, back("v1 (a)")), (1, Standing::Running)]);
+        assert_eq!(
+            rollback_summary(&standing, 3),
+            "; 1/3 nodes rolled back from it (they run v1 (a) now)"
+        );
+        standing.insert(2, back("v0 (b)"));
+        assert_eq!(
+            rollback_summary(&standing, 3),
+            "; 2/3 nodes rolled back from it (now running: v0 (b) on 1, v1 (a) on 1)"
+        );
+        assert_eq!(rollback_summary(&BTreeMap::new(), 3), "");
     }
 
     #[test]

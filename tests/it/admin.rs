@@ -226,6 +226,147 @@ async fn metrics_parse_as_prometheus_text_with_the_expected_families() {
     ring.shutdown().await;
 }
 
+/// `GET /metrics` with this `Accept` header (`None`: without one), on a
+/// connection of its own: the status, the headers (lowercase names) and
+/// the body.
+async fn get_metrics(addr: &str, accept: Option<&str>) -> (u16, HashMap<String, String>, String) {
+    use tokio::io::AsyncReadExt;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(T, exchange)
+        .await
+        .expect("an answer within 5 s");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<HashMap<_, _>>();
+    assert!(
+        headers.contains_key("content-length"),
+        "a sized body, not chunks: {headers:?}"
+    );
+    (status.parse().unwrap(), headers, body.to_string())
+}
+
+/// Scrapers that ask for `text/plain` get the Prometheus 0.0.4 text
+/// format: its content type, no `# EOF`/`# UNIT`, every family declared
+/// (`# HELP` and `# TYPE`) under the name its samples carry (`_total` on
+/// counters) before them, and the same figures; Prometheus's own Accept
+/// header, and none, get OpenMetrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_asked_for_as_text_plain_come_in_the_0_0_4_format_with_every_family() {
+    let mut ring = TestRing::start(3, quick).await;
+    ring.visits(12, Duration::from_secs(10)).await;
+    let addr = admin_of(&ring, 1);
+    let _ = client(&ring, 1).status(T).await.unwrap();
+    for accept in [
+        Some("text/plain"),
+        Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+    ] {
+        let (status, headers, text) = get_metrics(&addr, accept).await;
+        assert_eq!(status, 200, "{accept:?}: {text}");
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "{accept:?}"
+        );
+        assert_eq!(headers.get("vary").map(String::as_str), Some("accept"));
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        let (types, samples) = parse_metrics(&text);
+        for (family, kind) in [
+            ("ringhost_visits_total", "counter"),
+            ("ringhost_laps_total", "counter"),
+            ("ringhost_lap_seconds", "histogram"),
+            ("ringhost_hop_seconds", "histogram"),
+            ("ringhost_particle_generation", "gauge"),
+            ("ringhost_particle_regenerations_total", "counter"),
+            ("ringhost_live_members", "gauge"),
+            ("ringhost_failures_declared_total", "counter"),
+            ("ringhost_station_call_seconds", "histogram"),
+            ("ringhost_station_faults_total", "counter"),
+            ("ringhost_deploy_fetches_total", "counter"),
+            ("ringhost_deploy_fetched_bytes_total", "counter"),
+            ("ringhost_config_version", "gauge"),
+            ("ringhost_admin_requests_total", "counter"),
+        ] {
+            assert_eq!(
+                types.get(family).map(String::as_str),
+                Some(kind),
+                "{family}:\n{text}"
+            );
+        }
+        // 0.0.4: HELP and TYPE name the family its samples belong to,
+        // and come before them.
+        let mut declared: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    types.contains_key(name),
+                    "HELP of an undeclared family: {line}"
+                );
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                declared.push((name.to_string(), kind.to_string()));
+            } else if !line.is_empty() {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let (family, kind) = declared.last().expect("a TYPE before samples");
+                let ok = match kind.as_str() {
+                    "histogram" => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(family)),
+                    _ => name == family,
+                };
+                assert!(
+                    ok,
+                    "{line:?} is not of the family {family} ({kind}) above it"
+                );
+                assert!(!name.ends_with("_created"), "{line}");
+            }
+        }
+        assert!(
+            samples
+                .iter()
+                .any(|(n, _, v)| n == "ringhost_visits_total" && *v >= 1.0)
+        );
+        assert!(
+            samples
+                .iter()
+                .any(|(n, l, v)| n == "ringhost_live_members" && l.is_empty() && *v == 3.0)
+        );
+    }
+    for accept in [
+        None,
+        Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ),
+    ] {
+        let (status, headers, text) = get_metrics(&addr, accept).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "{accept:?}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{accept:?}: {text}");
+    }
+    ring.shutdown().await;
+}
+
 /// Reads server-sent events from `addr` until `done` says so; returns
 /// `(id, type)` of each.
 async fn read_events(

@@ -1,13 +1,18 @@
 //! Automatic rollback on a node (issue 8 follow-up): fault accounting goes
 //! on after a rollback, and a rollback never returns to a version that
-//! already faulted on the node.
+//! already faulted on the node; `ringhost push` of a version the nodes
+//! roll back says so, naming what each member runs now.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ringhost::observe::EventKind;
 
-use crate::deploy::{addr, marker, push_to, quick, released, view, wait_running};
+use ringhost::deploy::release::Hash;
+
+use crate::deploy::{
+    addr, marker, push_to, quick, released, ringhost, scratch, text, view, wait_running,
+};
 use crate::support::TestRing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,4 +59,58 @@ async fn a_rolled_back_to_version_that_faults_is_rolled_back_further_and_never_r
     }
     wait_running(&ring, &all, "marker", v1.hash, Duration::from_secs(20)).await;
     ring.shutdown().await;
+}
+
+/// A version that traps after two good stops is rolled back by every node
+/// (3 faults within 10 s): `push` waits for the rollbacks once it sees the
+/// faults, names on each member's line the rollback and the version the
+/// member runs now, counts the rollbacks in its summary and exits 1
+/// (before: "FAILED: the station faulted running it", with no word of the
+/// rollback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_nodes_roll_back_names_the_rollback_and_what_each_member_runs_now() {
+    let ring = TestRing::start(3, |c| {
+        c.delay_ms = 50;
+        c.deploy.watch = false;
+    })
+    .await;
+    let to = addr(&ring, 0);
+    let dir = scratch("rolled-back");
+    let file = dir.join("marker.wasm");
+    std::fs::write(&file, marker(1)).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let out = ringhost(&["push", &f, "--to", &to]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let v1 = Hash::of(&marker(1)).short();
+
+    std::fs::write(&file, marker(2)).unwrap();
+    let out = ringhost(&["push", &f, "--to", &to, "--config", "trap_after=2"]).await;
+    let t = text(&out);
+    assert!(!out.status.success(), "exit 1: {t}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for i in 0..3 {
+        let member = addr(&ring, i);
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&member))
+            .unwrap_or_else(|| panic!("no line for member {i} ({member}): {t}"));
+        for said in [
+            "FAILED, ROLLED BACK".to_string(),
+            format!("rolled back to v1 ({v1}) after 3 faults within 10 s"),
+            format!("it runs v1 ({v1}) now"),
+        ] {
+            assert!(
+                line.contains(&said),
+                "member {i}: {said:?} missing in {line:?}"
+            );
+        }
+    }
+    assert!(
+        t.contains(&format!(
+            "is not running everywhere; 3/3 nodes rolled back from it (they run v1 ({v1}) now)"
+        )),
+        "{t}"
+    );
+    ring.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -85,7 +85,7 @@ impl Agent {
         match result {
             Ok(station) => {
                 let what = format!(
-                    "rolled back to v{} ({}) after repeated faults: {cause}",
+                    "rolled back to v{} ({}) after {cause}",
                     to.version,
                     to.hash.short()
                 );
