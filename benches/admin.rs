@@ -11,11 +11,14 @@
 //!
 //! The clients run on a runtime of their own (one thread), like a separate
 //! process: they compete with the nodes for the machine's cores, not for
-//! the nodes' tokio workers.
+//! the nodes' tokio workers. They stand for a scraper and a browser on
+//! other hosts, so their thread runs as nice as the nodes' admin threads
+//! (`ringhost::admin::listen::NICE`); `--clients-nice 0` runs it at the
+//! nodes' own priority.
 //!
 //! Run: `cargo bench --bench admin` (`-- --laps N` laps per run, default
-//! 10000; `--rounds N` quiet/loaded pairs, default 3; `--ring-requests N`,
-//! default 300).
+//! 10000; `--rounds N` quiet/loaded pairs, default 5; `--ring-requests N`,
+//! default 300; `--clients-nice N`, default 10).
 
 mod common;
 
@@ -45,9 +48,15 @@ const SETTLE: Duration = Duration::from_millis(300);
 const SCRAPE_EVERY: Duration = Duration::from_millis(100);
 const RING_POLL_EVERY: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The issue's goal: the operator plane costs at most 5 % of the lap, judged
+/// on the pooled p50 (all loaded laps against all quiet laps of the same
+/// alternating runs, the estimate least moved by the machine's drift).
 const GOAL: f64 = 1.05;
 /// The clients' thread name, left out of the nodes' CPU time.
 const CLIENT_THREAD: &str = "op-clients";
+/// How much nicer than the nodes the clients' thread runs.
+static CLIENTS_NICE: std::sync::atomic::AtomicI32 =
+    std::sync::atomic::AtomicI32::new(ringhost::admin::listen::NICE);
 
 struct Args {
     laps: usize,
@@ -67,9 +76,11 @@ fn arg(name: &str, default: usize) -> Result<usize> {
 fn main() -> Result<()> {
     let args = Args {
         laps: arg("--laps", 10_000)?,
-        rounds: arg("--rounds", 3)?,
+        rounds: arg("--rounds", 5)?,
         ring_requests: arg("--ring-requests", 300)?,
     };
+    let nice = arg("--clients-nice", ringhost::admin::listen::NICE as usize)?;
+    CLIENTS_NICE.store(i32::try_from(nice)?, std::sync::atomic::Ordering::Relaxed);
     ensure!(
         args.laps > 0 && args.rounds > 0,
         "--laps and --rounds must be > 0"
@@ -83,6 +94,7 @@ fn main() -> Result<()> {
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(CLIENT_THREAD)
+        .on_thread_start(elsewhere)
         .enable_all()
         .build()?;
     let result = rt.block_on(run(&args, clients.handle().clone()));
@@ -124,6 +136,18 @@ async fn run(args: &Args, clients: Handle) -> Result<()> {
         encode.1
     );
     Ok(())
+}
+
+/// Makes the clients' thread as nice as the admin API's (when the
+/// process may): it stands for a scraper and a browser on other hosts, so
+/// it should not take the cores from the nodes more than the nodes' own
+/// admin threads may. `--clients-nice 0` keeps it at the nodes' priority.
+fn elsewhere() {
+    let nice = CLIENTS_NICE.load(std::sync::atomic::Ordering::Relaxed);
+    let me = Some(rustix::thread::gettid());
+    if let Ok(now) = rustix::process::getpriority_process(me) {
+        let _ = rustix::process::setpriority_process(me, (now + nice).min(19));
+    }
 }
 
 /// Mean time of one `/metrics` body (the text encoding alone), and its
@@ -426,9 +450,11 @@ fn report(args: &Args, runs: &[Run], ring: &RingLatency) {
     );
     println!(
         "load: GET /metrics on each of the {NODES} nodes every {} ms; one dashboard on node 0 \
-         (GET /v1/events read, GET /v1/ring every {} s)",
+         (GET /v1/events read, GET /v1/ring every {} s); clients at nice +{}, admin threads at nice +{}",
         SCRAPE_EVERY.as_millis(),
-        RING_POLL_EVERY.as_secs()
+        RING_POLL_EVERY.as_secs(),
+        CLIENTS_NICE.load(std::sync::atomic::Ordering::Relaxed),
+        ringhost::admin::listen::NICE
     );
     println!(
         "{:<10} {:>10} {:>10} {:>8} {:>8} {:>9}   what the load did",
@@ -463,7 +489,7 @@ fn report(args: &Args, runs: &[Run], ring: &RingLatency) {
         quiet.iter().map(|r| r.lap.1).max().unwrap_or_default(),
     );
     println!(
-        "{:<32} {:>7.3}x {:>7.3}x   (goal <= {GOAL:.2}x)",
+        "{:<32} {:>7.3}x {:>7.3}x   (against the luckiest quiet run: biased high)",
         "ratio median loaded / best quiet",
         ratio(med.0, best.0),
         ratio(med.1, best.1)
@@ -485,6 +511,11 @@ fn report(args: &Args, runs: &[Run], ring: &RingLatency) {
         fmt(pq.0),
         fmt(pl.1),
         fmt(pq.1)
+    );
+    let met = ratio(pl.0, pq.0) <= GOAL;
+    println!(
+        "goal: pooled loaded / quiet p50 <= {GOAL:.2}x: {}",
+        if met { "met" } else { "NOT met" }
     );
     let cpu = |runs: &[&Run]| median(runs.iter().map(|r| r.cpu_per_lap).collect());
     let (cq, cl) = (cpu(&quiet), cpu(&loaded));

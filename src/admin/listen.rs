@@ -6,7 +6,12 @@
 //!   runtime on a thread named `ringhost-admin` ([`spawn_thread`]), not on
 //!   the node's workers: a scrape, a dashboard or a burst of requests is
 //!   scheduled by the kernel beside the particle's tasks instead of
-//!   queueing in front of them on a worker.
+//!   queueing in front of them on a worker. On Linux that thread runs
+//!   [`NICE`] steps nicer than the node (`setpriority` on its thread id):
+//!   when the cores are contended the kernel runs the particle's workers
+//!   first, and the admin thread still gets about a tenth of a core's
+//!   share against each busy worker (CFS weights: nice 0 = 1024, nice 10 =
+//!   110), so it is slowed, never starved.
 //! - **At most [`AdminLimits::max_connections`] open connections** (default
 //!   512). When a connection arrives at the cap, the
 //!   oldest connection that is not inside a request (one that has not yet
@@ -54,6 +59,9 @@ use crate::lograte::LogBackoff;
 /// Longest request body any endpoint takes: what [`read_body_in_time`]
 /// reads at most before the endpoint's own limit applies.
 const MAX_BODY: usize = super::server::PUSH_BODY_LIMIT;
+/// How much nicer than the node the admin thread runs (see the module
+/// docs).
+pub const NICE: i32 = 10;
 /// Pause after an accept error (out of file descriptors, …) before the
 /// next accept.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -75,6 +83,7 @@ where
     std::thread::Builder::new()
         .name("ringhost-admin".into())
         .spawn(move || {
+            yield_to_the_ring();
             runtime.block_on(serve);
             // Tasks still running (a connection past its grace) end here.
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -83,6 +92,17 @@ where
     Ok(async move {
         let _ = done_rx.await;
     })
+}
+
+/// Makes the calling thread [`NICE`] steps nicer (up to 19); a failure
+/// (a platform without per-thread nice values) leaves it as it is.
+fn yield_to_the_ring() {
+    let me = Some(rustix::thread::gettid());
+    let result = rustix::process::getpriority_process(me)
+        .and_then(|now| rustix::process::setpriority_process(me, (now + NICE).min(19)));
+    if let Err(e) = result {
+        debug!(cause = %e, "the admin thread keeps the node's priority");
+    }
 }
 
 /// One open connection, as the accept loop sees it.

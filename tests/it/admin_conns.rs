@@ -205,3 +205,36 @@ async fn a_server_whose_every_connection_is_busy_answers_503_and_recovers() {
     drop(streams);
     ring.shutdown().await;
 }
+
+/// The nice value of the thread whose `/proc` directory is `dir` (field
+/// 19 of its `stat`).
+fn nice_of(dir: &std::path::Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split_whitespace().nth(16)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_runs_on_a_thread_of_its_own_nicer_than_the_node() {
+    let ring = TestRing::start(1, quick).await;
+    let c = AdminClient::new(&admin_of(&ring, 0), None);
+    c.status(T).await.expect("status");
+    let mine = nice_of("/proc/thread-self".as_ref()).expect("this thread's nice value");
+    let admin: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim() == "ringhost-admin").then(|| nice_of(&t.path()))?
+        })
+        .collect();
+    assert!(!admin.is_empty(), "no ringhost-admin thread");
+    for nice in admin {
+        assert_eq!(
+            nice,
+            (mine + ringhost::admin::listen::NICE).min(19),
+            "the test thread runs at nice {mine}"
+        );
+    }
+    ring.shutdown().await;
+}
