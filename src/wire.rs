@@ -21,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::model::{Release, Reply, Request};
-use crate::ring::token::{Alive, Particle, ParticleId};
+use crate::ring::token::{
+    Alive, MAX_SLOT_BYTES, MAX_SLOT_NAME_BYTES, MAX_SLOTS, MAX_VIEW_BYTES, Particle, ParticleId,
+};
 
 /// Protocol version spoken on the ring port. Peers must match exactly.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -175,6 +177,20 @@ pub enum WireError {
         /// What was being read.
         what: &'static str,
     },
+    /// A frame's content breaks one of the protocol's bounds (a particle
+    /// with too many slots, an oversized slot…); refused at decode and
+    /// never encoded.
+    #[error("{frame} with {got} {what}, over the bound of {max}")]
+    OverBound {
+        /// The frame kind.
+        frame: &'static str,
+        /// What is counted.
+        what: &'static str,
+        /// How many the frame has.
+        got: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 impl WireError {
@@ -205,11 +221,16 @@ impl WireError {
 
 impl Frame {
     /// Encodes the frame body (without the length prefix).
-    pub fn encode(&self, out: &mut BytesMut) {
+    ///
+    /// # Errors
+    /// [`WireError::OverBound`] for a particle over a bound of
+    /// [`crate::ring::token`] (nothing is written then); a JSON error for a
+    /// control frame that does not serialize.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
         match self {
-            Frame::Hello(h) => json_body(out, KIND_HELLO, h),
-            Frame::Welcome(w) => json_body(out, KIND_WELCOME, w),
-            Frame::Refuse(r) => json_body(out, KIND_REFUSE, r),
+            Frame::Hello(h) => json_body(out, KIND_HELLO, h)?,
+            Frame::Welcome(w) => json_body(out, KIND_WELCOME, w)?,
+            Frame::Refuse(r) => json_body(out, KIND_REFUSE, r)?,
             Frame::Ping { n, alive } => {
                 out.put_u8(KIND_PING);
                 out.put_u64(*n);
@@ -230,9 +251,9 @@ impl Frame {
                 out.put_u32(id.origin);
                 out.put_u64(*hop);
             }
-            Frame::Announce(list) => json_body(out, KIND_ANNOUNCE, list),
-            Frame::Request(req, blob) => json_blob(out, KIND_REQUEST, req, blob),
-            Frame::Reply(reply, blob) => json_blob(out, KIND_REPLY, reply, blob),
+            Frame::Announce(list) => json_body(out, KIND_ANNOUNCE, list)?,
+            Frame::Request(req, blob) => json_blob(out, KIND_REQUEST, req, blob)?,
+            Frame::Reply(reply, blob) => json_blob(out, KIND_REPLY, reply, blob)?,
             Frame::StatusRequest => out.put_u8(KIND_STATUS_REQUEST),
             Frame::Leave => out.put_u8(KIND_LEAVE),
             Frame::Status(json) => {
@@ -240,28 +261,33 @@ impl Frame {
                 out.put_slice(json.as_bytes());
             }
             Frame::Particle(p) => {
-                out.reserve(
-                    1 + 8 * 3 + 4 + 2 + p.view.len() + 2 + p.slot_bytes() + 5 * p.slots.len(),
-                );
+                if let Some((what, got, max)) = p.over_bound() {
+                    return Err(WireError::OverBound {
+                        frame: "particle",
+                        what,
+                        got,
+                        max,
+                    });
+                }
+                out.reserve(p.encoded_len());
                 out.put_u8(KIND_PARTICLE);
                 out.put_u64(p.generation);
                 out.put_u64(p.lap);
                 out.put_u64(p.hop);
                 out.put_u32(p.origin);
-                let v = u16::try_from(p.view.len()).expect("view below 64 KiB");
-                out.put_u16(v);
+                // Within u16, u8 and u32 by the bounds checked above.
+                out.put_u16(p.view.len() as u16);
                 out.put_slice(&p.view);
-                let n = u16::try_from(p.slots.len()).expect("at most 65535 stations");
-                out.put_u16(n);
+                out.put_u16(p.slots.len() as u16);
                 for (name, data) in &p.slots {
-                    // Station names are validated to at most 64 bytes.
                     out.put_u8(name.len() as u8);
                     out.put_slice(name.as_bytes());
-                    out.put_u32(u32::try_from(data.len()).expect("slot below 4 GiB"));
+                    out.put_u32(data.len() as u32);
                     out.put_slice(data);
                 }
             }
         }
+        Ok(())
     }
 
     /// Decodes a frame body (without the length prefix).
@@ -365,20 +391,33 @@ impl Frame {
     }
 }
 
-fn json_body<T: Serialize>(out: &mut BytesMut, kind: u8, value: &T) {
+fn json_body<T: Serialize>(out: &mut BytesMut, kind: u8, value: &T) -> Result<(), WireError> {
+    let json = serde_json::to_vec(value)?;
     out.put_u8(kind);
-    let json = serde_json::to_vec(value).expect("control frames serialize");
     out.put_slice(&json);
+    Ok(())
 }
 
 /// A JSON head (length-prefixed) followed by a binary blob.
-fn json_blob<T: Serialize>(out: &mut BytesMut, kind: u8, head: &T, blob: &[u8]) {
-    let json = serde_json::to_vec(head).expect("control frames serialize");
+fn json_blob<T: Serialize>(
+    out: &mut BytesMut,
+    kind: u8,
+    head: &T,
+    blob: &[u8],
+) -> Result<(), WireError> {
+    let json = serde_json::to_vec(head)?;
+    let len = u32::try_from(json.len()).map_err(|_| WireError::OverBound {
+        frame: "request/reply",
+        what: "head bytes",
+        got: json.len(),
+        max: u32::MAX as usize,
+    })?;
     out.reserve(1 + 4 + json.len() + blob.len());
     out.put_u8(kind);
-    out.put_u32(u32::try_from(json.len()).expect("head below 4 GiB"));
+    out.put_u32(len);
     out.put_slice(&json);
     out.put_slice(blob);
+    Ok(())
 }
 
 fn split_json_blob(mut body: Bytes) -> Result<(Bytes, Bytes), WireError> {
@@ -406,23 +445,41 @@ fn decode_particle(mut b: Bytes) -> Result<Particle, WireError> {
     let lap = b.get_u64();
     let hop = b.get_u64();
     let origin = b.get_u32();
+    let over = |what, got, max| WireError::OverBound {
+        frame: WHAT,
+        what,
+        got,
+        max,
+    };
     let v = usize::from(b.get_u16());
+    if v > MAX_VIEW_BYTES {
+        return Err(over("view bytes", v, MAX_VIEW_BYTES));
+    }
     if b.remaining() < v + 2 {
         return Err(bad());
     }
     let view = b.split_to(v).to_vec();
-    let n = b.get_u16();
+    let n = usize::from(b.get_u16());
+    if n > MAX_SLOTS {
+        return Err(over("slots", n, MAX_SLOTS));
+    }
     let mut slots = BTreeMap::new();
     for _ in 0..n {
         if b.remaining() < 1 {
             return Err(bad());
         }
         let name_len = usize::from(b.get_u8());
+        if name_len > MAX_SLOT_NAME_BYTES {
+            return Err(over("slot name bytes", name_len, MAX_SLOT_NAME_BYTES));
+        }
         if b.remaining() < name_len + 4 {
             return Err(bad());
         }
         let name = String::from_utf8(b.split_to(name_len).to_vec()).map_err(|_| bad())?;
         let len = b.get_u32() as usize;
+        if len > MAX_SLOT_BYTES {
+            return Err(over("slot bytes", len, MAX_SLOT_BYTES));
+        }
         if b.remaining() < len {
             return Err(bad());
         }
@@ -518,7 +575,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// When the stream fails or the frame exceeds the maximum size.
     pub async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
         self.buf.clear();
-        frame.encode(&mut self.buf);
+        frame
+            .encode(&mut self.buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let body = self.buf.split().freeze();
         self.inner.send(body).await
     }
@@ -627,7 +686,7 @@ mod tests {
     fn every_frame_round_trips() {
         for f in all_frames() {
             let mut b = BytesMut::new();
-            f.encode(&mut b);
+            f.encode(&mut b).unwrap();
             assert_eq!(Frame::decode(b.freeze()).unwrap(), f);
         }
     }
@@ -635,7 +694,7 @@ mod tests {
     #[test]
     fn every_truncation_of_a_particle_is_an_error_not_a_panic() {
         let mut b = BytesMut::new();
-        Frame::Particle(sample_particle()).encode(&mut b);
+        Frame::Particle(sample_particle()).encode(&mut b).unwrap();
         let full = b.freeze();
         for cut in 0..full.len() {
             assert!(Frame::decode(full.slice(..cut)).is_err(), "cut at {cut}");
@@ -703,5 +762,74 @@ mod tests {
         a.write_all(b"\x10short").await.unwrap();
         drop(a);
         assert!(matches!(r.read_frame().await, Err(WireError::Io(_))));
+    }
+
+    /// A particle's body written field by field, with no bound checked
+    /// (what a hostile peer may send).
+    fn raw_particle_body(view: usize, slots: &[(String, usize)]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u64(1);
+        b.put_u64(0);
+        b.put_u64(0);
+        b.put_u32(0);
+        b.put_u16(view as u16);
+        b.put_slice(&vec![0u8; view]);
+        b.put_u16(slots.len() as u16);
+        for (name, len) in slots {
+            b.put_u8(name.len() as u8);
+            b.put_slice(name.as_bytes());
+            b.put_u32(*len as u32);
+            b.put_slice(&vec![0u8; *len]);
+        }
+        b.freeze()
+    }
+
+    #[test]
+    fn particles_over_a_bound_are_refused_at_decode_and_never_encoded() {
+        // Zero-padded: written in the order the particle keeps them.
+        let names = |n: usize| -> Vec<(String, usize)> {
+            (0..n).map(|i| (format!("s{i:05}"), 0)).collect()
+        };
+        let cases: Vec<(Bytes, &str)> = vec![
+            (raw_particle_body(0, &names(MAX_SLOTS + 1)), "65 slots"),
+            (raw_particle_body(0, &names(65_535)), "65535 slots"),
+            (
+                raw_particle_body(0, &[("x".repeat(65), 0)]),
+                "65 slot name bytes",
+            ),
+            (
+                raw_particle_body(0, &[("big".into(), MAX_SLOT_BYTES + 1)]),
+                "1048577 slot bytes",
+            ),
+            (
+                raw_particle_body(MAX_VIEW_BYTES + 1, &[]),
+                "8193 view bytes",
+            ),
+        ];
+        for (body, says) in cases {
+            let err = decode_particle(body).expect_err(says);
+            assert!(matches!(err, WireError::OverBound { .. }), "{err}");
+            assert!(err.to_string().contains(says), "{err} / {says}");
+        }
+        // At the bounds: decodes, and encodes back to the same bytes.
+        let at = raw_particle_body(MAX_VIEW_BYTES, &names(MAX_SLOTS));
+        let p = decode_particle(at.clone()).expect("at the bounds");
+        let mut out = BytesMut::new();
+        Frame::Particle(p.clone()).encode(&mut out).unwrap();
+        let first = out[1..].iter().zip(at.iter()).position(|(a, b)| a != b);
+        assert!(
+            out[1..] == at[..],
+            "re-encoded bytes differ at {first:?}: {} vs {} bytes",
+            out.len() - 1,
+            at.len()
+        );
+        assert_eq!(out.len(), p.encoded_len());
+        // One more slot: the encoder refuses it and writes nothing.
+        let mut over = p;
+        over.slots.insert("one-more".into(), vec![1]);
+        let mut out = BytesMut::new();
+        let err = Frame::Particle(over).encode(&mut out).unwrap_err();
+        assert!(matches!(err, WireError::OverBound { .. }), "{err}");
+        assert!(out.is_empty());
     }
 }

@@ -209,7 +209,7 @@ pub async fn start(
     )
     .instrument(span.clone())
     .await?;
-    let pipeline = Pipeline::new(started.stations, config.index);
+    let pipeline = Pipeline::new(started.stations, config.index, config.max_frame_bytes);
     let inboxes = started.inboxes;
     let deploy_tx = started.handle.tx.clone();
     let deploy_view = started.handle.view.clone();

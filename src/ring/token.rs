@@ -3,6 +3,33 @@
 
 use std::collections::BTreeMap;
 
+/// Most slots a particle carries: one per station name, so a ring runs at
+/// most this many distinct stations. A particle with more is refused at
+/// decode, and a station whose slot would be one more is not run.
+pub const MAX_SLOTS: usize = 64;
+
+/// Longest slot name (a station name is 1–64 bytes).
+pub const MAX_SLOT_NAME_BYTES: usize = 64;
+
+/// Largest slot a station may return (1 MiB); a larger one is a fault, and
+/// a particle carrying one is refused at decode.
+pub const MAX_SLOT_BYTES: usize = 1 << 20;
+
+/// Longest live-member bitmap: one bit per member of a ring of at most
+/// 65536 members.
+pub const MAX_VIEW_BYTES: usize = 65536 / 8;
+
+/// Bytes of a particle's encoding besides its view and slots: the kind
+/// byte, generation, lap, hop, origin, the view's and the slot count's
+/// lengths.
+pub const PARTICLE_HEAD_BYTES: usize = 1 + 8 * 3 + 4 + 2 + 2;
+
+/// Bytes one slot adds to a particle's encoding besides its data: the
+/// name's length byte, the name, the data's 4-byte length.
+pub fn slot_overhead(name: &str) -> usize {
+    1 + name.len() + 4
+}
+
 /// Which particle: compared by generation, then by origin, so two
 /// particles made at once on two sides of a partition still order.
 #[derive(
@@ -89,5 +116,36 @@ impl Particle {
     /// Total bytes of slot data carried.
     pub fn slot_bytes(&self) -> usize {
         self.slots.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// The size of this particle's frame body on the wire, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        PARTICLE_HEAD_BYTES
+            + self.view.len()
+            + self
+                .slots
+                .iter()
+                .map(|(k, v)| slot_overhead(k) + v.len())
+                .sum::<usize>()
+    }
+
+    /// The first bound of this module the particle breaks, if any, as
+    /// (what, how many, the bound).
+    pub fn over_bound(&self) -> Option<(&'static str, usize, usize)> {
+        if self.view.len() > MAX_VIEW_BYTES {
+            return Some(("view bytes", self.view.len(), MAX_VIEW_BYTES));
+        }
+        if self.slots.len() > MAX_SLOTS {
+            return Some(("slots", self.slots.len(), MAX_SLOTS));
+        }
+        for (name, data) in &self.slots {
+            if name.len() > MAX_SLOT_NAME_BYTES {
+                return Some(("slot name bytes", name.len(), MAX_SLOT_NAME_BYTES));
+            }
+            if data.len() > MAX_SLOT_BYTES {
+                return Some(("slot bytes", data.len(), MAX_SLOT_BYTES));
+            }
+        }
+        None
     }
 }

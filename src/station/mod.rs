@@ -51,8 +51,8 @@ pub use bindings::{StopContext, Visit};
 /// granularity, and a long-running guest yields to tokio this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// Largest slot a station may return; a larger one is a fault.
-pub const MAX_SLOT_BYTES: usize = 1 << 20;
+pub use crate::ring::token::MAX_SLOT_BYTES;
+use crate::ring::token::{MAX_SLOTS, slot_overhead};
 
 /// Largest component a node loads.
 pub const MAX_MODULE_BYTES: usize = 8 << 20;
@@ -596,6 +596,8 @@ pub struct Pipeline {
     node_index: usize,
     /// Stations due for an automatic rollback, with the last fault.
     faulty: Vec<(String, Hash, String)>,
+    /// Largest particle (encoded frame body, bytes) a visit may leave.
+    particle_budget: usize,
 }
 
 /// The stop facts shared by every station of one stop.
@@ -613,11 +615,19 @@ pub struct StopBase {
 
 impl Pipeline {
     /// A pipeline over loaded stations.
-    pub fn new(stations: Vec<Station>, node_index: usize) -> Self {
+    ///
+    /// `particle_budget` is the largest particle, in encoded bytes, a
+    /// visit may leave (the node's frame limit): a station whose slot
+    /// would make the particle larger, or that would add a slot past
+    /// [`crate::ring::token::MAX_SLOTS`], faults with
+    /// [`StationError::BadOutput`] and the particle goes on with its old
+    /// slot, so a node never holds a particle it cannot send.
+    pub fn new(stations: Vec<Station>, node_index: usize, particle_budget: usize) -> Self {
         Self {
             stations,
             node_index,
             faulty: Vec::new(),
+            particle_budget,
         }
     }
 
@@ -662,8 +672,30 @@ impl Pipeline {
         };
         let mut hold_ms = 0u32;
         for station in &mut self.stations {
+            let had = particle.slots.contains_key(&station.name);
+            if !had && particle.slots.len() >= MAX_SLOTS {
+                let e = StationError::BadOutput(format!(
+                    "not run: the particle already carries {} slots, the bound",
+                    particle.slots.len()
+                ));
+                station.report_fault(self.node_index, &e);
+                continue;
+            }
             let slot = particle.slots.remove(&station.name).unwrap_or_default();
-            match station.call(&ctx, &slot).await {
+            let result = station.call(&ctx, &slot).await.and_then(|visit| {
+                let size = particle.encoded_len() + slot_overhead(&station.name) + visit.slot.len();
+                if size > self.particle_budget {
+                    Err(StationError::BadOutput(format!(
+                        "its slot of {} bytes would make the particle {size} bytes, over the \
+                         node's frame limit of {} bytes",
+                        visit.slot.len(),
+                        self.particle_budget
+                    )))
+                } else {
+                    Ok(visit)
+                }
+            });
+            match result {
                 Ok(visit) => {
                     hold_ms = hold_ms.max(visit.hold_ms.min(MAX_HOLD_MS));
                     particle.slots.insert(station.name.clone(), visit.slot);

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_conns;
+mod bounds;
 mod cut_link;
 mod dashboard;
 mod deploy;

@@ -47,7 +47,7 @@ async fn assert_closed_by_peer(stream: &mut TcpStream) {
 
 fn encode(frame: &Frame) -> Vec<u8> {
     let mut body = BytesMut::new();
-    frame.encode(&mut body);
+    frame.encode(&mut body).expect("a frame within bounds");
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&body);
     out

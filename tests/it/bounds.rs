@@ -1,0 +1,139 @@
+//! Every input has a bound (issue 10): what a peer sends past one is
+//! refused on that peer's connection with a reason, and the node keeps
+//! passing the particle.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ringhost::observe::EventKind;
+use ringhost::ring::token::{MAX_SLOTS, Particle};
+use ringhost::wire::{Frame, Hello, PROTOCOL_VERSION};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::{TestRing, assert_single_particle_in_ring_order};
+
+/// The frame of `p` as raw bytes, without the encoder's bound checks
+/// (what a hostile or buggy peer can send): length prefix and body.
+fn raw_particle(p: &Particle) -> Vec<u8> {
+    let mut body = vec![0x10];
+    body.extend_from_slice(&p.generation.to_be_bytes());
+    body.extend_from_slice(&p.lap.to_be_bytes());
+    body.extend_from_slice(&p.hop.to_be_bytes());
+    body.extend_from_slice(&p.origin.to_be_bytes());
+    body.extend_from_slice(&(p.view.len() as u16).to_be_bytes());
+    body.extend_from_slice(&p.view);
+    body.extend_from_slice(&(p.slots.len() as u16).to_be_bytes());
+    for (name, data) in &p.slots {
+        body.push(name.len() as u8);
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(data);
+    }
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A connection to member 1 posing as member 0, hello sent.
+async fn as_member_0(ring: &TestRing) -> TcpStream {
+    let mut s = TcpStream::connect(&ring.layout.members()[1].addr)
+        .await
+        .unwrap();
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        ring_hash: ring.layout.hash().to_string(),
+        from_index: 0,
+        from_name: ring.layout.members()[0].name.clone(),
+        releases: vec![],
+        instance: 0,
+    });
+    let mut body = bytes::BytesMut::new();
+    hello.encode(&mut body).unwrap();
+    s.write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(&body).await.unwrap();
+    s
+}
+
+fn particle_with_slots(generation: u64, slots: usize) -> Particle {
+    Particle {
+        generation,
+        lap: 1,
+        hop: 1,
+        origin: 0,
+        view: vec![0b111],
+        slots: (0..slots)
+            .map(|i| (format!("s{i:05}"), Vec::new()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// The field case: a particle claiming 65535 slots was decoded, the node
+/// added its own slot and its encoder panicked in the owner task (the port
+/// stayed open, no particle ever left again). Now the decoder refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_particle_with_too_many_slots_is_refused_and_the_ring_goes_on() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let mut s = as_member_0(&ring).await;
+    s.write_all(&raw_particle(&particle_with_slots(1_000_000, 65_535)))
+        .await
+        .unwrap();
+    let ev = ring
+        .wait_for(Duration::from_secs(10), "the particle refused", |e| {
+            e.node == 1 && matches!(e.kind, EventKind::UpstreamRejected { .. })
+        })
+        .await;
+    let EventKind::UpstreamRejected { reason } = ev.kind else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains(&format!("65535 slots, over the bound of {MAX_SLOTS}")),
+        "{reason}"
+    );
+    let visits = ring.visits(12, Duration::from_secs(20)).await;
+    assert_single_particle_in_ring_order(&visits, 3);
+    assert!(
+        visits.iter().all(|v| v.generation < 1_000_000),
+        "{visits:?}"
+    );
+    ring.shutdown().await;
+}
+
+/// A variant: a particle exactly at the slot bound is taken, a station
+/// that would add one more slot is not run (a fault saying why), and the
+/// particle goes on round the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_particle_at_the_slot_bound_goes_on_without_a_new_slot() {
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let mut s = as_member_0(&ring).await;
+    s.write_all(&raw_particle(&particle_with_slots(1_000_000, MAX_SLOTS)))
+        .await
+        .unwrap();
+    let ev = ring
+        .wait_for(Duration::from_secs(10), "the tick station not run", |e| {
+            e.node == 1 && matches!(e.kind, EventKind::StationFault { .. })
+        })
+        .await;
+    let EventKind::StationFault { station, cause } = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(station, "tick");
+    assert!(cause.contains("already carries 64 slots"), "{cause}");
+    // The big particle went on: every member visits it.
+    let mut seen = [false; 3];
+    ring.wait_for(Duration::from_secs(10), "every member visiting it", |e| {
+        if let EventKind::Visit { generation, .. } = e.kind
+            && generation == 1_000_000
+        {
+            seen[e.node] = true;
+        }
+        seen.iter().all(|s| *s)
+    })
+    .await;
+    drop(s);
+    ring.shutdown().await;
+}
