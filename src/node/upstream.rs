@@ -344,11 +344,12 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
             out.push(Frame::Forwarded { id, hop });
         }
         out.push(Frame::Pong(n));
-        for f in &out {
-            match timeout(write_limit, writer.write_frame(f)).await {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
+        // A failed or timed-out write ends the link: the stream may hold
+        // half a frame, and a custody ack not sent is resent as a
+        // particle by the predecessor on its next link (the copy is
+        // dropped here as a duplicate).
+        if let Some(why) = write_all(&mut writer, &out, write_limit).await {
+            break Some(why);
         }
     };
     let _ = tx.send(Msg::UpstreamClosed(id)).await;
@@ -362,6 +363,29 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
         Some(reason) => reject(reason),
         None => debug!(predecessor = hello.from_index, "predecessor link closed"),
     }
+}
+
+/// Writes `frames` in order, each within `limit`; the reason of the first
+/// that fails or times out.
+async fn write_all(
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    frames: &[Frame],
+    limit: Duration,
+) -> Option<String> {
+    for f in frames {
+        match timeout(limit, writer.write_frame(f)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Some(format!("writing a {} failed: {e}", f.kind_name())),
+            Err(_) => {
+                return Some(format!(
+                    "writing a {} timed out after {} ms (the predecessor does not read)",
+                    f.kind_name(),
+                    limit.as_millis()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Tells the predecessor this node leaves, after the custody ack it is

@@ -137,3 +137,64 @@ async fn a_particle_at_the_slot_bound_goes_on_without_a_new_slot() {
     drop(s);
     ring.shutdown().await;
 }
+
+/// A predecessor that sends pings but never reads: the node's pongs fill
+/// the connection, a pong write times out, and that ends the link (before,
+/// only the loop over the pending frames ended: the connection, perhaps
+/// holding half a frame, went on being served and the custody ack taken
+/// out for it was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_times_out_on_an_upstream_link_ends_that_link() {
+    let mut ring = TestRing::start(3, |c| {
+        c.delay_ms = 0;
+        c.write_timeout_ms = 200;
+    })
+    .await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let s = as_member_0(&ring).await;
+    let (mut rd, mut wr) = s.into_split();
+    // Pings until the node hangs up (bounded: 2M pings, 26 MB, or 30 s).
+    let mut body = bytes::BytesMut::new();
+    Frame::Ping { n: 1, alive: None }.encode(&mut body).unwrap();
+    let mut one = (body.len() as u32).to_be_bytes().to_vec();
+    one.extend_from_slice(&body);
+    let batch: Vec<u8> = one.repeat(10_000);
+    let pinger = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for _ in 0..200 {
+            let wrote = tokio::time::timeout_at(deadline, wr.write_all(&batch)).await;
+            if !matches!(wrote, Ok(Ok(()))) {
+                return;
+            }
+        }
+    });
+    let ev = ring
+        .wait_for(Duration::from_secs(30), "the link ended on a stuck write", |e| {
+            e.node == 1
+                && matches!(&e.kind, EventKind::UpstreamRejected { reason } if reason.contains("timed out"))
+        })
+        .await;
+    let EventKind::UpstreamRejected { reason } = ev.kind else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("writing a pong timed out after 200 ms"),
+        "{reason}"
+    );
+    // The node closed the connection: reading what it sent ends.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the node kept the connection open");
+    pinger.abort();
+    let visits = ring.visits(12, Duration::from_secs(20)).await;
+    assert_single_particle_in_ring_order(&visits, 3);
+    ring.shutdown().await;
+}
