@@ -200,6 +200,12 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
     })?
 }
 
+/// The first `n` characters of `s` (a hash or a name a node sent, shown
+/// short): never splits a character, whatever bytes the node put there.
+pub fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(at, _)| &s[..at])
+}
+
 /// The report for a person.
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
@@ -213,7 +219,7 @@ pub fn render(r: &Report) -> String {
         r.node.pid,
         r.uptime_s,
         r.ring_size,
-        &r.ring_hash[..r.ring_hash.len().min(12)]
+        prefix(&r.ring_hash, 12)
     );
     let _ = writeln!(
         s,

@@ -130,7 +130,7 @@ pub fn render_ring(r: &RingView) -> String {
         s,
         "ring of {} (hash {}), as node {} sees it: {}",
         r.ring_size,
-        &r.ring_hash[..r.ring_hash.len().min(12)],
+        status::prefix(&r.ring_hash, 12),
         r.node,
         if r.healthy {
             "all live, same versions"
@@ -148,7 +148,7 @@ pub fn render_ring(r: &RingView) -> String {
             .stations
             .iter()
             .map(|st| {
-                let hash = st.hash.as_deref().map_or("-", |h| &h[..h.len().min(8)]);
+                let hash = st.hash.as_deref().map_or("-", |h| status::prefix(h, 8));
                 format!("{} v{} ({hash})", st.name, st.version)
             })
             .collect::<Vec<_>>()
@@ -166,4 +166,61 @@ pub fn render_ring(r: &RingView) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a hostile or buggy node may answer: hashes and names that are
+    /// not ASCII (a byte slice of them would split a character), member
+    /// and successor numbers past the ring, no figures.
+    fn hostile_report() -> Report {
+        serde_json::from_value(serde_json::json!({
+            "node": {"index": 7, "name": "€€€", "addr": "x", "pid": 1},
+            "ring_size": 2,
+            "ring_hash": "a€€€€€€€€€€€",
+            "members": [
+                {"index": 5, "name": "n€", "addr": "a€€", "live": true},
+                {"index": 99, "name": "", "addr": "", "live": false}
+            ],
+            "successor": 1000,
+            "successor_up": true,
+            "skipped": [4000, 7],
+            "particle": {"generation": null, "origin": 4_000_000_000u32, "here": false},
+            "visits": 0,
+            "member_downs": 0,
+            "lap_ms": {"samples": 0, "last": null, "p50": null, "p99": null},
+            "stay_ms": {"samples": 0, "last": null, "p50": null, "p99": null},
+            "stations": [{"name": "t€€", "faults": 1}],
+            "uptime_s": -1.0,
+            "linked_ever": [12345]
+        }))
+        .expect("a report")
+    }
+
+    #[test]
+    fn a_hostile_report_renders_without_a_panic() {
+        let r = hostile_report();
+        let text = status::render(&r);
+        assert!(text.contains("a€€€€€€€€€€€"), "{text}");
+        let view = RingView {
+            node: 9,
+            ring_size: 1,
+            ring_hash: "a€€€€€€€€€€€".into(),
+            members: vec![crate::admin::api::MemberView {
+                stations: vec![crate::admin::api::StationVersion {
+                    name: "t".into(),
+                    version: 1,
+                    hash: Some("a€€€€€€€€€".into()),
+                    faults: 0,
+                }],
+                ..crate::admin::api::MemberView::from_report(true, r)
+            }],
+            healthy: true,
+        };
+        let table = render_ring(&view);
+        assert!(table.contains("a€€€€€€€€€€"), "{table}");
+        assert!(table.contains("(a€€€€€€€)"), "{table}");
+    }
 }
