@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod conns;
 pub mod deploy;
 pub mod durable;
 pub mod lograte;

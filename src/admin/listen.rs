@@ -29,11 +29,10 @@
 //!   ([`read_body_in_time`], a router layer; bodies are read whole by
 //!   every endpoint anyway).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -54,6 +53,7 @@ use tracing::{debug, warn};
 
 use super::api::ErrorBody;
 use crate::config::AdminLimits;
+use crate::conns::{Admitted, ConnTable};
 use crate::lograte::LogBackoff;
 
 /// Longest request body any endpoint takes: what [`read_body_in_time`]
@@ -105,22 +105,6 @@ fn yield_to_the_ring() {
     }
 }
 
-/// One open connection, as the accept loop sees it.
-struct Conn {
-    /// Requests of this connection inside the router or still sending
-    /// their response body.
-    busy: AtomicUsize,
-    /// Closes the connection (gracefully: a request inside finishes).
-    close: CancellationToken,
-}
-
-/// The open connections, oldest first.
-#[derive(Default)]
-struct Table {
-    next_id: u64,
-    open: BTreeMap<u64, Arc<Conn>>,
-}
-
 /// Accepts connections on `listener` and serves each with `router` until
 /// `cancel`; then closes idle connections at once and gives requests
 /// inside `grace` to end.
@@ -131,7 +115,7 @@ pub async fn serve(
     cancel: CancellationToken,
     grace: Duration,
 ) {
-    let table = Arc::new(Mutex::new(Table::default()));
+    let table = ConnTable::new(limits.max_connections);
     let tracker = TaskTracker::new();
     let mut logs = LogBackoff::default();
     let refusing = Arc::new(AtomicUsize::new(0));
@@ -149,8 +133,7 @@ pub async fn serve(
                 }
             },
         };
-        let admitted = admit(&table, limits.max_connections);
-        let Some((id, conn)) = admitted else {
+        let Ok(conn) = table.admit() else {
             if let Some(held) = logs.check("full", Instant::now()) {
                 warn!(
                     peer = %peer,
@@ -169,50 +152,16 @@ pub async fn serve(
             }
             continue;
         };
-        let table = Arc::clone(&table);
         let router = router.clone();
         let stop = cancel.clone();
         tracker.spawn(async move {
-            serve_one(stream, peer, router, &conn, limits, stop, grace).await;
-            table
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .open
-                .remove(&id);
+            serve_one(stream, peer, router, conn, limits, stop, grace).await;
         });
     }
     tracker.close();
     // Every connection saw `cancel` and has `grace` to end; this bound
     // only guards against one that ignores it.
     let _ = tokio::time::timeout(grace + Duration::from_millis(500), tracker.wait()).await;
-}
-
-/// Registers a new connection, closing the oldest one not inside a
-/// request when the table is full; `None` when it is full of busy ones.
-fn admit(table: &Mutex<Table>, max: usize) -> Option<(u64, Arc<Conn>)> {
-    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
-    if t.open.len() >= max {
-        let idle = t
-            .open
-            .iter()
-            .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
-            .map(|(id, _)| *id)?;
-        if let Some(c) = t.open.remove(&idle) {
-            debug!(
-                connection = idle,
-                "admin API full: closing its oldest idle connection"
-            );
-            c.close.cancel();
-        }
-    }
-    let id = t.next_id;
-    t.next_id += 1;
-    let conn = Arc::new(Conn {
-        busy: AtomicUsize::new(0),
-        close: CancellationToken::new(),
-    });
-    t.open.insert(id, Arc::clone(&conn));
-    Some((id, conn))
 }
 
 /// Refusals in flight at most; past it a connection over the cap is
@@ -261,15 +210,15 @@ async fn serve_one(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    conn: &Arc<Conn>,
+    conn: Admitted,
     limits: AdminLimits,
     stop: CancellationToken,
     grace: Duration,
 ) {
     let _ = stream.set_nodelay(true);
-    let counted = Arc::clone(conn);
+    let place = &conn;
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let busy = Busy::enter(&counted);
+        let busy = place.busy();
         let router = router.clone();
         async move {
             let response = router.oneshot(req.map(Body::new)).await?;
@@ -291,7 +240,7 @@ async fn serve_one(
     tokio::pin!(connection);
     let ended = tokio::select! {
         r = connection.as_mut() => Some(r),
-        () = conn.close.cancelled() => None,
+        () = conn.closed() => None,
         () = stop.cancelled() => None,
     };
     let result = match ended {
@@ -306,22 +255,6 @@ async fn serve_one(
     };
     if let Err(e) = result {
         debug!(peer = %peer, cause = %e, "admin connection ended");
-    }
-}
-
-/// Marks a connection busy while it lives.
-struct Busy(Arc<Conn>);
-
-impl Busy {
-    fn enter(conn: &Arc<Conn>) -> Self {
-        conn.busy.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::clone(conn))
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
