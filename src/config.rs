@@ -435,6 +435,11 @@ pub struct NodeConfig {
     pub dial_backoff_max_ms: u64,
     /// Bound on TCP connect plus the hello exchange.
     pub handshake_timeout_ms: u64,
+    /// Open connections on the ring port at most (links, fetches, status
+    /// requests and connections not past their hello yet). At the bound a
+    /// connection not past its hello makes room for a newcomer; when all
+    /// are past it, the newcomer is closed (see `crate::conns`).
+    pub max_ring_connections: usize,
     /// How often a node pings its successor.
     pub heartbeat_interval_ms: u64,
     /// A successor silent this long is declared dead and skipped.
@@ -599,6 +604,7 @@ impl NodeConfig {
             dial_backoff_min_ms: 5,
             dial_backoff_max_ms: 50,
             handshake_timeout_ms: 500,
+            max_ring_connections: 256,
             heartbeat_interval_ms: 100,
             failure_timeout_ms: 500,
             probe_interval_ms: 100,
@@ -642,6 +648,10 @@ impl NodeConfig {
             "handshake timeout must be > 0"
         );
         ensure!(self.write_timeout_ms > 0, "write timeout must be > 0");
+        ensure!(
+            self.max_ring_connections >= 8,
+            "the ring port must take at least 8 connections"
+        );
         ensure!(self.station_timeout_ms > 0, "station timeout must be > 0");
         ensure!(
             self.station_memory_bytes >= 1 << 20,

@@ -44,6 +44,7 @@ pub struct Admitted {
     table: ConnTable,
     id: u64,
     conn: Arc<Conn>,
+    made_room: bool,
 }
 
 /// Marks its connection busy while it lives (see the module docs).
@@ -75,7 +76,8 @@ impl ConnTable {
     /// [`Full`] when the table is full of busy connections.
     pub fn admit(&self) -> Result<Admitted, Full> {
         let mut t = self.lock();
-        if t.open.len() >= self.max {
+        let made_room = t.open.len() >= self.max;
+        if made_room {
             let oldest_idle = t
                 .open
                 .iter()
@@ -97,6 +99,7 @@ impl ConnTable {
             table: self.clone(),
             id,
             conn,
+            made_room,
         })
     }
 
@@ -120,6 +123,11 @@ impl Admitted {
     /// the connection closes it (letting a request inside finish).
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.conn.close.cancelled()
+    }
+
+    /// Whether another connection was evicted to admit this one.
+    pub fn made_room(&self) -> bool {
+        self.made_room
     }
 
     /// Whether this connection was evicted.
@@ -172,6 +180,7 @@ mod tests {
         let _busy_a = a.busy();
         // Full: the oldest idle (b) is evicted, not the busy a.
         let d = t.admit().unwrap();
+        assert!(d.made_room() && !c.made_room());
         assert!(!a.is_closed() && b.is_closed() && !c.is_closed());
         assert_eq!(t.len(), 3);
         // b's owner drops it: its place is already taken, nothing changes.

@@ -214,6 +214,19 @@ pub struct RequestLabels {
     pub code: u16,
 }
 
+/// Labels of the refusal counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `ring` or `admin`.
+    pub port: &'static str,
+    /// Which bound or check: `full` (every connection busy), `evicted`
+    /// (an idle connection closed to make room), `handshake` (no or a bad
+    /// hello in time), `frame` (a malformed, unexpected or over-bound
+    /// frame), `refused` (a hello refused: another ring, a duplicate
+    /// member), `write` (a write failed or timed out).
+    pub reason: &'static str,
+}
+
 /// Labels of the fetch counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
@@ -255,6 +268,9 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Admin requests by route and status code.
     pub admin_requests: Family<RequestLabels, Counter>,
+    /// Connections ended or refused for a bound or a failed check, by
+    /// port and reason.
+    pub refusals: Family<RefusalLabels, Counter>,
     stations: Stations,
 }
 
@@ -265,6 +281,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a connection ended or refused on `port` for `reason` (see
+    /// [`RefusalLabels`]).
+    pub fn refused(&self, port: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { port, reason })
+            .inc();
+    }
+
     /// Every family registered, all at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ringhost");
@@ -282,6 +306,7 @@ impl Metrics {
         let fetched_bytes = Family::<FetchLabels, Counter>::default();
         let config_version = Gauge::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
+        let refusals = Family::<RefusalLabels, Counter>::default();
         let stations = Stations::default();
         let r = &mut registry;
         r.register(
@@ -364,6 +389,11 @@ impl Metrics {
             "Admin API requests by route and status code",
             admin_requests.clone(),
         );
+        r.register(
+            "connections_refused",
+            "Connections ended or refused for a bound or a failed check, by port and reason",
+            refusals.clone(),
+        );
         Self {
             registry,
             visits,
@@ -380,6 +410,7 @@ impl Metrics {
             fetched_bytes,
             config_version,
             admin_requests,
+            refusals,
             stations,
         }
     }

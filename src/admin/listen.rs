@@ -55,6 +55,7 @@ use super::api::ErrorBody;
 use crate::config::AdminLimits;
 use crate::conns::{Admitted, ConnTable};
 use crate::lograte::LogBackoff;
+use crate::metrics::Metrics;
 
 /// Longest request body any endpoint takes: what [`read_body_in_time`]
 /// reads at most before the endpoint's own limit applies.
@@ -114,6 +115,7 @@ pub async fn serve(
     limits: AdminLimits,
     cancel: CancellationToken,
     grace: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let table = ConnTable::new(limits.max_connections);
     let tracker = TaskTracker::new();
@@ -133,7 +135,12 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(conn) = table.admit() else {
+        let admitted = table.admit();
+        if admitted.as_ref().is_ok_and(Admitted::made_room) {
+            metrics.refused("admin", "evicted");
+        }
+        let Ok(conn) = admitted else {
+            metrics.refused("admin", "full");
             if let Some(held) = logs.check("full", Instant::now()) {
                 warn!(
                     peer = %peer,

@@ -211,8 +211,9 @@ pub async fn serve(listener: TcpListener, ctx: AdminContext, cancel: Cancellatio
     }));
     let watcher = tokio::spawn(watch_members(app.clone(), cancel.clone()));
     let limits = app.config.limits;
+    let metrics = Arc::clone(app.bus.metrics());
     let router = router(app);
-    listen::serve(listener, router, limits, cancel, STOP_GRACE).await;
+    listen::serve(listener, router, limits, cancel, STOP_GRACE, metrics).await;
     watcher.abort();
 }
 

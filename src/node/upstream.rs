@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::NodeConfig;
+use crate::conns::{Admitted, ConnTable};
 use crate::deploy::agent::{DeployMsg, DeployView};
 use crate::lograte::LogBackoff;
 use crate::model::Reply;
@@ -78,6 +79,7 @@ pub(super) struct Upstreams {
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(1);
     let mut next_id: UpstreamId = 1;
+    let table = ConnTable::new(ctx.config.max_ring_connections);
     loop {
         let accepted = tokio::select! {
             () = ctx.released.cancelled() => return,
@@ -86,10 +88,32 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: 
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(1);
+                let admitted = table.admit();
+                let metrics = ctx.observer.metrics();
+                if admitted.as_ref().is_ok_and(Admitted::made_room) {
+                    metrics.inspect(|m| m.refused("ring", "evicted"));
+                }
+                let Ok(place) = admitted else {
+                    metrics.inspect(|m| m.refused("ring", "full"));
+                    let held = ctx
+                        .log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .check("ring port full", Instant::now());
+                    if let Some(held) = held {
+                        warn!(
+                            peer = %peer,
+                            max = ctx.config.max_ring_connections,
+                            repeats_held_back = held,
+                            "ring port: every connection is past its hello; a new one was closed"
+                        );
+                    }
+                    continue;
+                };
                 let span = info_span!("upstream", peer = %peer);
                 let id = next_id;
                 next_id += 1;
-                tracker.spawn(serve_upstream(id, stream, ctx.clone()).instrument(span));
+                tracker.spawn(serve_upstream(id, stream, ctx.clone(), place).instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, then go on.
@@ -129,7 +153,7 @@ fn refusal(kind: &str, admin: Option<SocketAddr>, local_ip: Option<std::net::IpA
 
 /// Serves one connection on the ring port: a hello (then pings, particles
 /// and announces), a status request, or a request (push, fetch, config…).
-async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
+async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place: Admitted) {
     let Upstreams {
         config,
         admin,
@@ -170,8 +194,14 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams) {
     // node is a member, and after that it says `Leave` on every link.
     let first = tokio::select! {
         () = released.cancelled() => return,
+        () = place.closed() => {
+            debug!("closed before its hello to make room for a newer connection");
+            return;
+        }
         r = timeout(limit, reader.read_frame()) => r,
     };
+    // Past its first frame: no longer evicted to make room.
+    let _busy = place.busy();
     let mut hello = match first {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(Frame::StatusRequest))) => {

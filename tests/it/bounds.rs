@@ -198,3 +198,37 @@ async fn a_write_that_times_out_on_an_upstream_link_ends_that_link() {
     assert_single_particle_in_ring_order(&visits, 3);
     ring.shutdown().await;
 }
+
+/// A flood of silent sockets on the ring port (many times its connection
+/// bound): established links keep the particle going, a status request
+/// still gets its answer, and the flood's oldest sockets were closed to
+/// make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_sockets_on_the_ring_port_stops_nothing() {
+    let mut ring = TestRing::start(3, |c| {
+        c.delay_ms = 0;
+        c.max_ring_connections = 32;
+    })
+    .await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let addr = ring.layout.members()[1].addr.clone();
+    let mut flood = Vec::new();
+    for _ in 0..640 {
+        flood.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    let report = ringhost::status::query(&addr, Duration::from_secs(5))
+        .await
+        .expect("a status answer during the flood");
+    assert_eq!(report.node.index, 1);
+    let visits = ring.visits(12, Duration::from_secs(20)).await;
+    assert_single_particle_in_ring_order(&visits, 3);
+    let metrics = ring.nodes[1].as_ref().unwrap().bus().metrics().encode();
+    let evicted = metrics
+        .lines()
+        .find(|l| l.starts_with("ringhost_connections_refused_total{") && l.contains("evicted"))
+        .unwrap_or_else(|| panic!("no evictions counted:\n{metrics}"));
+    let n: f64 = evicted.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 600.0, "{evicted}");
+    drop(flood);
+    ring.shutdown().await;
+}
