@@ -135,6 +135,11 @@ impl Admitted {
         self.conn.close.is_cancelled()
     }
 
+    /// Whether a [`Busy`] guard of this connection lives.
+    pub fn is_busy(&self) -> bool {
+        self.conn.busy.load(Ordering::Acquire) > 0
+    }
+
     /// Marks the connection busy until the guard is dropped.
     pub fn busy(&self) -> Busy {
         self.conn.busy.fetch_add(1, Ordering::AcqRel);

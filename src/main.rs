@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         ringhost::cli::LogFormat::Json => logs.json().init(),
         ringhost::cli::LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
     }
+    raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -65,5 +66,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime
+/// and most servers do): a node's bounds (512 admin connections, 256 on
+/// the ring port, refusals in flight, links, modules) need more than the
+/// common soft default of 1024 under a flood. Nothing changes when the
+/// hard limit is no higher or the call is refused.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (now.current, now.maximum)
+        && soft < hard
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::debug!(cause = %e, "could not raise the open-file limit"),
+        }
     }
 }

@@ -66,6 +66,30 @@ pub struct PushParams {
     pub local: bool,
 }
 
+/// Times a request answered "every connection busy" (503 with
+/// `Retry-After`) is sent again, within the request's deadline.
+const BUSY_RETRIES: u32 = 2;
+
+/// A node's admin API answered with an error of its own (a status and
+/// its JSON `error` text).
+#[derive(Debug)]
+pub struct NodeAnswered {
+    /// `ADDR METHOD PATH`.
+    pub what: String,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The node's reason.
+    pub error: String,
+}
+
+impl std::fmt::Display for NodeAnswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.what, self.status, self.error)
+    }
+}
+
+impl std::error::Error for NodeAnswered {}
+
 impl AdminClient {
     /// A client of the admin API at `addr` (`host:port`), sending `token`
     /// as a bearer token on mutating requests when given.
@@ -97,7 +121,30 @@ impl AdminClient {
         body: Option<(Bytes, &'static str)>,
         within: Duration,
     ) -> Result<T> {
-        let (status, bytes) = self.exchange(method.clone(), path, body, within).await?;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut tries = 0;
+        let (status, bytes) = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (status, headers, bytes) = self
+                .exchange_full(method.clone(), path, body.clone(), left)
+                .await?;
+            // A node with every admin connection busy answers 503 with
+            // Retry-After before reading the request: safe to send again.
+            let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| headers.get(header::RETRY_AFTER))
+                .flatten()
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(2)));
+            match retry {
+                Some(wait)
+                    if tries < BUSY_RETRIES && tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break (status, bytes),
+            }
+        };
         if !status.is_success() {
             let Ok(why) = serde_json::from_slice::<ErrorBody>(&bytes) else {
                 bail!(
@@ -107,7 +154,11 @@ impl AdminClient {
                     self.addr
                 );
             };
-            bail!("{} {method} {path}: {status}: {}", self.addr, why.error);
+            return Err(anyhow::Error::new(NodeAnswered {
+                what: format!("{} {method} {path}", self.addr),
+                status,
+                error: why.error,
+            }));
         }
         let bytes = if bytes.is_empty() {
             Bytes::from_static(b"null")
@@ -129,6 +180,21 @@ impl AdminClient {
         body: Option<(Bytes, &'static str)>,
         within: Duration,
     ) -> Result<(StatusCode, Bytes)> {
+        let (status, _, bytes) = self.exchange_full(method, path, body, within).await?;
+        Ok((status, bytes))
+    }
+
+    /// [`Self::exchange`], with the answer's headers.
+    ///
+    /// # Errors
+    /// As [`Self::exchange`].
+    pub async fn exchange_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        within: Duration,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes)> {
         let uri = format!("http://{}{path}", self.addr);
         let mut req = hyper::Request::builder().method(method).uri(&uri);
         if let Some(t) = &self.token {
@@ -146,13 +212,14 @@ impl AdminClient {
                 .await
                 .map_err(|e| anyhow!("{uri}: {}", chain(&e)))?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let body = resp
                 .into_body()
                 .collect()
                 .await
                 .with_context(|| format!("{uri}: reading the answer"))?
                 .to_bytes();
-            Ok::<_, anyhow::Error>((status, body))
+            Ok::<_, anyhow::Error>((status, headers, body))
         };
         tokio::time::timeout(within, exchange)
             .await
@@ -279,8 +346,10 @@ pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
         Ok(r) => r,
         Err(ring_err) => {
             let direct = AdminClient::new(to, token);
-            return match direct.status(PROBE_TIMEOUT).await {
+            return match direct.status(PROBE_TIMEOUT * 2).await {
                 Ok(_) => Ok(direct),
+                // It is an admin API: it answered with its own error.
+                Err(http_err) if http_err.is::<NodeAnswered>() => Err(http_err),
                 Err(http_err) => bail!(
                     "{to} answers neither as a ringhost admin API nor as a ring port: is it \
                      a ringhost node? (as admin API: {http_err:#}; as ring port: {ring_err:#})"

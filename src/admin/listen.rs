@@ -247,7 +247,16 @@ async fn serve_one(
     tokio::pin!(connection);
     let ended = tokio::select! {
         r = connection.as_mut() => Some(r),
-        () = conn.closed() => None,
+        () = conn.closed() => {
+            // Evicted to make room: its place is already taken, so it
+            // closes now, not after a grace (a flood of half-sent heads
+            // would otherwise hold sockets past the bound). One that
+            // started a request meanwhile finishes it.
+            if !conn.is_busy() {
+                return;
+            }
+            None
+        }
         () = stop.cancelled() => None,
     };
     let result = match ended {

@@ -26,7 +26,8 @@ impl Format {
     /// OpenMetrics when the header allows `application/openmetrics-text`
     /// with a quality at least that of `text/plain` (so also when it is
     /// absent, empty or `*/*`); the 0.0.4 text when only `text/plain` (or
-    /// `text/*`) is acceptable or preferred. A header that allows neither
+    /// `text/*`) is acceptable or preferred, or when OpenMetrics is refused
+    /// outright (`q=0`). A header that allows neither otherwise
     /// (`application/json`) gets OpenMetrics, the default, rather than a
     /// 406: every client that scrapes us today keeps working. Version
     /// parameters are not compared: the OpenMetrics text is valid as 1.0.0
@@ -37,11 +38,13 @@ impl Format {
             return Format::OpenMetrics;
         };
         let ranges = media_ranges(accept);
-        let om = quality(&ranges, "application", "openmetrics-text").unwrap_or(0.0);
+        let om_q = quality(&ranges, "application", "openmetrics-text");
+        let om = om_q.unwrap_or(0.0);
         let text = quality(&ranges, "text", "plain").unwrap_or(0.0);
         if om > 0.0 && om >= text {
             Format::OpenMetrics
-        } else if text > 0.0 {
+        } else if text > 0.0 || om_q == Some(0.0) {
+            // OpenMetrics refused outright (`q=0`): the other format.
             Format::Text004
         } else {
             Format::OpenMetrics
@@ -283,6 +286,8 @@ mod tests {
             "application/openmetrics-text;q=0,*/*",
             "application/openmetrics-text;q=0,text/plain;q=0.1",
             "application/*;q=0.1, text/plain;q=0.2",
+            // The one type offered, refused (an outside tester's case).
+            "application/openmetrics-text;q=0",
         ] {
             assert_eq!(Format::negotiate(Some(accept)), Format::Text004, "{accept}");
         }
