@@ -36,7 +36,7 @@ fn raw_particle(p: &Particle) -> Vec<u8> {
 }
 
 /// A connection to member 1 posing as member 0, hello sent.
-async fn as_member_0(ring: &TestRing) -> TcpStream {
+pub(crate) async fn as_member_0(ring: &TestRing) -> TcpStream {
     let mut s = TcpStream::connect(&ring.layout.members()[1].addr)
         .await
         .unwrap();

@@ -3,10 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use ringhost::config::{NodeConfig, RingLayout};
 use ringhost::observe::{EventKind, Observer};
-use ringhost::wire::{Frame, Hello, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,14 +41,6 @@ async fn assert_closed_by_peer(stream: &mut TcpStream) {
             Err(_) => panic!("the node did not close the connection"),
         }
     }
-}
-
-fn encode(frame: &Frame) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    frame.encode(&mut body).expect("a frame within bounds");
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,18 +122,8 @@ async fn oversized_frame_closes_only_that_connection() {
 async fn truncated_frame_after_a_valid_hello_closes_only_that_connection() {
     let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
     ring.visits(3, Duration::from_secs(20)).await;
-    let addr = ring.layout.members()[1].addr.clone();
-    let mut s = TcpStream::connect(&addr).await.unwrap();
     // Pose as node 0 (a valid hello), then cut a particle frame short.
-    let hello = Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        ring_hash: ring.layout.hash().to_string(),
-        from_index: 0,
-        from_name: ring.layout.members()[0].name.clone(),
-        releases: vec![],
-        instance: 0,
-    });
-    s.write_all(&encode(&hello)).await.unwrap();
+    let mut s = crate::bounds::as_member_0(&ring).await;
     s.write_all(&100u32.to_be_bytes()).await.unwrap();
     s.write_all(b"\x10only-ten").await.unwrap();
     s.shutdown().await.unwrap();
