@@ -4,29 +4,38 @@
 use super::*;
 
 impl Agent {
-    /// Station `name` faulted often enough here: what runs is marked as
+    /// A station faulted often enough here: what runs is marked as
     /// faulted, and the node rolls back to the newest recorded release that
     /// has not faulted here (whatever ran before, a rolled-back-to version
-    /// included), or says once that it keeps faulting.
-    pub(super) fn on_faulty(&mut self, name: String, hash: Hash, cause: String) {
+    /// included), or says once that it keeps faulting. A report about
+    /// something no longer running (the same module as another release
+    /// included) is ignored: it says nothing of what runs now.
+    pub(super) fn on_faulty(&mut self, report: FaultReport) {
+        let FaultReport { name, id, cause } = report;
         if self.rolling.contains(&name) {
             return; // a rollback is loading: what faulted is replaced soon
         }
-        let Some(running) = self.running.get(&name).copied() else {
+        if self.ids.get(&name) != Some(&id) {
+            let what = id.version.map_or_else(
+                || format!("module {}", id.hash.short()),
+                |v| format!("v{v} ({})", id.hash.short()),
+            );
+            info!(station = %name, faulted = %what, %cause,
+                "fault report about a station no longer running; ignored");
             return;
-        };
-        if running != hash {
-            return; // about a module already replaced (a swap overtook it)
         }
-        let config = self
-            .runs
-            .get(&name)
-            .filter(|r| r.hash == running)
-            .map(|r| r.config.clone());
         let faulted = self.faulted.entry(name.clone()).or_default();
-        if !faulted.contains(&(running, config.clone())) {
-            faulted.push((running, config));
+        let entry = (id.hash, Some(id.config));
+        if !faulted.contains(&entry) {
+            faulted.push(entry);
         }
+        self.roll_back(name, cause);
+    }
+
+    /// Rolls station `name` (whose running module is marked as faulted)
+    /// back to the newest recorded release that has not faulted here, or
+    /// says once that it keeps faulting.
+    fn roll_back(&mut self, name: String, cause: String) {
         let faulted = &self.faulted[&name];
         let has_faulted = |r: &Release| {
             faulted
@@ -108,8 +117,8 @@ impl Agent {
                     .entry(to.name.clone())
                     .or_default()
                     .push((to.hash, Some(to.config.clone())));
-                if let Some(running) = self.running.get(&to.name).copied() {
-                    self.on_faulty(to.name, running, cause);
+                if self.running.contains_key(&to.name) {
+                    self.roll_back(to.name, cause);
                 }
             }
         }
