@@ -124,3 +124,80 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RingLayout, StationSpec};
+
+    /// An agent of a one-node ring running the `trap` test station
+    /// (`every=100000`: it never traps in these tests).
+    async fn agent() -> Agent {
+        let layout = RingLayout::from_addrs(["127.0.0.1:1"]).expect("layout");
+        let mut config = NodeConfig::new(layout, 0);
+        let trap = std::path::Path::new(env!("RINGHOST_STATIONS_DIR")).join("trap.wasm");
+        config.stations = vec![StationSpec::file(trap).with("every", "100000")];
+        let node = NodeInfo {
+            name: "n0".into(),
+            index: 0,
+            ring_size: 1,
+            ring_hash: "0".into(),
+        };
+        let limits = StationLimits {
+            call_timeout: Duration::from_secs(1),
+            memory_bytes: 16 << 20,
+            rollback_after: 3,
+            rollback_window: Duration::from_secs(10),
+        };
+        let host = StationHost::new().expect("station host");
+        let started = start(
+            Arc::new(config),
+            host,
+            node,
+            KvStore::default(),
+            Observer::none(),
+            limits,
+        )
+        .await
+        .expect("agent starts");
+        started.agent
+    }
+
+    fn report(id: StationId) -> FaultReport {
+        FaultReport {
+            name: "trap".into(),
+            id,
+            cause: "3 faults within 10 s, the last: trap".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fault_report_of_another_release_of_the_running_module_is_ignored() {
+        let mut agent = agent().await;
+        let running = agent.ids["trap"].clone();
+        // The same module as release v1 with another config: what a v1
+        // report still on its way names once v2 of that module runs.
+        for stale in [
+            StationId {
+                version: Some(1),
+                ..running.clone()
+            },
+            StationId {
+                config: Vec::new(),
+                ..running.clone()
+            },
+        ] {
+            agent.on_faulty(report(stale));
+            assert!(agent.faulted.is_empty(), "{:?}", agent.faulted);
+            assert!(agent.rolled_back.is_empty(), "{:?}", agent.rolled_back);
+        }
+        // A report of what runs counts: nothing else to return to here.
+        agent.on_faulty(report(running.clone()));
+        assert_eq!(
+            agent.faulted["trap"],
+            vec![(running.hash, Some(running.config))]
+        );
+        let said = &agent.rolled_back["trap"];
+        assert!(said.starts_with("keeps faulting"), "{said}");
+    }
+}
