@@ -119,6 +119,10 @@ pub struct StationStatus {
     pub name: String,
     /// Failed calls since load.
     pub faults: u64,
+    /// The release version the running instance is (`None`: not a
+    /// release, or a node older than this field): what `faults` are of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// Percentiles of a sample buffer, in milliseconds.
@@ -274,8 +278,10 @@ pub fn render(r: &Report) -> String {
         let d = r.deploy.stations.iter().find(|d| d.name == st.name);
         let version = d.map_or(String::new(), |d| {
             let mut v = format!(" v{} ({})", d.version, d.hash.short());
-            if d.running != d.hash {
-                v += &format!(", running {}", d.running.short());
+            // Another release of the same module (another config) is
+            // another thing running, too.
+            if d.running_release() != Some(d.version) || d.running != d.hash {
+                v += &format!(", running {}", d.running_label());
             }
             v
         });

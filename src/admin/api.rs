@@ -109,7 +109,10 @@ pub struct MemberView {
 pub struct StationVersion {
     /// Name.
     pub name: String,
-    /// Its release version (0: as the node started, no release).
+    /// The version of the release it runs (0: as the node started, or
+    /// no release). After an automatic rollback this is the version rolled
+    /// back to, not the member's current release: one module may run as
+    /// several releases, so the hash alone does not tell.
     pub version: u64,
     /// sha-256 of the running module, hex (`None`: not known).
     pub hash: Option<String>,
@@ -127,7 +130,7 @@ impl MemberView {
                 let d = report.deploy.stations.iter().find(|d| d.name == s.name);
                 StationVersion {
                     name: s.name.clone(),
-                    version: d.map_or(0, |d| d.version),
+                    version: d.and_then(|d| d.running_release()).unwrap_or(0),
                     hash: d.map(|d| d.running.to_string()),
                     faults: s.faults,
                 }
@@ -154,7 +157,7 @@ impl MemberView {
 }
 
 /// Whether every member is live and runs the same stations at the same
-/// versions and modules.
+/// versions and modules (what each runs, not what it records as current).
 pub fn is_healthy(members: &[MemberView]) -> bool {
     let versions = |m: &MemberView| -> Vec<(String, u64, Option<String>)> {
         m.stations

@@ -29,8 +29,8 @@ use crate::config::{NodeConfig, StationSource};
 use crate::model::{ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings};
 use crate::observe::{EventKind, Observer};
 use crate::station::{
-    Inbox, Inboxes, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv, StationHost,
-    StationLimits, read_source,
+    FaultReport, Inbox, Inboxes, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv,
+    StationHost, StationId, StationLimits, read_source,
 };
 use crate::wire::{Frame, FrameReader, FrameWriter};
 
@@ -80,16 +80,11 @@ pub enum DeployMsg {
         /// Where the answer goes.
         reply: oneshot::Sender<(Reply, Bytes)>,
     },
-    /// Station `name` faulted often enough to be rolled back here.
-    Faulty {
-        /// Station name.
-        name: String,
-        /// The module that faulted: a report about a module no longer
-        /// running (it was replaced while the report waited) is ignored.
-        hash: Hash,
-        /// What made it due: the fault count, the window and the last fault.
-        cause: String,
-    },
+    /// A station faulted often enough to be rolled back here. The report
+    /// names exactly what faulted (module, config, release version): one
+    /// about a station no longer running (replaced while the report
+    /// waited, maybe by the same module as another release) is ignored.
+    Faulty(FaultReport),
     /// A watched station file settled with new contents.
     FileChanged {
         /// Station name.
@@ -173,6 +168,39 @@ pub struct StationDeploy {
     /// An automatic rollback in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<String>,
+}
+
+impl StationDeploy {
+    /// Whether the member runs `release` itself: its module *and* its
+    /// version (one module runs as several releases, with other configs).
+    /// A report without `running_version` (a node older than that field,
+    /// or a module the node was started with) is judged by the module and
+    /// by whether `release` is the member's current one.
+    pub fn runs(&self, release: &Release) -> bool {
+        self.running == release.hash
+            && match self.running_version {
+                Some(v) => v == release.version,
+                None => self.version == release.version && self.hash == release.hash,
+            }
+    }
+
+    /// The version of the release running, as well as this report tells:
+    /// `running_version`, else (a node older than that field, or the
+    /// module it was started with) the current version when the current
+    /// module runs; `None`: a module that is no release.
+    pub fn running_release(&self) -> Option<u64> {
+        self.running_version
+            .or_else(|| (self.running == self.hash).then_some(self.version))
+    }
+
+    /// What runs, in words: `v1 (e4aa3580bfd0)`, or `module …` when it is
+    /// no release.
+    pub fn running_label(&self) -> String {
+        match self.running_release() {
+            Some(v) => format!("v{v} ({})", self.running.short()),
+            None => format!("module {}", self.running.short()),
+        }
+    }
 }
 
 /// The agent's state as others read it.
@@ -260,6 +288,9 @@ pub struct Agent {
     limits: StationLimits,
     inboxes: Inboxes,
     running: HashMap<String, Hash>,
+    /// Per name, exactly what was swapped in last (module, config,
+    /// release version): what a fault report must name to count.
+    ids: HashMap<String, StationId>,
     errors: HashMap<String, (Option<u64>, String)>,
     rolled_back: HashMap<String, String>,
     /// Per name, the release swapped in last (when it was one).
@@ -319,7 +350,7 @@ impl Agent {
                 self.apply(event, None).await;
             }
             DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
-            DeployMsg::Faulty { name, hash, cause } => self.on_faulty(name, hash, cause),
+            DeployMsg::Faulty(report) => self.on_faulty(report),
             DeployMsg::FileChanged { name, bytes } => self.on_file(name, bytes),
             DeployMsg::Fetched {
                 release,
@@ -626,9 +657,11 @@ impl Agent {
         }
     }
 
-    async fn swap(&mut self, station: Box<Station>, version: Option<u64>) {
+    async fn swap(&mut self, mut station: Box<Station>, version: Option<u64>) {
+        station.set_version(version);
         let name = station.name().to_string();
         self.running.insert(name.clone(), station.hash());
+        self.ids.insert(name.clone(), station.id());
         let running = Event::Running {
             name: name.clone(),
             hash: station.hash(),

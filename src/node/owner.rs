@@ -346,10 +346,8 @@ impl Owner {
                     lap_time: stop.lap_time,
                 };
                 let hold = self.pipeline.run(&base, &mut particle).await;
-                for (name, hash, cause) in self.pipeline.take_faulty() {
-                    let _ = self
-                        .deploy_tx
-                        .try_send(DeployMsg::Faulty { name, hash, cause });
+                for report in self.pipeline.take_faulty() {
+                    let _ = self.deploy_tx.try_send(DeployMsg::Faulty(report));
                 }
                 let hold = hold.max(Duration::from_millis(self.config.delay_ms));
                 if let Some(t) = stop.lap_time {
@@ -581,6 +579,7 @@ impl Owner {
                 .map(|s| status::StationStatus {
                     name: s.name().to_string(),
                     faults: s.faults(),
+                    version: s.version(),
                 })
                 .collect(),
             uptime_s: self.started.elapsed().as_secs_f64(),

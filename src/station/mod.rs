@@ -289,6 +289,7 @@ impl StationHost {
             name: name.to_string(),
             config: config.to_vec(),
             hash,
+            version: None,
             host: Arc::clone(self),
             pre,
             live: None,
@@ -363,6 +364,9 @@ pub struct Station {
     name: String,
     config: Vec<(String, String)>,
     hash: Hash,
+    /// The release this instance runs as (set by the deploy agent when it
+    /// swaps it in; `None`: not a release).
+    version: Option<u64>,
     host: Arc<StationHost>,
     pre: bindings::StationPre<StationState>,
     live: Option<Live>,
@@ -390,6 +394,34 @@ impl Station {
     /// sha-256 of the component.
     pub fn hash(&self) -> Hash {
         self.hash
+    }
+
+    /// The config the station was loaded with (`key=value` pairs).
+    pub fn config(&self) -> &[(String, String)] {
+        &self.config
+    }
+
+    /// The version of the release this station runs as (`None`: not a
+    /// release: a module run on this node only, or as started).
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// Says which release this station runs as; the deploy agent calls it
+    /// before the station is swapped in.
+    pub fn set_version(&mut self, version: Option<u64>) {
+        self.version = version;
+    }
+
+    /// What this station is, exactly: module, config and release version.
+    /// The same module pushed twice with another config (or again as a
+    /// new version) is another identity.
+    pub fn id(&self) -> StationId {
+        StationId {
+            hash: self.hash,
+            config: self.config.clone(),
+            version: self.version,
+        }
     }
 
     /// The station's environment (kv, inbox…), to build a successor
@@ -590,12 +622,37 @@ fn classify(err: wasmtime::Error, timeout: Duration) -> StationError {
     }
 }
 
+/// What a loaded station is: not its module alone, since one module runs
+/// as several releases (pushed with another config, or again as a newer
+/// version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StationId {
+    /// sha-256 of the component.
+    pub hash: Hash,
+    /// The config it was loaded with.
+    pub config: Vec<(String, String)>,
+    /// The release version it runs as (`None`: not a release).
+    pub version: Option<u64>,
+}
+
+/// A station that faulted often enough to be rolled back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultReport {
+    /// Station name.
+    pub name: String,
+    /// Exactly what faulted: a report about a station no longer running
+    /// (replaced while the report waited) is about something else.
+    pub id: StationId,
+    /// What made it due: `"3 faults within 10 s, the last: …"`.
+    pub cause: String,
+}
+
 /// The stations of one node, run in order at every stop.
 pub struct Pipeline {
     stations: Vec<Station>,
     node_index: usize,
     /// Stations due for an automatic rollback, with the last fault.
-    faulty: Vec<(String, Hash, String)>,
+    faulty: Vec<FaultReport>,
     /// Largest particle (encoded frame body, bytes) a visit may leave.
     particle_budget: usize,
 }
@@ -643,10 +700,9 @@ impl Pipeline {
         }
     }
 
-    /// Stations that faulted often enough to be rolled back, each once:
-    /// name, the module that faulted, and the cause (`"3 faults within
-    /// 10 s, the last: …"`).
-    pub fn take_faulty(&mut self) -> Vec<(String, Hash, String)> {
+    /// Stations that faulted often enough to be rolled back, each once,
+    /// naming exactly what faulted.
+    pub fn take_faulty(&mut self) -> Vec<FaultReport> {
         std::mem::take(&mut self.faulty)
     }
 
@@ -710,8 +766,11 @@ impl Pipeline {
                             station.limits.rollback_window.as_secs_f64()
                         );
                         station.recent_faults.clear();
-                        self.faulty
-                            .push((station.name.clone(), station.hash(), cause));
+                        self.faulty.push(FaultReport {
+                            name: station.name.clone(),
+                            id: station.id(),
+                            cause,
+                        });
                     }
                     if !slot.is_empty() {
                         particle.slots.insert(station.name.clone(), slot);

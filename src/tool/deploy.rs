@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::admin::api::{Liveness, RingView};
 use crate::admin::client::{AdminClient, PushParams, connect};
-use crate::deploy::agent::{DeployView, StationDeploy};
+use crate::deploy::agent::DeployView;
 use crate::deploy::release::{ConfigEntry, Hash, MAX_AHEAD_MS, OrderKey, Release};
 use crate::deploy::sign;
 use crate::station::MAX_MODULE_BYTES;
@@ -205,6 +205,18 @@ fn faults_of(report: &status::Report, name: &str) -> Option<u64> {
         .map(|s| s.faults)
 }
 
+/// The fault count of `release` in a member's status: `None` when the
+/// instance running there is another release (the member's pipeline has
+/// not swapped it in yet), so its faults are not blamed on `release`.
+fn release_faults(report: &status::Report, release: &Release) -> Option<u64> {
+    report
+        .stations
+        .iter()
+        .find(|s| s.name == release.name)
+        .filter(|s| s.version.is_none_or(|v| v == release.version))
+        .map(|s| s.faults)
+}
+
 /// How long `push` waits, once a member running the release faulted, for
 /// that member's automatic rollback to show (the default
 /// `--rollback-window-ms`: past it, a fault no longer counts towards one).
@@ -313,10 +325,15 @@ async fn wait_ring(
                         }
                     }
                     let mut now = standing_of(r, release);
+                    let counted = release_faults(r, release);
+                    if now == Standing::Running && counted.is_none() {
+                        // The agent swapped it in, the pipeline not yet.
+                        now = Standing::Waiting;
+                    }
                     if now == Standing::Running {
                         let v = visits.entry(*index).or_insert((r.visits, r.visits));
                         v.1 = r.visits;
-                        let count = faults_of(r, &release.name).unwrap_or(0);
+                        let count = counted.unwrap_or(0);
                         let new = match faults.insert(*index, count) {
                             // First seen running it: faults that are not
                             // the old version's count are the new one's.
@@ -495,7 +512,7 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
     };
     let current: OrderKey = (d.published_ms, d.version, d.origin, d.hash);
     if current == release.key() {
-        return if d.running == release.hash {
+        return if d.runs(release) {
             // Running it, but it keeps faulting with nothing to roll back
             // to: a failure all the same.
             match &d.rolled_back {
@@ -513,7 +530,7 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
             // back from it to something older.
             Standing::RolledBack {
                 said: r.clone(),
-                now: running_now(d),
+                now: d.running_label(),
             }
         } else {
             Standing::Waiting
@@ -529,7 +546,7 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
         .any(|c| c.name == release.name && c.stale.key() == current);
     let future = d.published_ms.saturating_sub(crate::station::unix_ms()) > MAX_AHEAD_MS;
     if set_aside || future {
-        if d.running == release.hash {
+        if d.runs(release) {
             return Standing::Running;
         }
     } else if current > release.key() {
@@ -543,15 +560,6 @@ fn standing_of(report: &status::Report, release: &Release) -> Standing {
     match &d.error {
         Some(e) if d.failed_version == Some(release.version) => Standing::Failed(e.clone()),
         _ => Standing::Waiting,
-    }
-}
-
-/// What a member runs of a station, in words: `v1 (e4aa3580bfd0)`, or
-/// just the module hash when the member does not say which version.
-fn running_now(d: &StationDeploy) -> String {
-    match d.running_version {
-        Some(v) => format!("v{v} ({})", d.running.short()),
-        None => format!("module {}", d.running.short()),
     }
 }
 

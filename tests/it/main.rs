@@ -14,6 +14,7 @@ mod deploy_sources;
 mod files;
 mod health;
 mod leave_race;
+mod release_identity;
 mod ring;
 mod slow_stop;
 mod startup;

@@ -85,8 +85,9 @@ pub async fn start(
                         .load_bytes(&name, &rel.config, bytes, env, limits)
                         .await
                     {
-                        Ok(s) => {
+                        Ok(mut s) => {
                             info!(release = %rel.label(), "running the recorded release");
+                            s.set_version(Some(rel.version));
                             loaded = Some(s);
                         }
                         Err(e) => {
@@ -128,6 +129,23 @@ pub async fn start(
         .iter()
         .map(|s| (s.name().to_string(), s.hash()))
         .collect();
+    let ids: HashMap<String, StationId> = stations
+        .iter()
+        .map(|s| (s.name().to_string(), s.id()))
+        .collect();
+    // What runs as a release (restarted with one recorded): its version
+    // shows as what runs, as after a swap.
+    let runs: HashMap<String, Release> = stations
+        .iter()
+        .filter_map(|s| {
+            let v = s.version()?;
+            let record = store.record(s.name())?;
+            std::iter::once(&record.current)
+                .chain(record.history.iter().rev())
+                .find(|r| r.version == v && r.hash == s.hash())
+                .map(|r| (s.name().to_string(), r.clone()))
+        })
+        .collect();
     let trust = Trust {
         keys: config.deploy.trust.clone(),
         local,
@@ -144,9 +162,10 @@ pub async fn start(
         limits,
         inboxes: inboxes.clone(),
         running,
+        ids,
         errors: HashMap::new(),
         rolled_back: HashMap::new(),
-        runs: HashMap::new(),
+        runs,
         faulted: HashMap::new(),
         rolling: Vec::new(),
         sign_key,
@@ -195,7 +214,8 @@ async fn load_older(
             continue;
         };
         let env = base.env(name, inbox.clone());
-        if let Ok(s) = host.load_bytes(name, &r.config, bytes, env, limits).await {
+        if let Ok(mut s) = host.load_bytes(name, &r.config, bytes, env, limits).await {
+            s.set_version(Some(r.version));
             warn!(
                 release = %current.label(),
                 meanwhile = %r.label(),

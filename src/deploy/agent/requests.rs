@@ -68,7 +68,13 @@ impl Agent {
                 let current = self.current(&name).filter(|c| {
                     c.hash == fake.hash
                         && settings(&c.config) == config
-                        && self.running.get(&name) == Some(&c.hash)
+                        && self.ids.get(&name).is_some_and(|id| {
+                            // That release itself runs, not the same
+                            // module as another one.
+                            id.hash == c.hash
+                                && id.config == c.config
+                                && id.version.is_none_or(|v| v == c.version)
+                        })
                         && !self.rolled_back.contains_key(&name)
                 });
                 if let (false, Some(c)) = (local, current) {
