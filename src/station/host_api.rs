@@ -190,10 +190,12 @@ pub struct StationEnv {
     pub epoch: Instant,
 }
 
-/// A token bucket of log lines, shared by one instance's `host.log` and
-/// its stdout and stderr.
+/// A token bucket of log lines, shared by every instance of one loaded
+/// station (its `host.log`, stdout and stderr): a station that traps after
+/// a burst of lines gets a fresh instance, not a fresh budget. Cloning
+/// shares it.
 #[derive(Debug, Clone)]
-struct LogBudget {
+pub struct LogBudget {
     inner: Arc<Mutex<Bucket>>,
 }
 
@@ -204,8 +206,15 @@ struct Bucket {
     suppressed: u64,
 }
 
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LogBudget {
-    fn new() -> Self {
+    /// A full bucket ([`LOG_BURST`] lines).
+    pub fn new() -> Self {
         Self {
             inner: Arc::new(Mutex::new(Bucket {
                 tokens: LOG_BURST,
@@ -247,9 +256,19 @@ impl LogSink {
         if let Some(held) = self.budget.take(Instant::now()) {
             let station = &*self.station;
             if held > 0 {
-                tracing::warn!(
-                    station,
-                    "{held} log lines of this station held back (over {LOG_LINES_PER_SEC} lines/s)"
+                let note = format!(
+                    "{held} log lines of this station held back from the node's log (over \
+                     {LOG_LINES_PER_SEC} lines/s)"
+                );
+                tracing::warn!(station, "{note}");
+                // Observers got every line: tell them the node's log did not.
+                self.observer.emit(
+                    self.node as usize,
+                    EventKind::StationLog {
+                        station: station.to_string(),
+                        level: "warn".into(),
+                        message: format!("host: {note}"),
+                    },
                 );
             }
             match level {
@@ -283,22 +302,37 @@ pub struct StationState {
 }
 
 impl StationState {
-    pub(super) fn new(env: StationEnv, memory_bytes: usize, budget: std::time::Duration) -> Self {
+    pub(super) fn new(
+        env: StationEnv,
+        log_budget: LogBudget,
+        memory_bytes: usize,
+        budget: std::time::Duration,
+    ) -> Self {
         let log = LogSink {
             station: env.station.clone(),
             node: env.node.index,
             observer: env.observer.clone(),
-            budget: LogBudget::new(),
+            budget: log_budget,
         };
         let out = |stream: &'static str| GuestOutput {
             log: log.clone(),
             stream,
         };
         // WASI is linked because std-built guests import it; it grants no
-        // capability: no args, env, preopened directories or sockets.
+        // capability, and says so rather than lean on wasmtime-wasi's
+        // defaults: no args, env or initial directory, no preopened
+        // directories, stdin empty, stdout/stderr into the node's log (rate
+        // limited), no TCP, UDP or name lookup and every socket address
+        // refused. Clocks and random stay (std needs them, they reveal
+        // nothing the `host` interface does not). tests/it/sandbox.rs
+        // tries each from a station.
         let wasi = WasiCtxBuilder::new()
             .stdout(out("stdout"))
             .stderr(out("stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)

@@ -15,6 +15,7 @@ mod files;
 mod health;
 mod leave_race;
 mod ring;
+mod sandbox;
 mod slow_stop;
 mod startup;
 mod stations;
