@@ -11,7 +11,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -294,7 +293,7 @@ impl LogSink {
 pub struct StationState {
     pub(super) env: StationEnv,
     log: LogSink,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: super::limits::StoreBudget,
     pub(super) call_started: Instant,
     pub(super) call_budget: std::time::Duration,
     wasi: WasiCtx,
@@ -334,12 +333,7 @@ impl StationState {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_bytes)
-            .table_elements(1 << 20)
-            .instances(64)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = super::limits::StoreBudget::new(memory_bytes);
         Self {
             env,
             log,

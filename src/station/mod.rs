@@ -3,7 +3,8 @@
 //! runs at every stop.
 //!
 //! Isolation rules, so a station can end a call but never the node:
-//! - every store has a memory limit (growing past it traps);
+//! - every store has a memory limit, for all its memories together
+//!   ([`limits`]; growing past it traps);
 //! - every call has a deadline enforced with epoch interruption: the guest
 //!   yields to tokio at each epoch tick and is interrupted once its budget
 //!   is spent; a call blocked in a host import (a WASI sleep or poll runs
@@ -21,6 +22,7 @@
 
 mod cache;
 mod host_api;
+mod limits;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
