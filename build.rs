@@ -19,6 +19,7 @@ const STATIONS: &[&str] = &[
     "badinit",
     "marker",
     "marker2",
+    "escape",
 ];
 
 fn main() {

@@ -11,7 +11,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -190,10 +189,12 @@ pub struct StationEnv {
     pub epoch: Instant,
 }
 
-/// A token bucket of log lines, shared by one instance's `host.log` and
-/// its stdout and stderr.
+/// A token bucket of log lines, shared by every instance of one loaded
+/// station (its `host.log`, stdout and stderr): a station that traps after
+/// a burst of lines gets a fresh instance, not a fresh budget. Cloning
+/// shares it.
 #[derive(Debug, Clone)]
-struct LogBudget {
+pub struct LogBudget {
     inner: Arc<Mutex<Bucket>>,
 }
 
@@ -204,8 +205,15 @@ struct Bucket {
     suppressed: u64,
 }
 
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LogBudget {
-    fn new() -> Self {
+    /// A full bucket ([`LOG_BURST`] lines).
+    pub fn new() -> Self {
         Self {
             inner: Arc::new(Mutex::new(Bucket {
                 tokens: LOG_BURST,
@@ -247,9 +255,19 @@ impl LogSink {
         if let Some(held) = self.budget.take(Instant::now()) {
             let station = &*self.station;
             if held > 0 {
-                tracing::warn!(
-                    station,
-                    "{held} log lines of this station held back (over {LOG_LINES_PER_SEC} lines/s)"
+                let note = format!(
+                    "{held} log lines of this station held back from the node's log (over \
+                     {LOG_LINES_PER_SEC} lines/s)"
+                );
+                tracing::warn!(station, "{note}");
+                // Observers got every line: tell them the node's log did not.
+                self.observer.emit(
+                    self.node as usize,
+                    EventKind::StationLog {
+                        station: station.to_string(),
+                        level: "warn".into(),
+                        message: format!("host: {note}"),
+                    },
                 );
             }
             match level {
@@ -275,7 +293,7 @@ impl LogSink {
 pub struct StationState {
     pub(super) env: StationEnv,
     log: LogSink,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: super::limits::StoreBudget,
     pub(super) call_started: Instant,
     pub(super) call_budget: std::time::Duration,
     wasi: WasiCtx,
@@ -283,29 +301,39 @@ pub struct StationState {
 }
 
 impl StationState {
-    pub(super) fn new(env: StationEnv, memory_bytes: usize, budget: std::time::Duration) -> Self {
+    pub(super) fn new(
+        env: StationEnv,
+        log_budget: LogBudget,
+        memory_bytes: usize,
+        budget: std::time::Duration,
+    ) -> Self {
         let log = LogSink {
             station: env.station.clone(),
             node: env.node.index,
             observer: env.observer.clone(),
-            budget: LogBudget::new(),
+            budget: log_budget,
         };
         let out = |stream: &'static str| GuestOutput {
             log: log.clone(),
             stream,
         };
         // WASI is linked because std-built guests import it; it grants no
-        // capability: no args, env, preopened directories or sockets.
+        // capability, and says so rather than lean on wasmtime-wasi's
+        // defaults: no args, env or initial directory, no preopened
+        // directories, stdin empty, stdout/stderr into the node's log (rate
+        // limited), no TCP, UDP or name lookup and every socket address
+        // refused. Clocks and random stay (std needs them, they reveal
+        // nothing the `host` interface does not). tests/it/sandbox.rs
+        // tries each from a station.
         let wasi = WasiCtxBuilder::new()
             .stdout(out("stdout"))
             .stderr(out("stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_bytes)
-            .table_elements(1 << 20)
-            .instances(64)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = super::limits::StoreBudget::new(memory_bytes);
         Self {
             env,
             log,

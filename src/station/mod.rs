@@ -3,10 +3,15 @@
 //! runs at every stop.
 //!
 //! Isolation rules, so a station can end a call but never the node:
-//! - every store has a memory limit (growing past it traps);
+//! - every store has a memory limit, for all its memories together
+//!   ([`limits`]; growing past it traps);
 //! - every call has a deadline enforced with epoch interruption: the guest
 //!   yields to tokio at each epoch tick and is interrupted once its budget
-//!   is spent;
+//!   is spent; a call blocked in a host import (a WASI sleep or poll runs
+//!   no wasm, so no epoch check) is dropped at the same deadline by a
+//!   wall-clock timeout ([`guarded`]);
+//! - WASI grants nothing (see `host_api::StationState::new`) and the log
+//!   budget is the station's, not the instance's;
 //! - after a trap, the instance (and its store) is thrown away; the next
 //!   visit instantiates afresh from the pre-linked component and runs
 //!   `init` again;
@@ -17,6 +22,7 @@
 
 mod cache;
 mod host_api;
+mod limits;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +32,7 @@ use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 
+use host_api::LogBudget;
 pub use host_api::{
     Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
 };
@@ -295,6 +302,7 @@ impl StationHost {
             live: None,
             env,
             limits,
+            log_budget: LogBudget::new(),
             faults: 0,
             recent_faults: VecDeque::new(),
             next_init_retry: None,
@@ -372,6 +380,8 @@ pub struct Station {
     live: Option<Live>,
     env: StationEnv,
     limits: StationLimits,
+    /// Shared by every instance, so a trap does not refill it.
+    log_budget: LogBudget,
     faults: u64,
     /// When the recent instance-ending faults happened (auto-rollback).
     recent_faults: VecDeque<Instant>,
@@ -438,6 +448,7 @@ impl Station {
     fn new_store(&self) -> Store<StationState> {
         let state = StationState::new(
             self.env.clone(),
+            self.log_budget.clone(),
             self.limits.memory_bytes,
             self.limits.call_timeout,
         );
@@ -477,18 +488,15 @@ impl Station {
         let mut store = self.new_store();
         Self::begin_call(&mut store);
         let result = async {
-            let bindings = self
-                .pre
-                .instantiate_async(&mut store)
+            let timeout = self.limits.call_timeout;
+            let bindings = guarded(timeout, self.pre.instantiate_async(&mut store))
                 .await
-                .map_err(|e| classify(e, self.limits.call_timeout))?;
+                .map_err(|e| classify(e, timeout))?;
             Self::begin_call(&mut store);
-            match bindings.call_init(&mut store, &self.config).await {
+            match guarded(timeout, bindings.call_init(&mut store, &self.config)).await {
                 Ok(Ok(())) => Ok(bindings),
                 Ok(Err(msg)) => Err(StationError::Init(msg)),
-                Err(e) => Err(StationError::Init(
-                    classify(e, self.limits.call_timeout).to_string(),
-                )),
+                Err(e) => Err(StationError::Init(classify(e, timeout).to_string())),
             }
         }
         .await;
@@ -520,11 +528,8 @@ impl Station {
         let live = self.live.as_mut().expect("ensure_live made an instance");
         Self::begin_call(&mut live.store);
         let began = Instant::now();
-        let result = match live
-            .bindings
-            .call_on_particle(&mut live.store, ctx, slot)
-            .await
-        {
+        let call = live.bindings.call_on_particle(&mut live.store, ctx, slot);
+        let result = match guarded(timeout, call).await {
             Ok(Ok(visit)) if visit.slot.len() > MAX_SLOT_BYTES => {
                 Err(StationError::BadOutput(format!(
                     "slot of {} bytes exceeds the {MAX_SLOT_BYTES} byte limit",
@@ -591,6 +596,24 @@ impl Station {
             self.suppressed_logs += 1;
         }
         rollback_due
+    }
+}
+
+/// Runs one guest call (instantiate, `init`, `on-particle`) with a
+/// wall-clock bound of `timeout` plus two epoch ticks. Epoch interruption
+/// only fires while wasm runs; a guest blocked in a host import (a WASI
+/// clock sleep, a poll) would otherwise hold the node's owner task past
+/// the visit bound, and the ring would give the particle up for lost. On
+/// expiry the call's future is dropped (wasmtime unwinds the guest's
+/// stack) and the result is an interrupt trap, so the caller discards the
+/// instance as after any timeout.
+async fn guarded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(timeout + 2 * EPOCH_TICK, call).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)),
     }
 }
 

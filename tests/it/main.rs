@@ -16,6 +16,7 @@ mod health;
 mod leave_race;
 mod release_identity;
 mod ring;
+mod sandbox;
 mod slow_stop;
 mod startup;
 mod stations;
