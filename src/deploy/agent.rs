@@ -19,6 +19,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 pub use super::decide::FetchError;
@@ -317,11 +318,52 @@ pub struct Agent {
     rx: mpsc::Receiver<DeployMsg>,
     owner: mpsc::Sender<OwnerCmd>,
     view: watch::Sender<DeployView>,
+    /// The fetches and loads this agent started: each ends at `stop`, and
+    /// [`Agent::run`] returns only once they have.
+    tasks: TaskTracker,
+    /// The node stops (set from `run`'s token).
+    stop: CancellationToken,
 }
 
+/// Bound on the wait for the agent's fetches and loads once the node
+/// stops (each ends at the stop; a compile already running on a blocking
+/// thread is left to finish there, unawaited).
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl Agent {
-    /// Runs until `cancel`.
+    /// Runs until `cancel`, then waits (at most [`TASKS_STOP_WAIT`]) for
+    /// the fetches and loads it started, which end at `cancel`.
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.stop = cancel.clone();
+        self.serve(&cancel).await;
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_STOP_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = self.tasks.len(),
+                "deploy tasks still running after the stop; left behind"
+            );
+        }
+    }
+
+    /// Starts `task` as one of the agent's tracked tasks; it is dropped
+    /// when the node stops.
+    fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = task => {}
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn serve(&mut self, cancel: &CancellationToken) {
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.settle();
@@ -533,17 +575,14 @@ impl Agent {
         let env = self.base.env(&name, inbox);
         let limits = self.limits;
         let tx = self.tx.clone();
-        tokio::spawn(
-            async move {
-                let result = host
-                    .load_bytes(&name, &config, bytes, env, limits)
-                    .await
-                    .map(Box::new)
-                    .map_err(|e| format!("{e:#}"));
-                let _ = tx.send(DeployMsg::Loaded { job, result }).await;
-            }
-            .in_current_span(),
-        );
+        self.spawn_task(async move {
+            let result = host
+                .load_bytes(&name, &config, bytes, env, limits)
+                .await
+                .map(Box::new)
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(DeployMsg::Loaded { job, result }).await;
+        });
     }
 
     async fn on_loaded(&mut self, job: Job, result: Result<Box<Station>, String>) {

@@ -232,3 +232,85 @@ async fn a_flood_of_silent_sockets_on_the_ring_port_stops_nothing() {
     drop(flood);
     ring.shutdown().await;
 }
+
+/// Tasks a node starts are tracked: a module fetch hanging on a peer that
+/// never answers does not outlive the node's `shutdown` (before, the
+/// deploy agent's fetches and loads were spawned loose and ran on after
+/// it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_fetch_in_flight_and_leaves_no_task() {
+    use ringhost::config::NodeConfig;
+    use ringhost::model::{Hash, Release};
+    use ringhost::observe::Observer;
+
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    // Member 0 is this test: it dials member 1 announcing a release, and
+    // accepts member 1's fetch without ever answering it.
+    let (layout, mut listeners) = crate::support::bind_ring(2).await;
+    let fake = listeners.remove(0);
+    let mut config = NodeConfig::new(layout.clone(), 1);
+    config.delay_ms = 0;
+    config.deploy.watch = false;
+    let node = ringhost::node::start(
+        config,
+        listeners.remove(0),
+        crate::support::host(),
+        Observer::none(),
+    )
+    .await
+    .expect("node 1 starts");
+    let release = Release {
+        name: "marker".into(),
+        version: 1,
+        origin: 0,
+        hash: Hash([7; 32]),
+        size: 1000,
+        config: vec![],
+        signer: None,
+        signature: None,
+        published_ms: 1,
+    };
+    let mut s = TcpStream::connect(&layout.members()[1].addr).await.unwrap();
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        ring_hash: layout.hash().to_string(),
+        from_index: 0,
+        from_name: layout.members()[0].name.clone(),
+        releases: vec![release],
+        instance: 0,
+    });
+    let mut body = bytes::BytesMut::new();
+    hello.encode(&mut body).unwrap();
+    s.write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(&body).await.unwrap();
+    // The fetch arrives at the fake member 0 and hangs there.
+    let (fetch, _) = tokio::time::timeout(Duration::from_secs(10), fake.accept())
+        .await
+        .expect("member 1 fetches from member 0 within 10 s")
+        .unwrap();
+    let stopped = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("shutdown returns within 10 s")
+        .expect("a clean shutdown");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        stopped.elapsed()
+    );
+    // Nothing the node started is alive (a loose fetch task would be,
+    // waiting on the fetch's answer).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tasks() > before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(tasks(), before, "tasks left after shutdown");
+    drop((fetch, s));
+}

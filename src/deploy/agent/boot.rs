@@ -177,6 +177,8 @@ pub async fn start(
         rx,
         owner: owner_tx,
         view: view_tx,
+        tasks: tokio_util::task::TaskTracker::new(),
+        stop: tokio_util::sync::CancellationToken::new(),
     };
     agent.publish_view();
     Ok(Started {

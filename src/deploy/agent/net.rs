@@ -34,24 +34,21 @@ impl Agent {
         let max_frame = self.config.max_frame_bytes;
         let tx = self.tx.clone();
         let cache = self.deltas.clone();
-        tokio::spawn(
-            async move {
-                let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
-                    .await
-                    .map_err(|e| FetchError {
-                        missing: e.downcast_ref::<NotKept>().is_some(),
-                        message: format!("fetching from {addr}: {e:#}"),
-                    });
-                let _ = tx
-                    .send(DeployMsg::Fetched {
-                        release: rel,
-                        from: peer,
-                        result,
-                    })
-                    .await;
-            }
-            .in_current_span(),
-        );
+        self.spawn_task(async move {
+            let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
+                .await
+                .map_err(|e| FetchError {
+                    missing: e.downcast_ref::<NotKept>().is_some(),
+                    message: format!("fetching from {addr}: {e:#}"),
+                });
+            let _ = tx
+                .send(DeployMsg::Fetched {
+                    release: rel,
+                    from: peer,
+                    result,
+                })
+                .await;
+        });
         Ok(())
     }
 }
