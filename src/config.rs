@@ -490,6 +490,9 @@ pub struct AdminLimits {
     /// Time a request gets to send its whole body (default 30 s: a pushed
     /// module of 8 MiB at about 300 KB/s).
     pub body_timeout: Duration,
+    /// Connections from one address that may be idle at once (default
+    /// 128); a newer one from that address closes its oldest idle one.
+    pub max_idle_per_source: usize,
 }
 
 impl Default for AdminLimits {
@@ -498,6 +501,7 @@ impl Default for AdminLimits {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            max_idle_per_source: 128,
         }
     }
 }

@@ -12,8 +12,14 @@
 //! idle places and cannot lock out a client that completes its request or
 //! handshake in the time the flood takes to open `max` more sockets; what
 //! is busy (an established ring link, an event stream) is never evicted.
+//!
+//! Per source address, at most `per_source` connections may be idle at
+//! once: past that, that source's own oldest idle connection makes room,
+//! so one flooding address recycles its own places and does not push out
+//! other addresses' connections while they handshake.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub struct ConnTable {
     inner: Arc<Mutex<Table>>,
     max: usize,
+    per_source: usize,
 }
 
 struct Table {
@@ -33,6 +40,8 @@ struct Table {
 
 /// One open connection.
 struct Conn {
+    /// The peer's address.
+    source: IpAddr,
     /// Live [`Busy`] guards.
     busy: AtomicUsize,
     /// Fired when the connection is evicted.
@@ -58,39 +67,57 @@ pub struct Full {
 }
 
 impl ConnTable {
-    /// A table of at most `max` connections (at least 1).
-    pub fn new(max: usize) -> Self {
+    /// A table of at most `max` connections (at least 1), of which at
+    /// most `per_source` (at least 1) idle ones from one address.
+    pub fn new(max: usize, per_source: usize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Table {
                 next_id: 0,
                 open: BTreeMap::new(),
             })),
             max: max.max(1),
+            per_source: per_source.max(1),
         }
     }
 
-    /// Admits a new connection, evicting the oldest idle one when the
-    /// table is full.
+    /// Admits a new connection from `source`: when that address already
+    /// has `per_source` idle connections, its oldest idle one makes room;
+    /// when the table is full, the oldest idle one of any address does.
     ///
     /// # Errors
     /// [`Full`] when the table is full of busy connections.
-    pub fn admit(&self) -> Result<Admitted, Full> {
+    pub fn admit(&self, source: IpAddr) -> Result<Admitted, Full> {
         let mut t = self.lock();
-        let made_room = t.open.len() >= self.max;
-        if made_room {
-            let oldest_idle = t
-                .open
+        let idle = |c: &Conn| c.busy.load(Ordering::Acquire) == 0;
+        let from_source = t
+            .open
+            .values()
+            .filter(|c| c.source == source && idle(c))
+            .count();
+        let evict = if from_source >= self.per_source {
+            t.open
                 .iter()
-                .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .find(|(_, c)| c.source == source && idle(c))
                 .map(|(id, _)| *id)
-                .ok_or(Full { max: self.max })?;
-            if let Some(c) = t.open.remove(&oldest_idle) {
-                c.close.cancel();
-            }
+        } else if t.open.len() >= self.max {
+            Some(
+                t.open
+                    .iter()
+                    .find(|(_, c)| idle(c))
+                    .map(|(id, _)| *id)
+                    .ok_or(Full { max: self.max })?,
+            )
+        } else {
+            None
+        };
+        let made_room = evict.is_some();
+        if let Some(c) = evict.and_then(|id| t.open.remove(&id)) {
+            c.close.cancel();
         }
         let id = t.next_id;
         t.next_id += 1;
         let conn = Arc::new(Conn {
+            source,
             busy: AtomicUsize::new(0),
             close: CancellationToken::new(),
         });
@@ -176,15 +203,18 @@ impl Drop for Busy {
 mod tests {
     use super::*;
 
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
     #[test]
     fn the_oldest_idle_connection_makes_room_and_busy_ones_stay() {
-        let t = ConnTable::new(3);
-        let a = t.admit().unwrap();
-        let b = t.admit().unwrap();
-        let c = t.admit().unwrap();
+        let t = ConnTable::new(3, 10);
+        let a = t.admit(A).unwrap();
+        let b = t.admit(A).unwrap();
+        let c = t.admit(A).unwrap();
         let _busy_a = a.busy();
         // Full: the oldest idle (b) is evicted, not the busy a.
-        let d = t.admit().unwrap();
+        let d = t.admit(A).unwrap();
         assert!(d.made_room() && !c.made_room());
         assert!(!a.is_closed() && b.is_closed() && !c.is_closed());
         assert_eq!(t.len(), 3);
@@ -193,12 +223,27 @@ mod tests {
         assert_eq!(t.len(), 3);
         let _busy_c = c.busy();
         let _busy_d = d.busy();
-        assert_eq!(t.admit().err(), Some(Full { max: 3 }));
+        assert_eq!(t.admit(A).err(), Some(Full { max: 3 }));
         // A busy guard ends: its connection is idle again, so evictable.
         drop(_busy_d);
-        let e = t.admit().unwrap();
+        let e = t.admit(A).unwrap();
         assert!(d.is_closed() && !e.is_closed());
         drop((a, c, d, e));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_flooding_address_recycles_its_own_places() {
+        let t = ConnTable::new(100, 2);
+        let b1 = t.admit(B).unwrap();
+        let flood: Vec<Admitted> = (0..50).map(|_| t.admit(A).unwrap()).collect();
+        // A holds at most 2 idle places; B's connection was never touched.
+        assert_eq!(flood.iter().filter(|c| !c.is_closed()).count(), 2);
+        assert!(!b1.is_closed());
+        assert_eq!(t.len(), 3);
+        // Busy connections of A do not count against its idle places.
+        let _busy: Vec<Busy> = flood.iter().rev().take(2).map(Admitted::busy).collect();
+        let more = t.admit(A).unwrap();
+        assert!(!more.made_room());
     }
 }

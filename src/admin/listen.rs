@@ -117,7 +117,7 @@ pub async fn serve(
     grace: Duration,
     metrics: Arc<Metrics>,
 ) {
-    let table = ConnTable::new(limits.max_connections);
+    let table = ConnTable::new(limits.max_connections, limits.max_idle_per_source);
     let tracker = TaskTracker::new();
     let mut logs = LogBackoff::default();
     let refusing = Arc::new(AtomicUsize::new(0));
@@ -135,7 +135,7 @@ pub async fn serve(
                 }
             },
         };
-        let admitted = table.admit();
+        let admitted = table.admit(peer.ip());
         if admitted.as_ref().is_ok_and(Admitted::made_room) {
             metrics.refused("admin", "evicted");
         }

@@ -72,6 +72,11 @@ pub(super) struct Upstreams {
     pub(super) status: Arc<StatusSnapshot>,
 }
 
+/// Connections from one address that may wait for their hello at once; a
+/// newer one from that address makes its oldest one close (see
+/// `crate::conns`).
+const PENDING_PER_SOURCE: usize = 32;
+
 /// Accepts connections on the ring port until the node has released the
 /// particle while stopping (not at the stop itself: a predecessor that
 /// redials meanwhile must reach a node that tells it it leaves, not a
@@ -79,7 +84,7 @@ pub(super) struct Upstreams {
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(1);
     let mut next_id: UpstreamId = 1;
-    let table = ConnTable::new(ctx.config.max_ring_connections);
+    let table = ConnTable::new(ctx.config.max_ring_connections, PENDING_PER_SOURCE);
     loop {
         let accepted = tokio::select! {
             () = ctx.released.cancelled() => return,
@@ -88,7 +93,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Upstreams, tracker: 
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(1);
-                let admitted = table.admit();
+                let admitted = table.admit(peer.ip());
                 let metrics = ctx.observer.metrics();
                 if admitted.as_ref().is_ok_and(Admitted::made_room) {
                     metrics.inspect(|m| m.refused("ring", "evicted"));
