@@ -182,7 +182,10 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, config.max_frame_bytes);
     let mut writer = FrameWriter::new(w, config.max_frame_bytes);
-    let reject = |reason: String| {
+    let reject = |kind: &'static str, reason: String| {
+        if let Some(m) = observer.metrics() {
+            m.refused("ring", kind);
+        }
         let held = log
             .lock()
             .expect("log backoff lock")
@@ -256,11 +259,14 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             return;
         }
         Ok(Ok(Some(other))) => {
-            return reject(format!("expected hello, got {}", other.kind_name()));
+            return reject(
+                "handshake",
+                format!("expected hello, got {}", other.kind_name()),
+            );
         }
         Ok(Ok(None)) => return, // connected and left: a port probe
-        Ok(Err(e)) => return reject(format!("bad hello: {e}")),
-        Err(_) => return reject(format!("no hello within {limit:?}")),
+        Ok(Err(e)) => return reject("handshake", format!("bad hello: {e}")),
+        Err(_) => return reject("handshake", format!("no hello within {limit:?}")),
     };
     let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
     let mut duplicate = false;
@@ -290,11 +296,10 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             })),
         )
         .await;
-        return reject(format!(
-            "refused {} from {}: {reason}",
-            hello.from_name,
-            remote.ip()
-        ));
+        return reject(
+            "refused",
+            format!("refused {} from {}: {reason}", hello.from_name, remote.ip()),
+        );
     }
     let welcome = Frame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
@@ -305,7 +310,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
     });
     match timeout(limit, writer.write_frame(&welcome)).await {
         Ok(Ok(())) => {}
-        _ => return reject("could not send welcome".into()),
+        _ => return reject("write", "could not send welcome".into()),
     }
     debug!(predecessor = hello.from_index, "predecessor linked");
     let predecessor = hello.from_index as usize;
@@ -351,13 +356,13 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             }
             Ok(Some(Frame::Ping { n, alive })) => (n, alive),
             Ok(Some(other)) => {
-                break Some(format!(
-                    "unexpected {} on an upstream link",
-                    other.kind_name()
+                break Some((
+                    "frame",
+                    format!("unexpected {} on an upstream link", other.kind_name()),
                 ));
             }
             Ok(None) => break None,
-            Err(e) => break Some(format!("bad frame: {e}")),
+            Err(e) => break Some(("frame", format!("bad frame: {e}"))),
         };
         let (n, alive) = n;
         let mine = Claim {
@@ -367,7 +372,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             last_heard: Instant::now(),
         };
         if let Err(why) = claim(&claims, &hello, mine, failure_timeout) {
-            break Some(why);
+            break Some(("refused", why));
         }
         if tx.send(Msg::UpstreamAlive(alive)).await.is_err() {
             return say_leave(&mut writer, &mut reader, &ack, write_limit).await;
@@ -384,7 +389,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
         // particle by the predecessor on its next link (the copy is
         // dropped here as a duplicate).
         if let Some(why) = write_all(&mut writer, &out, write_limit).await {
-            break Some(why);
+            break Some(("write", why));
         }
     };
     let _ = tx.send(Msg::UpstreamClosed(id)).await;
@@ -395,7 +400,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
         }
     }
     match end {
-        Some(reason) => reject(reason),
+        Some((kind, reason)) => reject(kind, reason),
         None => debug!(predecessor = hello.from_index, "predecessor link closed"),
     }
 }

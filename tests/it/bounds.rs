@@ -93,6 +93,11 @@ async fn a_particle_with_too_many_slots_is_refused_and_the_ring_goes_on() {
         reason.contains(&format!("65535 slots, over the bound of {MAX_SLOTS}")),
         "{reason}"
     );
+    let metrics = ring.nodes[1].as_ref().unwrap().bus().metrics().encode();
+    assert!(
+        metrics.contains(r#"ringhost_connections_refused_total{port="ring",reason="frame"} 1"#),
+        "{metrics}"
+    );
     let visits = ring.visits(12, Duration::from_secs(20)).await;
     assert_single_particle_in_ring_order(&visits, 3);
     assert!(
