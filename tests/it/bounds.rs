@@ -128,11 +128,13 @@ async fn a_particle_at_the_slot_bound_goes_on_without_a_new_slot() {
     };
     assert_eq!(station, "tick");
     assert!(cause.contains("already carries 64 slots"), "{cause}");
-    // The big particle went on: every member visits it.
+    // The big particle went on: every member visits it (or, should a
+    // loaded machine make a member regenerate meanwhile, its successor:
+    // a generation above it, never the old ring's).
     let mut seen = [false; 3];
-    ring.wait_for(Duration::from_secs(10), "every member visiting it", |e| {
+    ring.wait_for(Duration::from_secs(20), "every member visiting it", |e| {
         if let EventKind::Visit { generation, .. } = e.kind
-            && generation == 1_000_000
+            && generation >= 1_000_000
         {
             seen[e.node] = true;
         }
