@@ -119,7 +119,7 @@ async fn a_particle_at_the_slot_bound_goes_on_without_a_new_slot() {
         .await
         .unwrap();
     let ev = ring
-        .wait_for(Duration::from_secs(10), "the tick station not run", |e| {
+        .wait_for(Duration::from_secs(20), "the tick station not run", |e| {
             e.node == 1 && matches!(e.kind, EventKind::StationFault { .. })
         })
         .await;
