@@ -87,24 +87,7 @@ async fn a_push_the_nodes_roll_back_names_the_rollback_and_what_each_member_runs
     let out = ringhost(&["push", &f, "--to", &to, "--config", "trap_after=2"]).await;
     let t = text(&out);
     assert!(!out.status.success(), "exit 1: {t}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    for i in 0..3 {
-        let member = addr(&ring, i);
-        let line = stdout
-            .lines()
-            .find(|l| l.contains(&member))
-            .unwrap_or_else(|| panic!("no line for member {i} ({member}): {t}"));
-        for said in [
-            "FAILED, ROLLED BACK".to_string(),
-            format!("rolled back to v1 ({v1}) after 3 faults within 10 s"),
-            format!("it runs v1 ({v1}) now"),
-        ] {
-            assert!(
-                line.contains(&said),
-                "member {i}: {said:?} missing in {line:?}"
-            );
-        }
-    }
+    assert_each_rolled_back(&out, &ring, &[0, 1, 2], &format!("v1 ({v1})"));
     assert!(
         t.contains(&format!(
             "is not running everywhere; 3/3 nodes rolled back from it (they run v1 ({v1}) now)"
@@ -113,4 +96,34 @@ async fn a_push_the_nodes_roll_back_names_the_rollback_and_what_each_member_runs
     );
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `push`'s output `out` names, on the line of each of `members`, the
+/// rollback (after 3 faults within 10 s) to `to` (`"v1 (hash)"`) and that
+/// the member runs it now.
+pub(crate) fn assert_each_rolled_back(
+    out: &std::process::Output,
+    ring: &TestRing,
+    members: &[usize],
+    to: &str,
+) {
+    let t = text(out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for &i in members {
+        let member = addr(ring, i);
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&member))
+            .unwrap_or_else(|| panic!("no line for member {i} ({member}): {t}"));
+        for said in [
+            "FAILED, ROLLED BACK".to_string(),
+            format!("rolled back to {to} after 3 faults within 10 s"),
+            format!("it runs {to} now"),
+        ] {
+            assert!(
+                line.contains(&said),
+                "member {i}: {said:?} missing in {line:?}"
+            );
+        }
+    }
 }

@@ -127,24 +127,7 @@ async fn one_module_pushed_with_three_configs_is_three_releases() {
     let out = ringhost(&["push", f, "--config", "every=1", "--to", &to]).await;
     let t = text(&out);
     assert!(!out.status.success(), "v3 fails: {t}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    for &i in &all {
-        let member = addr(&ring, i);
-        let line = stdout
-            .lines()
-            .find(|l| l.contains(&member))
-            .unwrap_or_else(|| panic!("no line for member {i} ({member}): {t}"));
-        for said in [
-            "FAILED, ROLLED BACK".to_string(),
-            format!("rolled back to v2 ({short}) after 3 faults within 10 s"),
-            format!("it runs v2 ({short}) now"),
-        ] {
-            assert!(
-                line.contains(&said),
-                "member {i}: {said:?} missing in {line:?}"
-            );
-        }
-    }
+    crate::deploy_rollback::assert_each_rolled_back(&out, &ring, &all, &format!("v2 ({short})"));
     assert!(
         t.contains(&format!(
             "5/5 nodes rolled back from it (they run v2 ({short}) now)"
