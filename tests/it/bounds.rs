@@ -321,3 +321,70 @@ async fn shutdown_waits_for_a_fetch_in_flight_and_leaves_no_task() {
     assert_eq!(tasks(), before, "tasks left after shutdown");
     drop((fetch, s));
 }
+
+/// Deeply nested JSON (30,000 levels), on the admin API and in a ring-port
+/// frame: a clear refusal of that request or connection, no stack
+/// overflow, and the node keeps serving. (Every body and control frame is
+/// decoded into a typed struct, which refuses the first level of the
+/// wrong shape; serde_json's depth limit of 128 covers any untyped
+/// value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_is_refused_and_the_node_goes_on() {
+    use hyper::{Method, StatusCode};
+    use ringhost::admin::client::AdminClient;
+
+    let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
+    ring.visits(3, Duration::from_secs(20)).await;
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+
+    // The admin API: 60 KB of nesting, under the body limit.
+    let admin = crate::admin::admin_of(&ring, 1);
+    let c = AdminClient::new(&admin, None);
+    let body = bytes::Bytes::from(nested(30_000));
+    let (code, answer) = c
+        .exchange(
+            Method::POST,
+            "/v1/rollback",
+            Some((body, "application/json")),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("an answer");
+    assert!(code.is_client_error(), "{code}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("JSON"), "{text}");
+
+    // The ring port: a control frame (announce) whose JSON nests as deep.
+    let mut s = as_member_0(&ring).await;
+    let mut frame = vec![0x40];
+    frame.extend_from_slice(nested(30_000).as_bytes());
+    s.write_all(&(frame.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(&frame).await.unwrap();
+    let ev = ring
+        .wait_for(Duration::from_secs(10), "the frame refused", |e| {
+            e.node == 1 && matches!(e.kind, EventKind::UpstreamRejected { .. })
+        })
+        .await;
+    let EventKind::UpstreamRejected { reason } = ev.kind else {
+        unreachable!()
+    };
+    assert!(reason.contains("bad frame: bad control frame"), "{reason}");
+
+    let r = c
+        .status(Duration::from_secs(5))
+        .await
+        .expect("still serving");
+    assert_eq!(r.node.index, 1);
+    assert_eq!(
+        c.exchange(Method::GET, "/v1/status", None, Duration::from_secs(5))
+            .await
+            .expect("an answer")
+            .0,
+        StatusCode::OK
+    );
+    let visits = ring.visits(12, Duration::from_secs(20)).await;
+    assert_single_particle_in_ring_order(&visits, 3);
+    ring.shutdown().await;
+}
