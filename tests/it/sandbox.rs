@@ -18,6 +18,7 @@ use ringhost::station::{LOG_BURST, LOG_LINES_PER_SEC};
 use tokio::net::TcpListener;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
+use crate::stations::tick_seq;
 use crate::support::{TestRing, Visit, assert_single_particle_in_ring_order, test_station};
 
 /// How a row's denial shows.
@@ -163,12 +164,7 @@ async fn run_row(row: &Row) {
             EventKind::StationLog {
                 station, message, ..
             } if station == "tick" => {
-                let seq: u64 = message
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("seq="))
-                    .and_then(|v| v.parse().ok())
-                    .expect("tick seq");
-                tick_seqs.push(seq);
+                tick_seqs.push(tick_seq(&message));
             }
             EventKind::StationFault { station, cause } => {
                 assert_eq!(station, "escape", "only escape faults ({cause})");

@@ -13,6 +13,15 @@ use crate::support::{
 /// Runs a 3-node ring with `bad` before tick on every node, and checks
 /// that faults naming `bad` with `cause` appear while the particle keeps
 /// circling with tick's slot intact.
+/// The sequence number in a tick station's log line (`… seq=N …`).
+pub(crate) fn tick_seq(message: &str) -> u64 {
+    message
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("seq="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tick seq in {message:?}"))
+}
+
 async fn ring_survives(bad: StationSpec, cause: &str, configure: impl Fn(&mut NodeConfig)) {
     let name = bad.name.clone();
     let mut ring = TestRing::start(3, |c| {
@@ -51,12 +60,7 @@ async fn ring_survives(bad: StationSpec, cause: &str, configure: impl Fn(&mut No
             EventKind::StationLog {
                 station, message, ..
             } if station == "tick" => {
-                let seq: u64 = message
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("seq="))
-                    .and_then(|v| v.parse().ok())
-                    .expect("tick seq");
-                tick_seqs.push(seq);
+                tick_seqs.push(tick_seq(&message));
             }
             _ => {}
         }
