@@ -35,6 +35,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a push or rollback answer (the node compiles and runs `init`).
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How long a kept-alive connection may sit idle in the client's pool:
+/// under the server's idle deadline (10 s by default), so the client
+/// drops it first.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// A node's admin API.
 #[derive(Clone)]
 pub struct AdminClient {
@@ -100,7 +105,12 @@ impl AdminClient {
         Self {
             addr: addr.to_string(),
             token,
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            // Idle connections are dropped before the server's own idle
+            // deadline ([`crate::config::AdminLimits::header_timeout`],
+            // 10 s by default) would close them under a request.
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .build(connector),
         }
     }
 
@@ -196,30 +206,42 @@ impl AdminClient {
         within: Duration,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes)> {
         let uri = format!("http://{}{path}", self.addr);
-        let mut req = hyper::Request::builder().method(method).uri(&uri);
-        if let Some(t) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
         let (bytes, kind) = body.unwrap_or((Bytes::new(), "application/json"));
-        let req = req
-            .header(header::CONTENT_TYPE, kind)
-            .body(Full::new(bytes))
-            .with_context(|| format!("building a request for {uri}"))?;
         let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| anyhow!("{uri}: {}", chain(&e)))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .with_context(|| format!("{uri}: reading the answer"))?
-                .to_bytes();
-            Ok::<_, anyhow::Error>((status, headers, body))
+            let mut retried = false;
+            loop {
+                let mut req = hyper::Request::builder()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .header(header::CONTENT_TYPE, kind);
+                if let Some(t) = &self.token {
+                    req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+                }
+                let req = req
+                    .body(Full::new(bytes.clone()))
+                    .with_context(|| format!("building a request for {uri}"))?;
+                let resp = match self.http.request(req).await {
+                    Ok(resp) => resp,
+                    // A kept-alive connection the server closed as this
+                    // request went out (its idle deadline, or room made
+                    // for another client): an idempotent request is sent
+                    // once more, on a new connection (RFC 9110 §9.2.2).
+                    Err(e) if !retried && method.is_idempotent() && closed_under_us(&e) => {
+                        retried = true;
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow!("{uri}: {}", chain(&e))),
+                };
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .with_context(|| format!("{uri}: reading the answer"))?
+                    .to_bytes();
+                return Ok::<_, anyhow::Error>((status, headers, body));
+            }
         };
         tokio::time::timeout(within, exchange)
             .await
@@ -324,6 +346,30 @@ fn path_segment(s: &str) -> String {
 }
 
 /// An error and its sources on one line.
+/// Whether a request failed because its kept-alive connection was closed
+/// by the server before any answer came: hyper's "connection closed before
+/// message completed", a cancel, or a reset/broken pipe underneath.
+fn closed_under_us(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(c) = src {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        src = c.source();
+    }
+    false
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();

@@ -299,20 +299,32 @@ pub async fn read_body_in_time(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            error(StatusCode::PAYLOAD_TOO_LARGE, body_too_large())
+            closing(error(StatusCode::PAYLOAD_TOO_LARGE, body_too_large()))
         }
-        Ok(Err(e)) => error(
+        Ok(Err(e)) => closing(error(
             StatusCode::BAD_REQUEST,
             format!("reading the request body: {e}"),
-        ),
-        Err(_) => error(
+        )),
+        Err(_) => closing(error(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "the request body did not arrive within {} s",
                 deadline.as_secs_f64()
             ),
-        ),
+        )),
     }
+}
+
+/// Marks an answer given before the request body was read to its end:
+/// the server closes that connection after it (hyper cannot find the next
+/// request's start), so it says `connection: close` (RFC 9112 §9.6) and a
+/// pooled client does not send its next request down it.
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 fn error(code: StatusCode, why: String) -> Response {
