@@ -461,6 +461,11 @@ pub struct NodeConfig {
     pub deploy: DeployConfig,
     /// The admin HTTP API (`None`: off).
     pub admin: Option<AdminConfig>,
+    /// The cluster keys every member link and fetch is authenticated and
+    /// encrypted with (`--cluster-key-file`, see `crate::secure`); `None`:
+    /// plain links, which a node only accepts on loopback unless
+    /// `--insecure`.
+    pub cluster_keys: Option<crate::secure::ClusterKeys>,
 }
 
 /// A node's admin HTTP API (see `crate::admin`).
@@ -619,6 +624,7 @@ impl NodeConfig {
             max_frame_bytes: 16 << 20,
             deploy: DeployConfig::default(),
             admin: Some(AdminConfig::at("127.0.0.1:0", None)),
+            cluster_keys: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod node;
 pub mod observe;
 pub mod respawn;
 pub mod ring;
+pub mod secure;
 pub mod station;
 pub mod status;
 pub mod tool;

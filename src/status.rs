@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::wire::{Frame, FrameReader, FrameWriter};
@@ -172,16 +171,19 @@ impl Samples {
     }
 }
 
-/// Asks the node at `addr` for its status.
+/// Asks the node at `addr` for its status over its ring port, with the
+/// cluster keys when the ring has them (see `crate::secure`).
 ///
 /// # Errors
-/// When the node cannot be reached or answers something else.
-pub async fn query(addr: &str, within: Duration) -> Result<Report> {
+/// When the node cannot be reached, fails authentication, or answers
+/// something else.
+pub async fn query(
+    addr: &str,
+    keys: Option<&crate::secure::ClusterKeys>,
+    within: Duration,
+) -> Result<Report> {
     let ask = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let (r, w) = stream.into_split();
+        let (r, w) = crate::secure::connect(addr, keys).await?;
         let mut reader = FrameReader::new(r, 16 << 20);
         let mut writer = FrameWriter::new(w, 16 << 20);
         writer.write_frame(&Frame::StatusRequest).await?;
@@ -195,7 +197,9 @@ pub async fn query(addr: &str, within: Duration) -> Result<Report> {
             }
             Some(other) => bail!("{addr} answered with a {} frame", other.kind_name()),
             None => bail!(
-                "{addr} closed the connection without answering: is it a ringhost node's ring port?"
+                "{addr} closed the connection without answering: is it a ringhost node's ring \
+                 port? (a ring with a cluster key answers only members: give the tool \
+                 --cluster-key-file, or ask the admin API)"
             ),
         }
     };

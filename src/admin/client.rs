@@ -388,7 +388,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// When `to` answers as neither, or is a ring port of a node whose admin
 /// API is off.
 pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
-    let report = match status::query(to, PROBE_TIMEOUT).await {
+    let report = match status::query(to, None, PROBE_TIMEOUT).await {
         Ok(r) => r,
         Err(ring_err) => {
             let direct = AdminClient::new(to, token);

@@ -115,6 +115,8 @@ pub struct AdminContext {
     pub inboxes: Inboxes,
     /// The node's event bus (and through it, its metrics).
     pub bus: Arc<Bus>,
+    /// The cluster keys members are asked with (see `crate::secure`).
+    pub cluster_keys: Option<crate::secure::ClusterKeys>,
 }
 
 struct Inner {
@@ -475,7 +477,7 @@ async fn gather(app: &App) -> ApiResult<RingView> {
         async move {
             match mine {
                 Some(r) => Ok(r),
-                None => status::query(&m.addr, GATHER_TIMEOUT).await,
+                None => status::query(&m.addr, app.cluster_keys.as_ref(), GATHER_TIMEOUT).await,
             }
         }
     });

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -17,14 +16,15 @@ use crate::config::NodeConfig;
 use crate::model::Release;
 use crate::ring::state::{DialResult, LinkId};
 use crate::ring::token::ParticleId;
+use crate::secure::{self, LinkRead, LinkWrite};
 use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION};
 
 use super::msg::{BeaconCell, Msg, SharedWriter, short};
 
 /// A link to a successor, handshake done.
 pub(super) struct Dialed {
-    pub(super) writer: FrameWriter<OwnedWriteHalf>,
-    pub(super) reader: FrameReader<OwnedReadHalf>,
+    pub(super) writer: FrameWriter<LinkWrite>,
+    pub(super) reader: FrameReader<LinkRead>,
     /// The successor's highest particle.
     pub(super) peer_seen: Option<ParticleId>,
     /// The successor's current releases.
@@ -55,10 +55,17 @@ pub(super) async fn dial(
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|err| e(DialResult::Failed(format!("connect {addr}: {err}"))))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|err| e(DialResult::Failed(err.to_string())))?;
-        let (r, w) = stream.into_split();
+        let (r, w) = secure::dialed(stream, config.cluster_keys.as_ref())
+            .await
+            .map_err(|err| {
+                let why = format!("peer {addr} failed authentication: {err}");
+                // A connection that broke is a failure; a peer that
+                // answered without our key refuses the link (logged).
+                e(match err {
+                    secure::AuthError::Io(_) => DialResult::Failed(why),
+                    _ => DialResult::Refused(why),
+                })
+            })?;
         let mut reader = FrameReader::new(r, config.max_frame_bytes);
         let mut writer = FrameWriter::new(w, config.max_frame_bytes);
         writer
@@ -127,7 +134,7 @@ pub(super) struct LinkEnds {
 pub(super) async fn run_downlink(
     link: LinkId,
     writer: SharedWriter,
-    mut reader: FrameReader<OwnedReadHalf>,
+    mut reader: FrameReader<LinkRead>,
     tx: mpsc::Sender<Msg>,
     config: Arc<NodeConfig>,
     beacon: Option<Arc<BeaconCell>>,
@@ -200,7 +207,7 @@ const LAST_WORD_GRACE: Duration = Duration::from_millis(200);
 /// stop is never taken for a failure, whichever side noticed the end.
 async fn last_word(
     link: LinkId,
-    reader: &mut FrameReader<OwnedReadHalf>,
+    reader: &mut FrameReader<LinkRead>,
     tx: &mpsc::Sender<Msg>,
     why: String,
 ) -> Msg {

@@ -308,6 +308,7 @@ pub async fn start(
             kv: kv.clone(),
             inboxes: inboxes.clone(),
             bus: Arc::clone(&bus),
+            cluster_keys: config.cluster_keys.clone(),
         };
         // The admin server runs on a thread of its own (see
         // `admin::listen`); its listener moves to that thread's runtime.

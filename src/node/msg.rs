@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -19,7 +18,7 @@ use crate::wire::{Frame, FrameWriter};
 /// The write half of a successor link, shared by the owner (particles,
 /// written directly: no task hop on the hot path) and the link's task
 /// (pings). Held only for one frame's write.
-pub(super) type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>>;
+pub(super) type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter<crate::secure::LinkWrite>>>;
 
 /// What this node's pings say of the particle: the owner writes it after
 /// every protocol event (a short lock, no wake-up) and wakes the link tasks

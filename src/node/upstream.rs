@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bytes::Bytes;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
@@ -27,6 +26,7 @@ use crate::model::Reply;
 use crate::observe::{EventKind, Observer};
 use crate::ring::state::UpstreamId;
 use crate::ring::token::ParticleId;
+use crate::secure::{self, LinkRead, LinkWrite};
 use crate::wire::{Frame, FrameReader, FrameWriter, Hello, PROTOCOL_VERSION, Refuse, Welcome};
 
 use super::msg::{AckSlot, Msg, short};
@@ -179,21 +179,24 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
     };
     // Where the peer reached us: names an admin API bound everywhere.
     let local_ip = stream.local_addr().ok().map(|a| a.ip());
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, config.max_frame_bytes);
-    let mut writer = FrameWriter::new(w, config.max_frame_bytes);
-    let reject = |kind: &'static str, reason: String| {
+    // `key`: what repeats of the same rejection share in the log's
+    // backoff (a reason naming the peer's port never repeats).
+    let reject_as = |kind: &'static str, reason: String, key: &str| {
         if let Some(m) = observer.metrics() {
             m.refused("ring", kind);
         }
         let held = log
             .lock()
-            .expect("log backoff lock")
-            .check(&reason, Instant::now());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(key, Instant::now());
         if let Some(held) = held {
             warn!(%reason, repeats_held_back = held, "upstream connection closed");
         }
         observer.emit(config.index, EventKind::UpstreamRejected { reason });
+    };
+    let reject = |kind: &'static str, reason: String| {
+        let key = reason.clone();
+        reject_as(kind, reason, &key);
     };
 
     let limit = Duration::from_millis(config.handshake_timeout_ms);
@@ -206,20 +209,34 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             debug!("closed before its hello to make room for a newer connection");
             return;
         }
-        r = timeout(limit, reader.read_frame()) => r,
+        r = timeout(limit, open(stream, &config)) => r,
     };
     // Past its first frame: no longer evicted to make room.
     let _busy = place.busy();
+    let (mut reader, mut writer, first) = match first {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(secure::AuthError::Left)) => return, // connected and left: a port probe
+        Ok(Err(e)) => {
+            // Nothing it sent was read as a frame.
+            let key = format!("auth {} {e}", remote.ip());
+            return reject_as(
+                "auth",
+                format!("peer {remote} failed authentication: {e}"),
+                &key,
+            );
+        }
+        Err(_) => return reject("handshake", format!("no hello within {limit:?}")),
+    };
     let mut hello = match first {
-        Ok(Ok(Some(Frame::Hello(h)))) => h,
-        Ok(Ok(Some(Frame::StatusRequest))) => {
+        Ok(Some(Frame::Hello(h))) => h,
+        Ok(Some(Frame::StatusRequest)) => {
             if let Some(json) = status.get_json(limit).await {
                 let frame = Frame::Status(json.to_string());
                 let _ = timeout(limit, writer.write_frame(&frame)).await;
             }
             return;
         }
-        Ok(Ok(Some(Frame::Request(req, _)))) if !req.is_member_traffic() => {
+        Ok(Some(Frame::Request(req, _))) if !req.is_member_traffic() => {
             // The ring port carries member traffic only: operator requests
             // (push, rollback, config) go to the admin API.
             let why = refusal(req.kind_name(), admin, local_ip);
@@ -231,7 +248,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             .await;
             return;
         }
-        Ok(Ok(Some(Frame::Request(req, blob)))) => {
+        Ok(Some(Frame::Request(req, blob))) => {
             // Fetches of big modules compute a delta: allow them time,
             // bounded.
             let answer_limit = Duration::from_secs(60);
@@ -258,15 +275,14 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             let _ = timeout(write_limit, writer.write_frame(&Frame::Reply(reply, blob))).await;
             return;
         }
-        Ok(Ok(Some(other))) => {
+        Ok(Some(other)) => {
             return reject(
                 "handshake",
                 format!("expected hello, got {}", other.kind_name()),
             );
         }
-        Ok(Ok(None)) => return, // connected and left: a port probe
-        Ok(Err(e)) => return reject("handshake", format!("bad hello: {e}")),
-        Err(_) => return reject("handshake", format!("no hello within {limit:?}")),
+        Ok(None) => return, // connected and left: a port probe
+        Err(e) => return reject("handshake", format!("bad hello: {e}")),
     };
     let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
     let mut duplicate = false;
@@ -405,10 +421,30 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
     }
 }
 
+/// The link's halves as frames, and its first frame: the cluster handshake
+/// first when the node holds keys (see `crate::secure`).
+async fn open(
+    stream: TcpStream,
+    config: &NodeConfig,
+) -> Result<
+    (
+        FrameReader<LinkRead>,
+        FrameWriter<LinkWrite>,
+        Result<Option<Frame>, crate::wire::WireError>,
+    ),
+    secure::AuthError,
+> {
+    let (r, w) = secure::accepted(stream, config.cluster_keys.as_ref()).await?;
+    let mut reader = FrameReader::new(r, config.max_frame_bytes);
+    let writer = FrameWriter::new(w, config.max_frame_bytes);
+    let first = reader.read_frame().await;
+    Ok((reader, writer, first))
+}
+
 /// Writes `frames` in order, each within `limit`; the reason of the first
 /// that fails or times out.
 async fn write_all(
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    writer: &mut FrameWriter<LinkWrite>,
     frames: &[Frame],
     limit: Duration,
 ) -> Option<String> {
@@ -438,8 +474,8 @@ async fn write_all(
 /// read the `Leave`, so a clean stop would look like a failure. Bounded,
 /// so a stuck peer does not hold up the stop.
 async fn say_leave(
-    writer: &mut FrameWriter<OwnedWriteHalf>,
-    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut FrameWriter<LinkWrite>,
+    reader: &mut FrameReader<LinkRead>,
     ack: &AckSlot,
     write_limit: Duration,
 ) {

@@ -223,7 +223,7 @@ async fn a_flood_of_silent_sockets_on_the_ring_port_stops_nothing() {
     for _ in 0..640 {
         flood.push(TcpStream::connect(&addr).await.expect("connect"));
     }
-    let report = ringhost::status::query(&addr, Duration::from_secs(5))
+    let report = ringhost::status::query(&addr, None, Duration::from_secs(5))
         .await
         .expect("a status answer during the flood");
     assert_eq!(report.node.index, 1);

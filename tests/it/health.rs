@@ -221,6 +221,7 @@ impl ProcRing {
             .unwrap();
         rt.block_on(ringhost::status::query(
             &self.addr(i),
+            None,
             Duration::from_secs(2),
         ))
         .ok()

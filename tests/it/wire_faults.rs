@@ -216,7 +216,7 @@ async fn operator_requests_on_the_ring_port_are_refused_naming_the_admin_api() {
     for req in requests {
         let kind = req.kind_name();
         let blob = bytes::Bytes::from_static(b"\0asm");
-        let (reply, _) = request(&addr, req, blob, 1 << 20, Duration::from_secs(10))
+        let (reply, _) = request(&addr, None, req, blob, 1 << 20, Duration::from_secs(10))
             .await
             .expect("an answer");
         let e = reply.error.expect("refused");
@@ -248,6 +248,7 @@ async fn operator_requests_on_the_ring_port_are_refused_naming_the_admin_api() {
     };
     let (reply, _) = request(
         &addr,
+        None,
         req,
         bytes::Bytes::new(),
         1 << 20,

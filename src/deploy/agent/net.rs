@@ -3,6 +3,7 @@
 //! with a node's ring port.
 
 use super::*;
+use crate::secure::ClusterKeys;
 
 impl Agent {
     /// Fetches `rel`'s module from `peer`; the answer comes back as
@@ -32,10 +33,11 @@ impl Agent {
             });
         };
         let max_frame = self.config.max_frame_bytes;
+        let keys = self.config.cluster_keys.clone();
         let tx = self.tx.clone();
         let cache = self.deltas.clone();
         self.spawn_task(async move {
-            let result = fetch(&addr, &rel, have, &bases, &cache, max_frame)
+            let result = fetch(&addr, keys.as_ref(), &rel, have, &bases, &cache, max_frame)
                 .await
                 .map_err(|e| FetchError {
                     missing: e.downcast_ref::<NotKept>().is_some(),
@@ -63,6 +65,7 @@ struct NotKept(String);
 /// and the bytes that travelled.
 async fn fetch(
     addr: &str,
+    keys: Option<&ClusterKeys>,
     release: &Release,
     have: Vec<Hash>,
     bases: &HashMap<Hash, Arc<Vec<u8>>>,
@@ -71,6 +74,7 @@ async fn fetch(
 ) -> Result<(Arc<Vec<u8>>, Payload, usize)> {
     let (reply, blob) = request(
         addr,
+        keys,
         Request::Fetch {
             release: release.clone(),
             have,
@@ -105,24 +109,22 @@ async fn fetch(
     Ok((Arc::new(bytes), payload, blob.len()))
 }
 
-/// One request/reply exchange on a fresh connection to a node's ring port.
+/// One request/reply exchange on a fresh connection to a node's ring port,
+/// with the cluster keys when the ring has them (see `crate::secure`).
 ///
 /// # Errors
-/// When the node cannot be reached, answers with something else, or not
-/// within `limit`.
+/// When the node cannot be reached, fails authentication, answers with
+/// something else, or not within `limit`.
 pub async fn request(
     addr: &str,
+    keys: Option<&ClusterKeys>,
     req: Request,
     blob: Bytes,
     max_frame: usize,
     limit: Duration,
 ) -> Result<(Reply, Bytes)> {
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w) = crate::secure::connect(addr, keys).await?;
         let mut writer = FrameWriter::new(w, max_frame);
         let mut reader = FrameReader::new(r, max_frame);
         writer.write_frame(&Frame::Request(req, blob)).await?;
