@@ -31,6 +31,32 @@ pub struct Cli {
     /// filter is `RUST_LOG` (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The ring's cluster key file (`ringhost keygen --cluster`), the same
+    /// on every member: ring links, module fetches and member status
+    /// requests are authenticated and encrypted with it, and a node
+    /// without it is refused. A node re-reads it when it changes (key
+    /// rotation without a restart: see the README). Tools use it to ask a
+    /// node at its ring address.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "RINGHOST_CLUSTER_KEY_FILE"
+    )]
+    pub cluster_key_file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The cluster keys, read from `--cluster-key-file`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds no valid key.
+    pub fn cluster_keys(&self) -> Result<Option<crate::secure::ClusterKeys>> {
+        self.cluster_key_file
+            .as_deref()
+            .map(crate::secure::ClusterKeys::from_file)
+            .transpose()
+    }
 }
 
 /// How log lines are written.
@@ -203,9 +229,14 @@ pub enum ConfigCmd {
 pub struct KeygenArgs {
     /// Where to write the secret key. The public key goes beside it, the
     /// extension replaced by `.pub` (`deploy.key` -> `deploy.pub`; `deploy`
-    /// -> `deploy.pub`). Neither file may exist yet.
-    #[arg(long, value_name = "KEY", default_value = "ringhost.key")]
-    pub out: PathBuf,
+    /// -> `deploy.pub`). Neither file may exist yet. With --cluster: the
+    /// cluster key file (default `cluster.key`).
+    #[arg(long, value_name = "KEY")]
+    pub out: Option<PathBuf>,
+    /// Make a cluster key file (for --cluster-key-file: one random 32-byte
+    /// key, mode 0600) instead of a deploy signing key pair.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// `ringhost status` and `ringhost members`.
@@ -409,6 +440,13 @@ pub struct NodeArgs {
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Listen beyond loopback without a cluster key: ring links are then
+    /// plain, and anyone who reaches the port can speak the ring protocol.
+    /// Without this flag and without --cluster-key-file, the ring and
+    /// admin ports are bound to loopback only.
+    #[arg(long)]
+    pub insecure: bool,
+
     /// Restart a dead successor that lives on this machine, with this
     /// node's command line (under `ringhost up` the supervisor does it).
     #[arg(long)]
@@ -441,6 +479,11 @@ pub struct UpArgs {
     /// Do not restart nodes that die.
     #[arg(long)]
     pub no_respawn: bool,
+
+    /// Pass --insecure to every node (listen beyond loopback without a
+    /// cluster key).
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Admin API port of the first node (on 127.0.0.1); the others
     /// follow. Default: --base-port + 1000.

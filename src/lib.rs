@@ -73,10 +73,17 @@ pub struct BindError {
 /// context naming the thing.
 pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<u8> {
     let ok = |r: Result<()>| r.map(|()| tool::EXIT_OK);
+    let keys = cli.cluster_keys()?;
+    if cli.command.is_some()
+        && let Some(k) = &keys
+    {
+        // A tool asking a node at its ring address.
+        admin::client::use_cluster_keys(k.clone());
+    }
     match cli.command {
         Some(cli::Command::Up(args)) => {
             let json_logs = cli.log_format == cli::LogFormat::Json;
-            ok(up::run(args, json_logs, shutdown).await)
+            ok(up::run(args, cli.cluster_key_file.as_deref(), json_logs, shutdown).await)
         }
         Some(cli::Command::Status(args)) => tool::view::status(&args.options(), shutdown).await,
         Some(cli::Command::Members(args)) => tool::view::members(&args.options(), shutdown).await,
@@ -91,17 +98,44 @@ pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<u8
             let (to, key, action, token) = cmd.options()?;
             ok(tool::deploy::config(&to, &key, &action, token).await)
         }
-        Some(cli::Command::Keygen(args)) => ok(tool::deploy::keygen(&args.out)),
-        None => ok(run_node(cli.node, shutdown).await),
+        Some(cli::Command::Keygen(args)) if args.cluster => {
+            let out = args.out.unwrap_or_else(|| "cluster.key".into());
+            let id = secure::keys::write_new_file(&out)?;
+            eprintln!(
+                "cluster key {id} written to {} (secret: copy it to every member, mode 0600)",
+                out.display()
+            );
+            println!("{id}");
+            Ok(tool::EXIT_OK)
+        }
+        Some(cli::Command::Keygen(args)) => ok(tool::deploy::keygen(
+            &args.out.unwrap_or_else(|| "ringhost.key".into()),
+        )),
+        None => ok(run_node(cli.node, keys, shutdown).await),
     }
 }
 
-async fn run_node(args: cli::NodeArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let config = args.to_config()?;
-    let bind = args
+async fn run_node(
+    args: cli::NodeArgs,
+    keys: Option<secure::ClusterKeys>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut config = args.to_config()?;
+    let mut bind = args
         .listen
         .clone()
         .unwrap_or_else(|| config.me().addr.clone());
+    match &keys {
+        Some(k) => tracing::info!(
+            keys = %k.get().ids().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            "ring links are authenticated and encrypted with the cluster key (first: dialed with)"
+        ),
+        None => {
+            let admin = config.admin.as_mut().map(|a| &mut a.listen);
+            secure::loopback_only(&mut bind, admin, args.insecure);
+        }
+    }
+    config.cluster_keys = keys;
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .map_err(|cause| BindError {

@@ -62,6 +62,10 @@ pub struct Report {
     /// member from one not started yet.
     #[serde(default)]
     pub linked_ever: Vec<usize>,
+    /// The ids of the cluster keys this node holds, the one it dials with
+    /// first (empty: plain, unauthenticated links; see `crate::secure`).
+    #[serde(default)]
+    pub cluster_keys: Vec<String>,
 }
 
 /// The config version the node has applied, as the config station keeps

@@ -107,7 +107,12 @@ fn admin_base_port(args: &UpArgs) -> Result<u16> {
 /// # Errors
 /// When the settings are invalid, a node cannot be started at all, or
 /// every node has been given up on.
-pub async fn run(args: UpArgs, json_logs: bool, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    args: UpArgs,
+    cluster_key_file: Option<&std::path::Path>,
+    json_logs: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let ring = args.ring()?;
     check_ports(&args.host, (0..args.nodes).map(|i| args.base_port + i))?;
     let admin_base = admin_base_port(&args)?;
@@ -150,6 +155,12 @@ pub async fn run(args: UpArgs, json_logs: bool, shutdown: impl Future<Output = (
             .args(args.stations.to_args());
         if json_logs {
             cmd.args(["--log-format", "json"]);
+        }
+        if let Some(f) = cluster_key_file {
+            cmd.arg("--cluster-key-file").arg(f);
+        }
+        if args.insecure {
+            cmd.arg("--insecure");
         }
         if let Some(dir) = &args.stations.data_dir {
             cmd.arg("--data-dir").arg(dir.join(port.to_string()));

@@ -26,6 +26,16 @@ use super::api::{ConfigBody, DeployAnswer, ErrorBody, RingView, RollbackBody};
 use crate::deploy::release::{ConfigEntry, Hash};
 use crate::status::{self, Report};
 
+/// The cluster keys a tool asks ring ports with (`--cluster-key-file`),
+/// set once at start by [`use_cluster_keys`].
+static TOOL_KEYS: std::sync::OnceLock<crate::secure::ClusterKeys> = std::sync::OnceLock::new();
+
+/// Makes [`connect`] ask ring ports with `keys` (a tool process's
+/// `--cluster-key-file`; the first call wins).
+pub fn use_cluster_keys(keys: crate::secure::ClusterKeys) {
+    let _ = TOOL_KEYS.set(keys);
+}
+
 /// Bound on each of the two probes [`connect`] makes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -388,7 +398,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// When `to` answers as neither, or is a ring port of a node whose admin
 /// API is off.
 pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
-    let report = match status::query(to, None, PROBE_TIMEOUT).await {
+    let report = match status::query(to, TOOL_KEYS.get(), PROBE_TIMEOUT).await {
         Ok(r) => r,
         Err(ring_err) => {
             let direct = AdminClient::new(to, token);

@@ -235,6 +235,10 @@ pub async fn start(
         tracker.spawn(watch.instrument(span.clone()));
     }
 
+    if let Some(keys) = config.cluster_keys.clone().filter(|k| k.file().is_some()) {
+        tracker.spawn(reload_keys(keys, cancel.clone()).instrument(span.clone()));
+    }
+
     // Cancelled by the owner once it has passed on a particle it held (or
     // found none) while stopping: only then do the upstream links say the
     // node leaves, so no predecessor resends what this node is still
@@ -353,4 +357,37 @@ pub async fn start(
         bus,
         status,
     })
+}
+
+/// How often a node looks at its cluster key file for a change (one
+/// `stat` each time).
+pub const KEY_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Re-reads the cluster key file when it changes (every
+/// [`KEY_FILE_POLL`]) until `cancel`: links made after that use the new
+/// keys; links up keep the keys they were made with. A file that does not
+/// parse keeps the keys held, with a warning.
+async fn reload_keys(keys: crate::secure::ClusterKeys, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(KEY_FILE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match keys.reload_if_changed() {
+            Ok(None) => {}
+            Ok(Some(ids)) => {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    keys = %ids.join(", "),
+                    "cluster key file changed: now dialing with the first, accepting all"
+                );
+            }
+            Err(e) => tracing::warn!(
+                cause = %format!("{e:#}"),
+                "cluster key file changed but does not read; keeping the keys held"
+            ),
+        }
+    }
 }

@@ -589,6 +589,12 @@ impl Owner {
                 .filter(|&i| i != self.config.index && self.state.ever_up(i))
                 .collect(),
             config_version: status::config_version(&self.kv),
+            cluster_keys: self
+                .config
+                .cluster_keys
+                .as_ref()
+                .map(|k| k.get().ids().iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 }

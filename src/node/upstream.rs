@@ -434,11 +434,31 @@ async fn open(
     ),
     secure::AuthError,
 > {
-    let (r, w) = secure::accepted(stream, config.cluster_keys.as_ref()).await?;
+    let (r, w) = secure::accepted(
+        stream,
+        config.cluster_keys.as_ref(),
+        &plain_refusal(config.max_frame_bytes).await,
+    )
+    .await?;
     let mut reader = FrameReader::new(r, config.max_frame_bytes);
     let writer = FrameWriter::new(w, config.max_frame_bytes);
     let first = reader.read_frame().await;
     Ok((reader, writer, first))
+}
+
+/// What a plain dialer is told by a node whose ring links need the
+/// cluster key: a `Refuse` frame, so its log says why too.
+async fn plain_refusal(max_frame: usize) -> Vec<u8> {
+    let mut out = FrameWriter::new(Vec::new(), max_frame);
+    let refuse = Frame::Refuse(Refuse {
+        reason: "failed authentication: this ring's links are authenticated; start this node \
+                 with the ring's --cluster-key-file (the same key file as every member)"
+            .into(),
+        ring_hash: None,
+        duplicate: false,
+    });
+    let _ = out.write_frame(&refuse).await;
+    out.into_inner()
 }
 
 /// Writes `frames` in order, each within `limit`; the reason of the first

@@ -55,6 +55,8 @@ const MAX_HANDSHAKE_MSG: usize = 1024;
 const VERDICT_OK: u8 = 0;
 const VERDICT_UNKNOWN_KEY: u8 = 1;
 const VERDICT_FAILED: u8 = 2;
+/// Sent by a listener without cluster keys to a dialer that has some.
+pub(crate) const VERDICT_NO_KEY: u8 = 3;
 
 /// Why a handshake did not make a channel. Each says what the peer did,
 /// for the log line "peer … failed authentication: …".
@@ -83,6 +85,12 @@ pub enum AuthError {
         /// The ids this node holds.
         ours: String,
     },
+    /// The listener has no cluster key at all.
+    #[error(
+        "it has no cluster key (a node started without --cluster-key-file): give it the ring's \
+         key file"
+    )]
+    TheyHaveNoKey,
     /// The listener does not hold the key this node dialed with.
     #[error("it does not hold our cluster key {0} (it holds another; see its log)")]
     TheyLackOurKey(KeyId),
@@ -150,6 +158,7 @@ where
         VERDICT_OK => {}
         VERDICT_UNKNOWN_KEY => return Err(AuthError::TheyLackOurKey(id)),
         VERDICT_FAILED => return Err(AuthError::Rejected(id)),
+        VERDICT_NO_KEY => return Err(AuthError::TheyHaveNoKey),
         v => return Err(AuthError::Malformed(format!("verdict {v}"))),
     }
     let reply = read_handshake_msg(io).await?;

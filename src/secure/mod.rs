@@ -171,21 +171,35 @@ pub async fn connect(
 /// keys, the dialer must make the handshake with one of them; without, it
 /// must speak plain frames. The caller bounds it in time.
 ///
+/// Each refused dialer is told, so both logs say why: a dialer with keys
+/// gets the "no key here" verdict; a plain one gets `plain_refusal`, bytes
+/// the caller made (its protocol's refusal: this layer knows no frames).
+///
 /// # Errors
 /// [`AuthError`] naming what the dialer did.
 pub async fn accepted(
     mut stream: TcpStream,
     keys: Option<&ClusterKeys>,
+    plain_refusal: &[u8],
 ) -> Result<(LinkRead, LinkWrite), AuthError> {
+    use tokio::io::AsyncWriteExt;
     let first = channel::first_bytes(&mut stream).await?;
     match (first, keys) {
         (FirstBytes::Handshake, Some(keys)) => {
             let session = channel::respond(&mut stream, &keys.get()).await?;
             Ok(sealed(stream, &session))
         }
-        (FirstBytes::Handshake, None) => Err(AuthError::WeHaveNoKey),
+        (FirstBytes::Handshake, None) => {
+            let mut verdict = channel::MAGIC.to_vec();
+            verdict.push(channel::VERDICT_NO_KEY);
+            let _ = stream.write_all(&verdict).await;
+            Err(AuthError::WeHaveNoKey)
+        }
         (FirstBytes::Plain(b), Some(_)) if b.is_empty() => Err(AuthError::Left),
-        (FirstBytes::Plain(_), Some(_)) => Err(AuthError::NoHandshake),
+        (FirstBytes::Plain(_), Some(_)) => {
+            let _ = stream.write_all(plain_refusal).await;
+            Err(AuthError::NoHandshake)
+        }
         (FirstBytes::Plain(prefix), None) => {
             let (r, w) = stream.into_split();
             Ok((
@@ -196,6 +210,58 @@ pub async fn accepted(
                 LinkWrite::Plain(w),
             ))
         }
+    }
+}
+
+/// Whether `addr` (`host:port`) names a loopback address only
+/// (`127.0.0.0/8`, `::1`, `localhost`); `0.0.0.0` and other names are not.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// For a node without cluster keys: moves the ring address `ring` and the
+/// admin address `admin` to loopback (same port) unless `insecure`, and
+/// warns once saying what it did and how to listen beyond loopback.
+pub fn loopback_only(ring: &mut String, admin: Option<&mut String>, insecure: bool) {
+    if insecure {
+        tracing::warn!(
+            ring = %ring,
+            "--insecure: ring links are plain and unauthenticated; anyone who reaches the ring \
+             port can speak the ring protocol"
+        );
+        return;
+    }
+    let mut moved = Vec::new();
+    let mut to_loopback = |addr: &mut String| {
+        if is_loopback(addr) {
+            return;
+        }
+        let port = addr.rsplit_once(':').map_or("0", |(_, p)| p).to_string();
+        let was = std::mem::replace(addr, format!("127.0.0.1:{port}"));
+        moved.push(format!("{was} -> {addr}"));
+    };
+    to_loopback(ring);
+    if let Some(a) = admin {
+        to_loopback(a);
+    }
+    if moved.is_empty() {
+        tracing::warn!(
+            "ring links are not authenticated (no --cluster-key-file): listening on loopback \
+             only; make a key with `ringhost keygen --cluster` and give every member \
+             --cluster-key-file"
+        );
+    } else {
+        tracing::warn!(
+            moved = %moved.join(", "),
+            "no --cluster-key-file: listening on loopback only instead of beyond it; give every \
+             member the same --cluster-key-file (`ringhost keygen --cluster`), or --insecure to \
+             listen beyond loopback with plain links"
+        );
     }
 }
 
@@ -224,10 +290,27 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let accept = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            accepted(s, server.as_ref()).await
+            accepted(s, server.as_ref(), b"").await
         });
         let dial = connect(&addr, client.as_ref()).await;
         (accept.await.unwrap(), dial)
+    }
+
+    #[test]
+    fn without_keys_only_loopback_addresses_are_kept() {
+        assert!(is_loopback("127.0.0.1:3000") && is_loopback("127.9.9.9:1"));
+        assert!(is_loopback("[::1]:3000") && is_loopback("localhost:3000"));
+        assert!(!is_loopback("0.0.0.0:3000") && !is_loopback("10.0.0.7:3000"));
+        assert!(!is_loopback("node7.example:3000"));
+        let (mut ring, mut admin) = ("10.0.0.7:3000".to_string(), "0.0.0.0:4000".to_string());
+        loopback_only(&mut ring, Some(&mut admin), false);
+        assert_eq!(
+            (ring.as_str(), admin.as_str()),
+            ("127.0.0.1:3000", "127.0.0.1:4000")
+        );
+        let mut ring = "10.0.0.7:3000".to_string();
+        loopback_only(&mut ring, None, true);
+        assert_eq!(ring, "10.0.0.7:3000", "--insecure keeps it");
     }
 
     #[tokio::test]
@@ -284,13 +367,19 @@ mod tests {
         let mut plain = TcpStream::connect(addr).await.unwrap();
         plain.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        let e = accepted(s, Some(&keys(&[1]))).await.err().expect("refused");
+        let e = accepted(s, Some(&keys(&[1])), b"")
+            .await
+            .err()
+            .expect("refused");
         assert!(matches!(e, AuthError::NoHandshake), "{e}");
         assert!(e.to_string().contains("--cluster-key-file"), "{e}");
         // A port probe (connects, sends nothing, leaves) is not a failure.
         drop(TcpStream::connect(addr).await.unwrap());
         let (s, _) = l.accept().await.unwrap();
-        let e = accepted(s, Some(&keys(&[1]))).await.err().expect("nothing");
+        let e = accepted(s, Some(&keys(&[1])), b"")
+            .await
+            .err()
+            .expect("nothing");
         assert!(matches!(e, AuthError::Left), "{e}");
         // A keyed dialer to a plain listener.
         let (srv, cli) = link(None, Some(keys(&[1]))).await;
@@ -353,7 +442,7 @@ mod tests {
             })
         };
         let (s, _) = l.accept().await.unwrap();
-        let (mut r, w) = accepted(s, Some(&k)).await.unwrap();
+        let (mut r, w) = accepted(s, Some(&k), b"").await.unwrap();
         let mut got = Vec::new();
         r.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello");
@@ -365,7 +454,7 @@ mod tests {
         // Replayed to the listener.
         let server = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            let (mut r, _w) = accepted(s, Some(&k)).await.unwrap();
+            let (mut r, _w) = accepted(s, Some(&k), b"").await.unwrap();
             let mut buf = [0u8; 64];
             r.read(&mut buf).await
         });

@@ -21,5 +21,6 @@ mod slow_stop;
 mod startup;
 mod stations;
 mod support;
+mod trust;
 mod up;
 mod wire_faults;
