@@ -199,6 +199,7 @@ pub async fn query(
             Some(Frame::Status(json)) => {
                 serde_json::from_str(&json).context("parsing the status report")
             }
+            Some(Frame::Refuse(r)) => bail!("{addr} refused: {}", r.reason),
             Some(other) => bail!("{addr} answered with a {} frame", other.kind_name()),
             None => bail!(
                 "{addr} closed the connection without answering: is it a ringhost node's ring \
@@ -233,6 +234,25 @@ pub fn render(r: &Report) -> String {
         r.ring_size,
         prefix(&r.ring_hash, 12)
     );
+    let _ = match r.cluster_keys.split_first() {
+        None => writeln!(s, "ring links: plain (no cluster key)"),
+        Some((first, rest)) if rest.is_empty() => {
+            writeln!(
+                s,
+                "ring links: sealed with cluster key {}",
+                prefix(first, 16)
+            )
+        }
+        Some((first, rest)) => writeln!(
+            s,
+            "ring links: sealed with cluster key {} (also accepting {})",
+            prefix(first, 16),
+            rest.iter()
+                .map(|k| prefix(k, 16))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let _ = writeln!(
         s,
         "admin API: {}; config version {}",

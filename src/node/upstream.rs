@@ -451,8 +451,8 @@ async fn open(
 async fn plain_refusal(max_frame: usize) -> Vec<u8> {
     let mut out = FrameWriter::new(Vec::new(), max_frame);
     let refuse = Frame::Refuse(Refuse {
-        reason: "failed authentication: this ring's links are authenticated; start this node \
-                 with the ring's --cluster-key-file (the same key file as every member)"
+        reason: "failed authentication: this ring's links are authenticated; start the node \
+                 or tool with the ring's --cluster-key-file (the same key file as every member)"
             .into(),
         ring_hash: None,
         duplicate: false,
