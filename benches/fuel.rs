@@ -1,7 +1,8 @@
 //! What `--station-fuel` costs: one call of the built-in `tick` station
 //! (quiet, empty slot) on a reused instance, with fuel metering off and on,
-//! runs alternating so a noisy neighbour hits both; and the least fuel a
-//! `tick` call needs (found by bisection), to size a budget from.
+//! runs alternating so a noisy neighbour hits both; the least budget with
+//! which `tick` loads and runs (found by bisection); and how fast a
+//! looping station (`spin`) burns fuel, to turn a budget into time.
 //!
 //! Run: `cargo bench --bench fuel` (add `-- --calls N`, default 100000 per
 //! run).
@@ -49,7 +50,7 @@ fn main() -> Result<()> {
         println!("station call, tick (quiet), empty slot, {calls} calls per run");
         println!("{:<20} {:>10} {:>10}", "", "p50", "mean");
         for (name, (p50, mean)) in &runs {
-            println!("{name:<20} {:>10} {:>10}", fmt(*p50), fmt(*mean));
+            println!("{name:<20} {:>10} {:>10}", ns(*p50), ns(*mean));
         }
         let best = |on: bool| {
             runs.iter()
@@ -60,21 +61,59 @@ fn main() -> Result<()> {
         };
         println!(
             "best p50: off {}, on {}: fuel costs {:.2}x",
-            fmt(best(false)),
-            fmt(best(true)),
+            ns(best(false)),
+            ns(best(true)),
             best(true).as_secs_f64() / best(false).as_secs_f64()
         );
         println!(
-            "least fuel a tick call needs: {} units",
+            "least budget with which tick loads and runs: {} units",
             least_fuel(&host).await?
+        );
+        let budget = 100_000_000;
+        let took = burn(&host, budget).await?;
+        println!(
+            "spin (a loop) runs out of {budget} units in {}: {:.0} units/ms",
+            fmt(took),
+            budget as f64 / (took.as_secs_f64() * 1e3)
         );
         Ok(())
     })
 }
 
+fn ns(d: Duration) -> String {
+    format!("{} ns", d.as_nanos())
+}
+
+/// How long the looping `spin` test station takes to use up `budget`
+/// (the deadline set far beyond it), best of three.
+async fn burn(host: &std::sync::Arc<StationHost>, budget: u64) -> Result<Duration> {
+    let spin = std::path::Path::new(env!("RINGHOST_STATIONS_DIR")).join("spin.wasm");
+    let spec = StationSpec::file(spin);
+    let mut station = load(host, &spec, Some(budget), Duration::from_secs(60)).await?;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        match station.call(&ctx(), &[]).await {
+            Err(StationError::OutOfFuel(_)) => best = best.min(t.elapsed()),
+            other => anyhow::bail!("spin should run out of fuel, got {other:?}"),
+        }
+    }
+    Ok(best)
+}
+
 async fn tick(host: &std::sync::Arc<StationHost>, fuel: Option<u64>) -> Result<Station> {
+    let spec = StationSpec::builtin("tick").with("quiet", "true");
+    load(host, &spec, fuel, Duration::from_millis(100)).await
+}
+
+async fn load(
+    host: &std::sync::Arc<StationHost>,
+    spec: &StationSpec,
+    fuel: Option<u64>,
+    call_timeout: Duration,
+) -> Result<Station> {
     let env = StationEnv {
-        station: "tick".into(),
+        station: spec.name.as_str().into(),
         node: NodeInfo {
             name: "bench".into(),
             index: 0,
@@ -87,14 +126,13 @@ async fn tick(host: &std::sync::Arc<StationHost>, fuel: Option<u64>) -> Result<S
         epoch: Instant::now(),
     };
     let limits = StationLimits {
-        call_timeout: Duration::from_millis(100),
+        call_timeout,
         fuel,
         memory_bytes: 64 << 20,
         rollback_after: 0,
         rollback_window: Duration::ZERO,
     };
-    let spec = StationSpec::builtin("tick").with("quiet", "true");
-    host.load(&spec, env, limits).await
+    host.load(spec, env, limits).await
 }
 
 fn ctx() -> StopContext {
