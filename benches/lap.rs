@@ -176,6 +176,7 @@ async fn echo_station() -> Result<ringhost::station::Station> {
     };
     let limits = StationLimits {
         call_timeout: Duration::from_millis(100),
+        fuel: None,
         memory_bytes: 64 << 20,
         rollback_after: 0,
         rollback_window: Duration::ZERO,

@@ -356,6 +356,13 @@ pub struct StationArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub station_memory_mib: usize,
 
+    /// Fuel budget of one station call, in wasmtime fuel units (about one
+    /// per wasm instruction), beside --station-timeout-ms: a call that
+    /// uses it up is interrupted like a timeout. Default: no fuel metering
+    /// (it slows every call; see the README, "Station fuel").
+    #[arg(long, value_name = "UNITS")]
+    pub station_fuel: Option<u64>,
+
     /// A successor silent this long (no pong, no ack) is declared dead.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub failure_timeout_ms: u64,
@@ -550,6 +557,9 @@ impl StationArgs {
         if let Some(k) = &self.key {
             out.extend(["--key".into(), k.display().to_string()]);
         }
+        if let Some(fuel) = self.station_fuel {
+            out.extend(["--station-fuel".into(), fuel.to_string()]);
+        }
         if self.no_watch {
             out.push("--no-watch".into());
         }
@@ -576,6 +586,7 @@ impl StationArgs {
         config.delay_ms = self.delay_ms;
         config.station_timeout_ms = self.station_timeout_ms;
         config.station_memory_bytes = self.station_memory_mib << 20;
+        config.station_fuel = self.station_fuel;
         config.failure_timeout_ms = self.failure_timeout_ms;
         config.handshake_timeout_ms = self.failure_timeout_ms;
         config.heartbeat_interval_ms = (self.failure_timeout_ms / 5).max(1);
@@ -722,5 +733,25 @@ mod tests {
         assert_eq!(up.ring().unwrap(), "127.0.0.1:4000-4002");
         assert_eq!(up.stations.delay_ms, 0);
         assert!(up.stations.to_args().contains(&"delay:ms=5".to_string()));
+    }
+
+    #[test]
+    fn station_fuel_is_off_by_default_and_up_passes_it_to_its_nodes() {
+        let cli = Cli::parse_from(["ringhost", "--port", "3000"]);
+        assert_eq!(cli.node.to_config().unwrap().station_fuel, None);
+        let cli = Cli::parse_from(["ringhost", "--port", "3000", "--station-fuel", "5000000"]);
+        assert_eq!(cli.node.to_config().unwrap().station_fuel, Some(5_000_000));
+        let cli = Cli::parse_from(["ringhost", "--port", "3000", "--station-fuel", "0"]);
+        let err = format!("{:#}", cli.node.to_config().unwrap_err());
+        assert!(err.contains("station fuel must be > 0"), "{err}");
+        let cli = Cli::parse_from(["ringhost", "up", "--station-fuel", "7"]);
+        let Some(Command::Up(up)) = cli.command else {
+            panic!("up parsed")
+        };
+        let args = up.stations.to_args();
+        assert!(
+            args.windows(2).any(|w| w == ["--station-fuel", "7"]),
+            "{args:?}"
+        );
     }
 }

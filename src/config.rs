@@ -455,6 +455,13 @@ pub struct NodeConfig {
     pub station_timeout_ms: u64,
     /// Linear memory limit of each station instance.
     pub station_memory_bytes: usize,
+    /// Fuel budget of one station call, in wasmtime fuel units (about one
+    /// per wasm instruction executed), beside the `station_timeout_ms`
+    /// deadline: a call that uses it up traps and is reported like a
+    /// timeout ("ran out of fuel (N units)"). `None` (the default): no
+    /// fuel metering, which costs time on every call (README, "Station
+    /// fuel").
+    pub station_fuel: Option<u64>,
     /// Largest frame accepted on the ring port.
     pub max_frame_bytes: usize,
     /// Deploy settings.
@@ -621,6 +628,7 @@ impl NodeConfig {
             write_timeout_ms: 1000,
             station_timeout_ms: 100,
             station_memory_bytes: 64 << 20,
+            station_fuel: None,
             max_frame_bytes: 16 << 20,
             deploy: DeployConfig::default(),
             admin: Some(AdminConfig::at("127.0.0.1:0", None)),
@@ -666,6 +674,10 @@ impl NodeConfig {
         ensure!(
             self.station_memory_bytes >= 1 << 20,
             "station memory limit must be at least 1 MiB"
+        );
+        ensure!(
+            self.station_fuel != Some(0),
+            "station fuel must be > 0 (leave it unset for no fuel limit)"
         );
         ensure!(
             self.max_frame_bytes >= 64 << 10,

@@ -126,7 +126,8 @@ pub async fn run(
     for spec in &specs {
         let bytes = crate::station::read_source(&spec.source).await?;
         let host = std::sync::Arc::clone(&host);
-        tokio::task::spawn_blocking(move || host.compile(&bytes))
+        let metered = args.stations.station_fuel.is_some();
+        tokio::task::spawn_blocking(move || host.compile_for(&bytes, metered))
             .await
             .context("compile task")?
             .with_context(|| format!("station {}", spec.name))?;

@@ -194,6 +194,7 @@ pub async fn start(
     let kv = KvStore::default();
     let limits = StationLimits {
         call_timeout: config.station_timeout(),
+        fuel: config.station_fuel,
         memory_bytes: config.station_memory_bytes,
         rollback_after: config.deploy.rollback_after,
         rollback_window: Duration::from_millis(config.deploy.rollback_window_ms),

@@ -10,6 +10,11 @@
 //!   is spent; a call blocked in a host import (a WASI sleep or poll runs
 //!   no wasm, so no epoch check) is dropped at the same deadline by a
 //!   wall-clock timeout ([`guarded`]);
+//! - optionally (`--station-fuel`), every call also has a fuel budget: the
+//!   store is refilled before each call and traps when the guest has run
+//!   that many fuel units (about one per wasm instruction), whatever the
+//!   machine's speed; such stations run on a fuel-metered engine
+//!   ([`engine`]);
 //! - WASI grants nothing (see `host_api::StationState::new`) and the log
 //!   budget is the station's, not the instance's;
 //! - after a trap, the instance (and its store) is thrown away; the next
@@ -21,26 +26,29 @@
 //! where components come from on disk (`node.rs`, later the deploy code).
 
 mod cache;
+mod engine;
 mod host_api;
 mod limits;
+mod pipeline;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
+use engine::HostEngine;
 use host_api::LogBudget;
 pub use host_api::{
     Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
 };
+pub use pipeline::{Pipeline, StopBase};
 
 use crate::config::{StationSource, StationSpec};
 use crate::model::Hash;
 use crate::observe::EventKind;
-use crate::ring::token::Particle;
 
 /// Bindings generated from `wit/station.wit`.
 pub mod bindings {
@@ -59,7 +67,6 @@ pub use bindings::{StopContext, Visit};
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 pub use crate::ring::token::MAX_SLOT_BYTES;
-use crate::ring::token::{MAX_SLOTS, slot_overhead};
 
 /// Largest component a node loads.
 pub const MAX_MODULE_BYTES: usize = 8 << 20;
@@ -108,6 +115,10 @@ pub enum StationError {
     /// discarded.
     #[error("timeout: call exceeded its {0:?} budget")]
     Timeout(Duration),
+    /// The call used up its fuel budget (this many units) and was
+    /// interrupted. The instance is discarded.
+    #[error("ran out of fuel ({0} units)")]
+    OutOfFuel(u64),
     /// The guest tried to grow its memory past the limit. The instance is
     /// discarded.
     #[error("memory limit: {0}")]
@@ -129,26 +140,28 @@ impl StationError {
     fn discards_instance(&self) -> bool {
         matches!(
             self,
-            Self::Trap(_) | Self::Timeout(_) | Self::Memory(_) | Self::Init(_)
+            Self::Trap(_) | Self::Timeout(_) | Self::OutOfFuel(_) | Self::Memory(_) | Self::Init(_)
         )
     }
 }
 
-/// Process-wide wasm machinery: one engine, one linker, one epoch ticker.
+/// Process-wide wasm machinery: a plain engine (with its linker and epoch
+/// ticker) and, once a station with a fuel budget is loaded, a metered one
+/// (see [`engine`]).
 pub struct StationHost {
-    engine: Engine,
-    linker: Linker<StationState>,
-    /// Compiled components by the sha-256 of their bytes: nodes sharing a
-    /// process (tests, benches) compile each component once.
-    compiled: std::sync::Mutex<std::collections::HashMap<[u8; 32], Component>>,
+    plain: HostEngine,
+    /// Built on first use: fuel metering slows every call, so a host whose
+    /// stations have no fuel budget never has it on.
+    metered: std::sync::Mutex<Option<Arc<HostEngine>>>,
     /// Where compiled components are kept between runs, if anywhere.
     cache: Option<cache::CompileCache>,
 }
 
 impl StationHost {
-    /// Builds the engine (component model, async, epoch interruption) and
-    /// the linker (our imports plus WASI p2 granting nothing), and starts
-    /// the epoch ticker thread, which stops once the engine is dropped.
+    /// Builds the plain engine (component model, async, epoch
+    /// interruption) and its linker (our imports plus WASI p2 granting
+    /// nothing), and starts its epoch ticker thread, which stops once the
+    /// engine is dropped.
     ///
     /// # Errors
     /// When wasmtime cannot build the engine or link the imports.
@@ -163,87 +176,102 @@ impl StationHost {
     /// As [`StationHost::new`]; an unusable cache directory only disables
     /// the cache.
     pub fn with_cache(cache_dir: Option<std::path::PathBuf>) -> Result<Arc<Self>> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = wt(Engine::new(&config)).context("building the wasm engine")?;
-        let mut linker = Linker::new(&engine);
-        wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI")?;
-        wt(bindings::Station::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        ))
-        .context("linking the station imports")?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .context("starting the epoch ticker")?;
+        let plain = HostEngine::new(false)?;
         let cache = cache_dir.and_then(cache::CompileCache::open);
         Ok(Arc::new(Self {
-            engine,
-            linker,
-            compiled: Default::default(),
+            plain,
+            metered: Default::default(),
             cache,
         }))
     }
 
-    /// The engine.
+    /// The plain engine (no fuel metering).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.plain.engine
     }
 
-    /// Compiles component bytes and checks them against the station world.
-    /// CPU-heavy: call it off the async threads (see [`Self::load`]).
+    /// The metered engine, built on first use.
+    fn metered(&self) -> Result<Arc<HostEngine>> {
+        let mut slot = self.metered.lock().expect("metered engine lock");
+        if let Some(e) = &*slot {
+            return Ok(Arc::clone(e));
+        }
+        let e = Arc::new(HostEngine::new(true).context("building the fuel-metered engine")?);
+        *slot = Some(Arc::clone(&e));
+        Ok(e)
+    }
+
+    /// Compiles component bytes for the plain engine and checks them
+    /// against the station world. CPU-heavy: call it off the async threads
+    /// (see [`Self::load`]).
     ///
     /// # Errors
     /// When the bytes are not a component, or it does not fit the world
     /// (missing exports, imports we do not provide).
     pub fn compile(&self, bytes: &[u8]) -> Result<bindings::StationPre<StationState>> {
-        self.compile_hashed(Hash::of(bytes), bytes)
+        self.compile_for(bytes, false)
     }
 
-    /// [`Self::compile`] for bytes whose sha-256 the caller already has.
+    /// [`Self::compile`] for the metered engine when `metered` (stations
+    /// run with a fuel budget), else for the plain one: `ringhost up`
+    /// fills the compile cache for the engine its nodes will use.
+    ///
+    /// # Errors
+    /// As [`Self::compile`]; also when the metered engine cannot be built.
+    pub fn compile_for(
+        &self,
+        bytes: &[u8],
+        metered: bool,
+    ) -> Result<bindings::StationPre<StationState>> {
+        self.compile_hashed(Hash::of(bytes), bytes, metered)
+            .map(|(pre, _)| pre)
+    }
+
+    /// [`Self::compile_for`] for bytes whose sha-256 the caller already
+    /// has; also returns the engine the code belongs to.
     fn compile_hashed(
         &self,
         hash: Hash,
         bytes: &[u8],
-    ) -> Result<bindings::StationPre<StationState>> {
+        metered: bool,
+    ) -> Result<(bindings::StationPre<StationState>, Engine)> {
+        let metered_engine;
+        let host = if metered {
+            metered_engine = self.metered()?;
+            &*metered_engine
+        } else {
+            &self.plain
+        };
         let key = hash.0;
-        let cached = self.compiled.lock().expect("cache lock").get(&key).cloned();
+        let cached = host.compiled.lock().expect("cache lock").get(&key).cloned();
         let component = match cached {
             Some(c) => c,
             None => {
-                let c = self.compile_or_load(&key, bytes)?;
-                self.compiled
+                let c = self.compile_or_load(&host.engine, &key, bytes)?;
+                host.compiled
                     .lock()
                     .expect("cache lock")
                     .insert(key, c.clone());
                 c
             }
         };
-        let pre = wt(self.linker.instantiate_pre(&component))
+        let pre = wt(host.linker.instantiate_pre(&component))
             .context("linking the component (does it target ringhost:station/station@0.1?)")?;
-        wt(bindings::StationPre::new(pre))
-            .context("the component does not export the station world's functions")
+        let pre = wt(bindings::StationPre::new(pre))
+            .context("the component does not export the station world's functions")?;
+        Ok((pre, host.engine.clone()))
     }
 
     /// Compiles `bytes`, or loads the compiled code from the disk cache
     /// (checked by digest first; see [`cache`]). A miss compiles and
     /// rewrites the entry.
-    fn compile_or_load(&self, key: &[u8; 32], bytes: &[u8]) -> Result<Component> {
-        if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, key)) {
+    fn compile_or_load(&self, engine: &Engine, key: &[u8; 32], bytes: &[u8]) -> Result<Component> {
+        if let Some(c) = self.cache.as_ref().and_then(|c| c.load(engine, key)) {
             return Ok(c);
         }
-        let c = wt(Component::new(&self.engine, bytes)).context("compiling the component")?;
+        let c = wt(Component::new(engine, bytes)).context("compiling the component")?;
         if let Some(cache) = &self.cache {
-            cache.store(&self.engine, key, &c);
+            cache.store(engine, key, &c);
         }
         Ok(c)
     }
@@ -288,16 +316,18 @@ impl StationHost {
         }
         let host = Arc::clone(self);
         let hash = Hash::of(&bytes);
-        let pre = tokio::task::spawn_blocking(move || host.compile_hashed(hash, &bytes))
-            .await
-            .context("compile task")?
-            .map_err(|e| anyhow!("station {name}: {}", one_line(&format!("{e:#}"))))?;
+        let metered = limits.fuel.is_some();
+        let (pre, engine) =
+            tokio::task::spawn_blocking(move || host.compile_hashed(hash, &bytes, metered))
+                .await
+                .context("compile task")?
+                .map_err(|e| anyhow!("station {name}: {}", one_line(&format!("{e:#}"))))?;
         let mut station = Station {
             name: name.to_string(),
             config: config.to_vec(),
             hash,
             version: None,
-            host: Arc::clone(self),
+            engine,
             pre,
             live: None,
             env,
@@ -352,6 +382,11 @@ pub const MAX_ERROR_CHARS: usize = 300;
 pub struct StationLimits {
     /// Bound on one call.
     pub call_timeout: Duration,
+    /// Fuel budget of one call, in wasmtime fuel units (about one per wasm
+    /// instruction); `None`: no fuel metering (the default; metering
+    /// costs time on every call). Instantiation and `init` get the same
+    /// budget.
+    pub fuel: Option<u64>,
     /// Linear memory limit of one instance.
     pub memory_bytes: usize,
     /// Faults (traps, timeouts, memory, init) within `rollback_window`
@@ -375,7 +410,9 @@ pub struct Station {
     /// The release this instance runs as (set by the deploy agent when it
     /// swaps it in; `None`: not a release).
     version: Option<u64>,
-    host: Arc<StationHost>,
+    /// The engine `pre` was compiled for (plain, or metered when
+    /// `limits.fuel` is set).
+    engine: Engine,
     pre: bindings::StationPre<StationState>,
     live: Option<Live>,
     env: StationEnv,
@@ -452,7 +489,7 @@ impl Station {
             self.limits.memory_bytes,
             self.limits.call_timeout,
         );
-        let mut store = Store::new(&self.host.engine, state);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Checked at every epoch tick during a call: yield to tokio so the
         // node's other tasks run, and interrupt once the budget is spent.
@@ -467,11 +504,21 @@ impl Station {
         store
     }
 
-    fn begin_call(store: &mut Store<StationState>) {
+    fn begin_call(store: &mut Store<StationState>, fuel: Option<u64>) {
         store.data_mut().call_started = Instant::now();
         // The callback above only runs once a deadline is reached; a
         // deadline of one tick makes it run from the first tick on.
         store.set_epoch_deadline(1);
+        if let Some(units) = fuel {
+            // Refilled, not added to: a call never inherits what an earlier
+            // one left. Only a metered store is given fuel (set_fuel fails
+            // on a plain one), and a station with a fuel limit always has one.
+            let set = store.set_fuel(units);
+            debug_assert!(
+                set.is_ok(),
+                "a station with fuel runs on the metered engine"
+            );
+        }
     }
 
     async fn ensure_live(&mut self) -> Result<(), StationError> {
@@ -486,17 +533,18 @@ impl Station {
             ));
         }
         let mut store = self.new_store();
-        Self::begin_call(&mut store);
+        let limits = self.limits;
+        Self::begin_call(&mut store, limits.fuel);
         let result = async {
-            let timeout = self.limits.call_timeout;
+            let timeout = limits.call_timeout;
             let bindings = guarded(timeout, self.pre.instantiate_async(&mut store))
                 .await
-                .map_err(|e| classify(e, timeout))?;
-            Self::begin_call(&mut store);
+                .map_err(|e| classify(e, &limits))?;
+            Self::begin_call(&mut store, limits.fuel);
             match guarded(timeout, bindings.call_init(&mut store, &self.config)).await {
                 Ok(Ok(())) => Ok(bindings),
                 Ok(Err(msg)) => Err(StationError::Init(msg)),
-                Err(e) => Err(StationError::Init(classify(e, timeout).to_string())),
+                Err(e) => Err(StationError::Init(classify(e, &limits).to_string())),
             }
         }
         .await;
@@ -524,9 +572,10 @@ impl Station {
     /// [`StationError`], saying why.
     pub async fn call(&mut self, ctx: &StopContext, slot: &[u8]) -> Result<Visit, StationError> {
         self.ensure_live().await?;
-        let timeout = self.limits.call_timeout;
+        let limits = self.limits;
+        let timeout = limits.call_timeout;
         let live = self.live.as_mut().expect("ensure_live made an instance");
-        Self::begin_call(&mut live.store);
+        Self::begin_call(&mut live.store, limits.fuel);
         let began = Instant::now();
         let call = live.bindings.call_on_particle(&mut live.store, ctx, slot);
         let result = match guarded(timeout, call).await {
@@ -538,7 +587,7 @@ impl Station {
             }
             Ok(Ok(visit)) => Ok(visit),
             Ok(Err(msg)) => Err(StationError::Guest(msg)),
-            Err(e) => Err(classify(e, timeout)),
+            Err(e) => Err(classify(e, &limits)),
         };
         if let Some(m) = self.env.observer.metrics() {
             m.station_call(&self.name, began.elapsed());
@@ -622,7 +671,7 @@ fn wt<T>(r: wasmtime::Result<T>) -> Result<T> {
     r.map_err(anyhow::Error::from)
 }
 
-fn classify(err: wasmtime::Error, timeout: Duration) -> StationError {
+fn classify(err: wasmtime::Error, limits: &StationLimits) -> StationError {
     // Name the innermost guest function (stations keep their name section),
     // so a trap says where it happened without the whole backtrace.
     let place = err
@@ -632,7 +681,8 @@ fn classify(err: wasmtime::Error, timeout: Duration) -> StationError {
         .unwrap_or_default();
     if let Some(trap) = err.downcast_ref::<Trap>() {
         return match trap {
-            Trap::Interrupt => StationError::Timeout(timeout),
+            Trap::Interrupt => StationError::Timeout(limits.call_timeout),
+            Trap::OutOfFuel => StationError::OutOfFuel(limits.fuel.unwrap_or_default()),
             other => StationError::Trap(format!("{other}{place}")),
         };
     }
@@ -668,141 +718,6 @@ pub struct FaultReport {
     pub id: StationId,
     /// What made it due: `"3 faults within 10 s, the last: …"`.
     pub cause: String,
-}
-
-/// The stations of one node, run in order at every stop.
-pub struct Pipeline {
-    stations: Vec<Station>,
-    node_index: usize,
-    /// Stations due for an automatic rollback, with the last fault.
-    faulty: Vec<FaultReport>,
-    /// Largest particle (encoded frame body, bytes) a visit may leave.
-    particle_budget: usize,
-}
-
-/// The stop facts shared by every station of one stop.
-#[derive(Debug, Clone)]
-pub struct StopBase {
-    /// Node name.
-    pub node_name: String,
-    /// Node index.
-    pub node_index: u32,
-    /// Ring size.
-    pub ring_size: u32,
-    /// Time since the previous stop here.
-    pub lap_time: Option<Duration>,
-}
-
-impl Pipeline {
-    /// A pipeline over loaded stations.
-    ///
-    /// `particle_budget` is the largest particle, in encoded bytes, a
-    /// visit may leave (the node's frame limit): a station whose slot
-    /// would make the particle larger, or that would add a slot past
-    /// [`crate::ring::token::MAX_SLOTS`], faults with
-    /// [`StationError::BadOutput`] and the particle goes on with its old
-    /// slot, so a node never holds a particle it cannot send.
-    pub fn new(stations: Vec<Station>, node_index: usize, particle_budget: usize) -> Self {
-        Self {
-            stations,
-            node_index,
-            faulty: Vec::new(),
-            particle_budget,
-        }
-    }
-
-    /// Puts `station` in place of the one with its name (returning the old
-    /// one), or appends it. Called between visits, never during a call.
-    pub fn swap(&mut self, station: Station) -> Option<Station> {
-        match self.stations.iter_mut().find(|s| s.name == station.name) {
-            Some(slot) => Some(std::mem::replace(slot, station)),
-            None => {
-                self.stations.push(station);
-                None
-            }
-        }
-    }
-
-    /// Stations that faulted often enough to be rolled back, each once,
-    /// naming exactly what faulted.
-    pub fn take_faulty(&mut self) -> Vec<FaultReport> {
-        std::mem::take(&mut self.faulty)
-    }
-
-    /// The stations, in order.
-    pub fn stations(&self) -> &[Station] {
-        &self.stations
-    }
-
-    /// Runs every station on the particle, updating each station's slot in
-    /// place, and returns the longest hold asked for.
-    pub async fn run(&mut self, base: &StopBase, particle: &mut Particle) -> Duration {
-        let ctx = StopContext {
-            node_name: base.node_name.clone(),
-            node_index: base.node_index,
-            ring_size: base.ring_size,
-            generation: particle.generation,
-            lap: particle.lap,
-            hop: particle.hop,
-            now_unix_ms: unix_ms(),
-            last_lap_us: base
-                .lap_time
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        };
-        let mut hold_ms = 0u32;
-        for station in &mut self.stations {
-            let had = particle.slots.contains_key(&station.name);
-            if !had && particle.slots.len() >= MAX_SLOTS {
-                let e = StationError::BadOutput(format!(
-                    "not run: the particle already carries {} slots, the bound",
-                    particle.slots.len()
-                ));
-                station.report_fault(self.node_index, &e);
-                continue;
-            }
-            let slot = particle.slots.remove(&station.name).unwrap_or_default();
-            let result = station.call(&ctx, &slot).await.and_then(|visit| {
-                let size = particle.encoded_len() + slot_overhead(&station.name) + visit.slot.len();
-                if size > self.particle_budget {
-                    Err(StationError::BadOutput(format!(
-                        "its slot of {} bytes would make the particle {size} bytes, over the \
-                         node's frame limit of {} bytes",
-                        visit.slot.len(),
-                        self.particle_budget
-                    )))
-                } else {
-                    Ok(visit)
-                }
-            });
-            match result {
-                Ok(visit) => {
-                    hold_ms = hold_ms.max(visit.hold_ms.min(MAX_HOLD_MS));
-                    particle.slots.insert(station.name.clone(), visit.slot);
-                }
-                Err(e) => {
-                    if station.report_fault(self.node_index, &e) {
-                        // The count and window go into the cause, so the
-                        // rollback's report says what it was due to.
-                        let cause = format!(
-                            "{} faults within {} s, the last: {e}",
-                            station.recent_faults.len(),
-                            station.limits.rollback_window.as_secs_f64()
-                        );
-                        station.recent_faults.clear();
-                        self.faulty.push(FaultReport {
-                            name: station.name.clone(),
-                            id: station.id(),
-                            cause,
-                        });
-                    }
-                    if !slot.is_empty() {
-                        particle.slots.insert(station.name.clone(), slot);
-                    }
-                }
-            }
-        }
-        Duration::from_millis(u64::from(hold_ms))
-    }
 }
 
 #[cfg(test)]

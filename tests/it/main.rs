@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_conns;
+mod bad_input;
 mod bounds;
 mod cut_link;
 mod dashboard;

@@ -365,6 +365,65 @@ async fn sandbox_turns_exit_into_a_fault() {
     run("exit").await;
 }
 
+/// With a fuel budget and a deadline far above what the budget takes,
+/// the looping station ends on fuel, and the fault (the node's log line)
+/// says so with the budget; the ring goes on as with the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_ends_a_loop_when_its_fuel_runs_out() {
+    run_row(&Row {
+        attempt: "loop",
+        evidence: Evidence::Fault("ran out of fuel (2000000 units)"),
+        configure: |c| {
+            c.station_timeout_ms = 5_000;
+            c.station_fuel = Some(2_000_000);
+        },
+    })
+    .await;
+}
+
+/// A fuel budget well above what `tick` needs changes nothing: no fault,
+/// the particle goes round in ring order and tick's count is unbroken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fuel_set_high_the_tick_station_runs_as_without() {
+    let mut ring = TestRing::start(3, |c| {
+        c.delay_ms = 2;
+        c.station_fuel = Some(10_000_000);
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut visits = Vec::new();
+    let mut tick_seqs = Vec::new();
+    while visits.len() < 30 || tick_seqs.len() < 30 {
+        let ev = ring.next_event(deadline, "30 visits and tick lines").await;
+        match ev.kind {
+            EventKind::StationLog {
+                station, message, ..
+            } if station == "tick" => tick_seqs.push(tick_seq(&message)),
+            EventKind::StationFault { station, cause } => {
+                panic!("{station} faulted with fuel set high: {cause}")
+            }
+            EventKind::Visit {
+                generation,
+                lap,
+                hop,
+                lap_time,
+            } => visits.push(Visit {
+                node: ev.node,
+                generation,
+                lap,
+                hop,
+                lap_time,
+            }),
+            _ => {}
+        }
+    }
+    assert_single_particle_in_ring_order(&visits, 3);
+    for w in tick_seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "tick sequence unbroken: {tick_seqs:?}");
+    }
+    ring.shutdown().await;
+}
+
 #[test]
 fn every_row_has_a_test() {
     let tests = include_str!("sandbox.rs");

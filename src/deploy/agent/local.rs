@@ -145,6 +145,7 @@ mod tests {
         };
         let limits = StationLimits {
             call_timeout: Duration::from_secs(1),
+            fuel: None,
             memory_bytes: 16 << 20,
             rollback_after: 3,
             rollback_window: Duration::from_secs(10),
