@@ -39,8 +39,14 @@ fn main() -> Result<()> {
         // Raw before and after, compared against the faster of the two, so
         // a noisy neighbour cannot flatter the ratio.
         let raw1 = raw_ring(laps).await?;
-        let ring = ringhost_ring(laps).await?;
+        let ring1 = ringhost_ring(laps, false).await?;
+        let sealed1 = ringhost_ring(laps, true).await?;
+        let ring2 = ringhost_ring(laps, false).await?;
+        let sealed2 = ringhost_ring(laps, true).await?;
         let raw2 = raw_ring(laps).await?;
+        let best = |a: (Duration, Duration), b: (Duration, Duration)| (a.0.min(b.0), a.1.min(b.1));
+        let ring = best(ring1, ring2);
+        let sealed = best(sealed1, sealed2);
         let raw = (raw1.0.min(raw2.0), raw1.1.min(raw2.1));
         let call = station_call(100_000).await?;
         let empty = station_call_empty(100_000).await?;
@@ -60,6 +66,18 @@ fn main() -> Result<()> {
             "ratio ringhost / best raw",
             ring.0.as_secs_f64() / raw.0.as_secs_f64(),
             ring.1.as_secs_f64() / raw.1.as_secs_f64()
+        );
+        for (name, r) in [
+            ("sealed links, run 1", sealed1),
+            ("sealed links, run 2", sealed2),
+        ] {
+            println!("{:<28} {:>10} {:>10}", name, fmt(r.0), fmt(r.1));
+        }
+        println!(
+            "{:<28} {:>9.2}x {:>9.2}x   (goal <= 1.2x)",
+            "ratio sealed / plain",
+            sealed.0.as_secs_f64() / ring.0.as_secs_f64(),
+            sealed.1.as_secs_f64() / ring.1.as_secs_f64()
         );
         println!(
             "station call, echo, 1 KB slot: p50 {} mean {}   (goal <= 3 us)",
@@ -143,9 +161,16 @@ async fn raw_ring(laps: usize) -> Result<(Duration, Duration)> {
 }
 
 /// ringhost ring: 11 in-process nodes running the built-in tick station;
-/// node 0 reports its lap times.
-async fn ringhost_ring(laps: usize) -> Result<(Duration, Duration)> {
-    let mut ring = TickRing::start(NODES).await?;
+/// node 0 reports its lap times. `sealed`: every member holds one cluster
+/// key, so every link is authenticated and encrypted (`ringhost::secure`).
+async fn ringhost_ring(laps: usize, sealed: bool) -> Result<(Duration, Duration)> {
+    let keys = ringhost::secure::ClusterKeys::fixed(ringhost::secure::KeySet::new(vec![
+        ringhost::secure::ClusterKey::generate(),
+    ])?);
+    let mut ring = TickRing::start_with(NODES, |c| {
+        c.cluster_keys = sealed.then(|| keys.clone());
+    })
+    .await?;
     let mut times = Vec::with_capacity(laps);
     let deadline = Instant::now() + Duration::from_secs(120);
     while times.len() < laps {

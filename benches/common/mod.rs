@@ -30,6 +30,11 @@ pub struct TickRing {
 impl TickRing {
     /// Starts the ring (it forms on its own; see [`Self::next_visit`]).
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// [`Self::start`], each node's config adjusted by `configure` last.
+    pub async fn start_with(n: usize, configure: impl Fn(&mut NodeConfig)) -> Result<Self> {
         let host = StationHost::new()?;
         let mut listeners = Vec::new();
         for _ in 0..n {
@@ -47,6 +52,7 @@ impl TickRing {
             let mut config = NodeConfig::new(layout.clone(), i);
             config.delay_ms = 0;
             config.stations = vec![StationSpec::builtin("tick").with("quiet", "true")];
+            configure(&mut config);
             let obs = if i == 0 {
                 observer.clone()
             } else {

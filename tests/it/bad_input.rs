@@ -15,9 +15,10 @@
 //! stations): this suite reuses their helpers and fixtures, so a new kind
 //! of bad input is one more row here.
 //!
-//! Rows still to come with authenticated ring links (the lead adds them
-//! with `src/secure/`): no credentials, wrong credentials, a replayed
-//! handshake.
+//! The credential rows (no credentials, wrong credentials, a replayed
+//! handshake) need a ring with a cluster key: they are the same table, with
+//! the same four checks, in
+//! `trust::credential_rows_are_refused_before_any_frame_and_the_ring_goes_on`.
 
 use std::time::{Duration, Instant};
 

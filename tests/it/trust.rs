@@ -219,3 +219,141 @@ async fn the_cluster_key_rotates_on_a_live_ring_with_no_particle_lost() {
     ring.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The credential rows of the bad-input table (the rest are in
+/// `bad_input.rs`, on a ring without keys): each sent to member 1 of a
+/// keyed ring, each checked the same four ways: the node's rejection names
+/// the cause, its admin API still answers, the particle still circulates
+/// in ring order, and nothing the sender said was acted on (member 1's
+/// view of the ring is as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_rows_are_refused_before_any_frame_and_the_ring_goes_on() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    const N: usize = 3;
+    let keys = fixed(&[7]);
+    let mut ring = TestRing::start(N, |c| {
+        quick(c);
+        c.cluster_keys = Some(keys.clone());
+    })
+    .await;
+    ring.visits(2 * N, Duration::from_secs(20)).await;
+    let target = ring.layout.members()[1].addr.clone();
+
+    // What an honest member sends on a fresh link (handshake and one
+    // sealed status request), recorded by a relay in the middle.
+    let recorded = {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap().to_string();
+        let to = target.clone();
+        let recorder = tokio::spawn(async move {
+            let (mut from, _) = relay.accept().await.unwrap();
+            let mut upstream = TcpStream::connect(&to).await.unwrap();
+            let (mut fr, mut fw) = from.split();
+            let (mut ur, mut uw) = upstream.split();
+            let mut got = Vec::new();
+            let up = async {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = fr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = uw.shutdown().await;
+            };
+            let down = tokio::io::copy(&mut ur, &mut fw);
+            let _ = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(up, down) })
+                .await;
+            got
+        });
+        ringhost::status::query(&relay_addr, Some(&keys), Duration::from_secs(5))
+            .await
+            .expect("the honest request is answered");
+        recorder.await.unwrap()
+    };
+
+    // A plain hello, as member 0 would send it without a key.
+    let plain_hello = {
+        let hello = ringhost::wire::Frame::Hello(ringhost::wire::Hello {
+            version: ringhost::wire::PROTOCOL_VERSION,
+            ring_hash: ring.layout.hash().to_string(),
+            from_index: 0,
+            from_name: ring.layout.members()[0].name.clone(),
+            releases: vec![],
+            instance: 0,
+        });
+        let mut body = bytes::BytesMut::new();
+        hello.encode(&mut body).unwrap();
+        let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&body);
+        framed
+    };
+    enum Sent {
+        /// These bytes on a fresh connection.
+        Raw(Vec<u8>),
+        /// A dial with these keys.
+        Dial(ClusterKeys),
+    }
+    let rows = [
+        (
+            "no credentials (a plain hello)",
+            "sent no cluster handshake",
+            Sent::Raw(plain_hello),
+        ),
+        (
+            "wrong credentials (another cluster key)",
+            "uses cluster key",
+            Sent::Dial(fixed(&[8])),
+        ),
+        ("a replayed handshake", "did not open", Sent::Raw(recorded)),
+    ];
+    let admin = crate::admin::admin_of(&ring, 1);
+    let client = ringhost::admin::client::AdminClient::new(&admin, None);
+    for (row, cause, send) in rows {
+        let before = client.status(Duration::from_secs(5)).await.unwrap();
+        let seen = ring.seen.len();
+        // The connection stays open until the node closes it.
+        let _conn = match send {
+            Sent::Raw(bytes) => {
+                let mut s = TcpStream::connect(&target).await.unwrap();
+                s.write_all(&bytes).await.unwrap();
+                Some(s)
+            }
+            Sent::Dial(k) => {
+                let _ = secure::connect(&target, Some(&k)).await;
+                None
+            }
+        };
+        // 1. The rejection names the cause.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let named = ring.seen[seen..].iter().any(|e| {
+                matches!(&e.kind, EventKind::UpstreamRejected { reason }
+                    if e.node == 1 && reason.contains(cause))
+            });
+            if named {
+                break;
+            }
+            ring.next_event(deadline, &format!("{row}: a rejection naming {cause:?}"))
+                .await;
+        }
+        // 2. Up. 3. Circulating, one particle in ring order.
+        let after = client
+            .status(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{row}: admin API: {e:#}"));
+        let visits = ring.visits(2 * N, Duration::from_secs(20)).await;
+        crate::support::assert_single_particle_in_ring_order(&visits, N);
+        // 4. Nothing acted on: member 1's view and releases as before.
+        let live =
+            |r: &ringhost::status::Report| r.members.iter().map(|m| m.live).collect::<Vec<_>>();
+        assert_eq!(live(&before), live(&after), "{row}");
+        assert_eq!(before.deploy.releases, after.deploy.releases, "{row}");
+    }
+    ring.shutdown().await;
+}
