@@ -236,7 +236,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = match r.cluster_keys.split_first() {
         None => writeln!(s, "ring links: plain (no cluster key)"),
-        Some((first, rest)) if rest.is_empty() => {
+        Some((first, [])) => {
             writeln!(
                 s,
                 "ring links: sealed with cluster key {}",
