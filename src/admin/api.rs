@@ -188,8 +188,14 @@ pub struct ConfigBody {
 /// The answer to a push or rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployAnswer {
-    /// The release published (or, when `unchanged`, the current one).
-    pub release: Release,
+    /// The release published (or, when `unchanged`, the current one);
+    /// `None` for a push with `local=true`, which runs the module on the
+    /// node asked only and publishes no release.
+    #[serde(default)]
+    pub release: Option<Release>,
+    /// A `local=true` push: the module runs on this node only.
+    #[serde(default)]
+    pub local: bool,
     /// A push of the module and config already current: nothing new.
     #[serde(default)]
     pub unchanged: bool,

@@ -336,8 +336,9 @@ fn error(code: StatusCode, why: String) -> Response {
 pub(crate) fn body_too_large() -> String {
     format!(
         "request body exceeds this endpoint's size limit (a pushed module: at most {} bytes; \
-         other bodies: at most {} bytes)",
+         a config write: at most {} bytes of JSON; other bodies: at most {} bytes)",
         crate::station::MAX_MODULE_BYTES,
+        super::server::CONFIG_BODY_LIMIT,
         super::server::BODY_LIMIT
     )
 }

@@ -80,6 +80,12 @@ pub const PUSH_BODY_LIMIT: usize = crate::station::MAX_MODULE_BYTES + (64 << 10)
 /// Body limit of every other request.
 pub const BODY_LIMIT: usize = 64 << 10;
 
+/// Body limit of `PUT /v1/config/{key}`: a value at the config bus's
+/// bound ([`crate::model::CONFIG_MAX_VALUE_BYTES`]) as a JSON string, each
+/// byte escaped at worst to 6 (`\u00XX`), and the object around it; the
+/// value's own bound is checked after decoding (422 naming it).
+pub const CONFIG_BODY_LIMIT: usize = 6 * crate::model::CONFIG_MAX_VALUE_BYTES + 1024;
+
 /// Bound on a deploy request's answer (a push compiles and runs `init`).
 pub const DEPLOY_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -266,7 +272,10 @@ fn router(app: App) -> Router {
         .route("/v1/rollback", axum::routing::post(rollback))
         .route(
             "/v1/config/{key}",
-            get(config_get).put(config_put).delete(config_delete),
+            get(config_get)
+                .put(config_put)
+                .delete(config_delete)
+                .layer(DefaultBodyLimit::max(CONFIG_BODY_LIMIT)),
         )
         .route("/v1/openapi.yaml", get(openapi))
         .route("/metrics", get(metrics))
@@ -687,6 +696,17 @@ async fn push(
         local,
     };
     let reply = app.deploy(req, body).await?;
+    if local {
+        // A module run here only: no release to name.
+        return match reply.error {
+            Some(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)),
+            None => Ok(Json(DeployAnswer {
+                release: None,
+                local: true,
+                unchanged: false,
+            })),
+        };
+    }
     deploy_answer(reply)
 }
 
@@ -710,7 +730,8 @@ fn deploy_answer(reply: Reply) -> ApiResult<Json<DeployAnswer>> {
         )
     })?;
     Ok(Json(DeployAnswer {
-        release,
+        release: Some(release),
+        local: false,
         unchanged: reply.unchanged,
     }))
 }

@@ -121,7 +121,10 @@ pub async fn push(args: &PushOptions) -> Result<()> {
         .push(&params, Bytes::from(bytes))
         .await
         .with_context(|| format!("pushing to {}", args.to))?;
-    let (release, unchanged) = (answer.release, answer.unchanged);
+    let unchanged = answer.unchanged;
+    let release = answer
+        .release
+        .with_context(|| format!("{} answered the push without a release", args.to))?;
     if unchanged {
         println!(
             "{} already has this module and config: nothing to push",
@@ -160,7 +163,9 @@ pub async fn rollback(to: &str, name: &str, timeout_s: u64, token: Option<String
         .rollback(name)
         .await
         .with_context(|| format!("rolling back {name} through {to}"))?;
-    let release = answer.release;
+    let release = answer
+        .release
+        .with_context(|| format!("{to} answered the rollback without a release"))?;
     eprintln!("rolling back: {} published by {to}", release.label());
     wait_ring(&node, &release, &before, Duration::from_secs(timeout_s)).await
 }

@@ -435,7 +435,7 @@ fn the_dashboard_shows_the_ring_live_in_headless_chromium() {
             .push(&params, Bytes::from(marker(1)))
             .await
             .expect("push accepted");
-        let version = answer.release.version;
+        let version = answer.release.expect("a published release").version;
         let (_, t) = wait_js(
             &page,
             Duration::from_secs(30),

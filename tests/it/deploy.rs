@@ -83,7 +83,7 @@ async fn push_signed(
 fn answer(result: anyhow::Result<DeployAnswer>) -> Reply {
     match result {
         Ok(a) => Reply {
-            release: Some(a.release),
+            release: a.release,
             unchanged: a.unchanged,
             ..Reply::default()
         },
