@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::release::Release;
+use crate::deploy::release::{Hash, Release, Request};
 use crate::status::Report;
 
 /// The body of every error answer.
@@ -252,4 +252,53 @@ pub const KV_LIST_MAX: usize = 1000;
 pub struct InboxAnswer {
     /// Messages now waiting in the station's inbox.
     pub pending: usize,
+}
+
+/// The query of `GET /v1/stations/{name}/kv?prefix=…`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PrefixQuery {
+    /// List only keys that start with it (empty: every key).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// The push request a `POST /v1/push` query asks for:
+/// `name=NAME&config=KEY=VALUE&signer=HEX&signature=HEX&local=true`
+/// (`config` repeats; `local` is true for `true`, `1` or no value).
+///
+/// # Errors
+/// One line naming what is wrong: a query that does not decode, an unknown
+/// parameter, a config that is not `KEY=VALUE`, a signer that is not 64 hex
+/// digits, a missing or invalid station name.
+pub fn push_request(query: &str) -> Result<Request, String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| format!("query: {e}"))?;
+    let (mut name, mut config, mut signer, mut signature, mut local) =
+        (None, Vec::new(), None, None, false);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "name" => name = Some(v),
+            "config" => {
+                let (ck, cv) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("config {v:?}: expected KEY=VALUE"))?;
+                config.push((ck.to_string(), cv.to_string()));
+            }
+            "signer" => {
+                signer = Some(v.parse::<Hash>().map_err(|e| format!("signer: {e:#}"))?);
+            }
+            "signature" => signature = Some(v),
+            "local" => local = matches!(v.as_str(), "true" | "1" | ""),
+            other => return Err(format!("unknown query parameter {other:?}")),
+        }
+    }
+    let name = name.ok_or("the query must name the station: ?name=NAME")?;
+    crate::config::validate_station_name(&name).map_err(|e| format!("{e:#}"))?;
+    Ok(Request::Push {
+        name,
+        config,
+        signer,
+        signature,
+        local,
+    })
 }

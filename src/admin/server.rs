@@ -48,20 +48,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{
     ConfigBody, DeployAnswer, ErrorBody, InboxAnswer, KV_LIST_MAX, KvEntry, KvListing, Liveness,
-    MemberView, RingView, RollbackBody, is_healthy,
+    MemberView, PrefixQuery, RingView, RollbackBody, is_healthy, push_request,
 };
 use super::dashboard::{self, RingOrigins};
 use super::listen;
 use crate::config::{AdminConfig, RingLayout};
 use crate::deploy::agent::{DeployMsg, DeployView};
-use crate::deploy::release::{Hash, Reply, Request as DeployRequest};
+use crate::deploy::release::{Reply, Request as DeployRequest};
 use crate::metrics::{FetchLabels, Metrics, RequestLabels};
 use crate::observe::{Bus, EventKind};
 use crate::station::{Inboxes, KvStore};
@@ -579,12 +578,6 @@ async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, 
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-#[derive(Deserialize)]
-struct PrefixQuery {
-    #[serde(default)]
-    prefix: String,
-}
-
 async fn kv_list(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -657,44 +650,12 @@ async fn push(
 ) -> ApiResult<Json<DeployAnswer>> {
     let body = body?;
     let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, why);
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| bad(format!("query: {e}")))?;
-    let (mut name, mut config, mut signer, mut signature, mut local) =
-        (None, Vec::new(), None, None, false);
-    for (k, v) in pairs {
-        match k.as_str() {
-            "name" => name = Some(v),
-            "config" => {
-                let (ck, cv) = v
-                    .split_once('=')
-                    .ok_or_else(|| bad(format!("config {v:?}: expected KEY=VALUE")))?;
-                config.push((ck.to_string(), cv.to_string()));
-            }
-            "signer" => {
-                signer = Some(
-                    v.parse::<Hash>()
-                        .map_err(|e| bad(format!("signer: {e:#}")))?,
-                );
-            }
-            "signature" => signature = Some(v),
-            "local" => local = matches!(v.as_str(), "true" | "1" | ""),
-            other => return Err(bad(format!("unknown query parameter {other:?}"))),
-        }
-    }
-    let name = name.ok_or_else(|| bad("the query must name the station: ?name=NAME".into()))?;
-    crate::config::validate_station_name(&name).map_err(|e| bad(format!("{e:#}")))?;
+    let req = push_request(query.as_deref().unwrap_or("")).map_err(bad)?;
     if body.is_empty() {
         return Err(bad(
             "the body must be the module's bytes (a .wasm component)".into(),
         ));
     }
-    let req = DeployRequest::Push {
-        name,
-        config,
-        signer,
-        signature,
-        local,
-    };
     let reply = app.deploy(req, body).await?;
     if local {
         // A module run here only: no release to name.

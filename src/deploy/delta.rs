@@ -52,18 +52,27 @@ pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Rebuilds the target from `base` and a delta made by [`make`]. The result
-/// is cut off at `max_len` bytes (a larger output is an error, so a hostile
-/// delta cannot blow up memory).
+/// is cut off at `max_len` bytes (a larger output is an error), and the
+/// decoder's window is at most what [`make`] uses for this base and a
+/// target of `max_len` bytes (the next power of two of `base.len() +
+/// max_len`, at least 1 MiB): zstd allocates the window a frame declares,
+/// so a hostile delta cannot make it allocate more than about
+/// `2 * (base.len() + max_len)` bytes, nor output more than `max_len`.
 ///
 /// # Errors
-/// When the delta is malformed, needs another base, or expands past
-/// `max_len`.
+/// When the delta is malformed, declares a larger window, needs another
+/// base, or expands past `max_len`.
 pub fn apply(base: &[u8], delta: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let Some((&wlog, body)) = delta.split_first() else {
         bail!("empty delta");
     };
-    if !(10..=30).contains(&wlog) {
-        bail!("delta has a bad window ({wlog})");
+    let most = window_log(base.len(), max_len);
+    if !(10..=most).contains(&u32::from(wlog)) {
+        bail!(
+            "delta has a bad window (2^{wlog}; a delta of at most {max_len} bytes \
+             on a {} byte base needs at most 2^{most})",
+            base.len()
+        );
     }
     let mut dec = zstd::stream::Decoder::with_ref_prefix(body, base).context("zstd decoder")?;
     dec.window_log_max(u32::from(wlog))?;
@@ -155,5 +164,39 @@ mod tests {
         // A delta from nothing is a compressed full module.
         let full = make(&[], &target).unwrap();
         assert_eq!(apply(&[], &full, 1 << 20).unwrap(), target);
+    }
+
+    /// A zstd frame (no checksum, no content size) declaring a window of
+    /// 2^`wlog` bytes, holding `data` in one raw block; the delta's own
+    /// window byte says the same.
+    fn delta_declaring_window(wlog: u8, data: &[u8]) -> Vec<u8> {
+        let mut d = vec![wlog];
+        d.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+        d.push(0x00); // frame header: no content size, not single-segment
+        d.push((wlog - 10) << 3); // window descriptor: exponent, no mantissa
+        let block = 1 | (u32::try_from(data.len()).unwrap() << 3); // last, raw
+        d.extend_from_slice(&block.to_le_bytes()[..3]);
+        d.extend_from_slice(data);
+        d
+    }
+
+    #[test]
+    fn a_delta_declaring_a_window_larger_than_base_and_max_len_need_is_refused() {
+        // zstd allocates the window a frame declares: before the bound,
+        // 1 GiB for a five-byte output.
+        let huge = delta_declaring_window(30, b"hello");
+        let err = apply(b"", &huge, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("bad window (2^30"), "{err}");
+        // The same frame with the window a real delta would have is fine.
+        let fits = delta_declaring_window(20, b"hello");
+        assert_eq!(apply(b"", &fits, 1 << 20).unwrap(), b"hello");
+        // The bound grows with the base and max_len, as make's window does.
+        let base = noise(3 << 20, 5);
+        let mut target = base.clone();
+        target.extend_from_slice(b"tail");
+        let delta = make(&base, &target).unwrap();
+        assert_eq!(delta[0], 23);
+        assert_eq!(apply(&base, &delta, 4 << 20).unwrap(), target);
+        assert!(apply(&base[..1 << 20], &delta, 1 << 20).is_err());
     }
 }
