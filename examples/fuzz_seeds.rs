@@ -11,6 +11,7 @@
 
 // The config station's pure logic, as the `config_slot` target includes it.
 #[allow(dead_code)]
+#[rustfmt::skip]
 #[path = "../stations/config/src/logic.rs"]
 mod config_logic;
 
