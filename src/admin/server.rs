@@ -656,6 +656,7 @@ async fn push(
             "the body must be the module's bytes (a .wasm component)".into(),
         ));
     }
+    let local = matches!(req, DeployRequest::Push { local: true, .. });
     let reply = app.deploy(req, body).await?;
     if local {
         // A module run here only: no release to name.
