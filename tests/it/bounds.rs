@@ -40,21 +40,25 @@ pub(crate) async fn as_member_0(ring: &TestRing) -> TcpStream {
     let mut s = TcpStream::connect(&ring.layout.members()[1].addr)
         .await
         .unwrap();
+    s.write_all(&hello_of_member_0(&ring.layout)).await.unwrap();
+    s
+}
+
+/// The plain hello member 0 of `layout` sends, framed (length first).
+pub(crate) fn hello_of_member_0(layout: &ringhost::config::RingLayout) -> Vec<u8> {
     let hello = Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
-        ring_hash: ring.layout.hash().to_string(),
+        ring_hash: layout.hash().to_string(),
         from_index: 0,
-        from_name: ring.layout.members()[0].name.clone(),
+        from_name: layout.members()[0].name.clone(),
         releases: vec![],
         instance: 0,
     });
     let mut body = bytes::BytesMut::new();
     hello.encode(&mut body).unwrap();
-    s.write_all(&(body.len() as u32).to_be_bytes())
-        .await
-        .unwrap();
-    s.write_all(&body).await.unwrap();
-    s
+    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    framed
 }
 
 fn particle_with_slots(generation: u64, slots: usize) -> Particle {

@@ -56,6 +56,27 @@ pub struct Visit {
     pub lap_time: Option<Duration>,
 }
 
+impl Visit {
+    /// The visit `ev` reports, if it is one.
+    pub fn of(ev: &NodeEvent) -> Option<Self> {
+        match ev.kind {
+            EventKind::Visit {
+                generation,
+                lap,
+                hop,
+                lap_time,
+            } => Some(Self {
+                node: ev.node,
+                generation,
+                lap,
+                hop,
+                lap_time,
+            }),
+            _ => None,
+        }
+    }
+}
+
 pub struct TestRing {
     pub layout: RingLayout,
     pub nodes: Vec<Option<NodeHandle>>,
@@ -128,21 +149,7 @@ impl TestRing {
         while out.len() < count {
             let what = format!("{count} visits (have {})", out.len());
             let ev = self.next_event(deadline, &what).await;
-            if let EventKind::Visit {
-                generation,
-                lap,
-                hop,
-                lap_time,
-            } = ev.kind
-            {
-                out.push(Visit {
-                    node: ev.node,
-                    generation,
-                    lap,
-                    hop,
-                    lap_time,
-                });
-            }
+            out.extend(Visit::of(&ev));
         }
         out
     }

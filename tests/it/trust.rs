@@ -278,21 +278,7 @@ async fn credential_rows_are_refused_before_any_frame_and_the_ring_goes_on() {
     };
 
     // A plain hello, as member 0 would send it without a key.
-    let plain_hello = {
-        let hello = ringhost::wire::Frame::Hello(ringhost::wire::Hello {
-            version: ringhost::wire::PROTOCOL_VERSION,
-            ring_hash: ring.layout.hash().to_string(),
-            from_index: 0,
-            from_name: ring.layout.members()[0].name.clone(),
-            releases: vec![],
-            instance: 0,
-        });
-        let mut body = bytes::BytesMut::new();
-        hello.encode(&mut body).unwrap();
-        let mut framed = (body.len() as u32).to_be_bytes().to_vec();
-        framed.extend_from_slice(&body);
-        framed
-    };
+    let plain_hello = crate::bounds::hello_of_member_0(&ring.layout);
     enum Sent {
         /// These bytes on a fresh connection.
         Raw(Vec<u8>),
