@@ -400,6 +400,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
     let report = match status::query(to, TOOL_KEYS.get(), PROBE_TIMEOUT).await {
         Ok(r) => r,
+        Err(ring_err) if format!("{ring_err:#}").contains("failed authentication") => {
+            bail!(
+                "{to} is a ring port that answers members only: pass the ring's \
+                 --cluster-key-file, or give --to the node's admin address ({ring_err:#})"
+            );
+        }
         Err(ring_err) => {
             let direct = AdminClient::new(to, token);
             return match direct.status(PROBE_TIMEOUT * 2).await {
