@@ -152,11 +152,22 @@ async fn run_node(
         (observe::Observer::none(), None)
     };
     let handle = node::start(config, listener, host, observer).await?;
-    if let Some(events) = events {
-        let launcher = respawn::Launcher::from_current_process()
-            .context("finding this program to respawn members")?;
-        tokio::spawn(respawn::run(ring, launcher, events, handle.cancel_token()));
-    }
+    // The respawn supervisor ends with the node (its cancel token); it is
+    // awaited after the node's shutdown. Members it started are processes
+    // of their own, meant to outlive this one.
+    let supervisor = match events {
+        Some(events) => {
+            let launcher = respawn::Launcher::from_current_process()
+                .context("finding this program to respawn members")?;
+            Some(tokio::spawn(respawn::run(
+                ring,
+                launcher,
+                events,
+                handle.cancel_token(),
+            )))
+        }
+        None => None,
+    };
     let stdin_closed = async {
         if args.exit_on_stdin_eof {
             use tokio::io::AsyncReadExt;
@@ -179,5 +190,13 @@ async fn run_node(
         // The node stopped by itself (refused as a duplicate member).
         () = stopped.cancelled() => {}
     }
-    handle.shutdown().await
+    let stopped = handle.shutdown().await;
+    if let Some(s) = supervisor
+        && tokio::time::timeout(std::time::Duration::from_secs(5), s)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the respawn supervisor did not end within 5 s of the node");
+    }
+    stopped
 }

@@ -78,7 +78,7 @@ async fn a_keyed_ring_circulates_and_members_report_their_key() {
     assert!(plain.is_err(), "a plain status request was answered");
     // A tool without it is told what to pass.
     let tool = ringhost::admin::client::connect(&addr, None).await;
-    let err = format!("{:#}", tool.err().expect("a keyless tool is refused"));
+    let err = format!("{:#}", tool.expect_err("a keyless tool is refused"));
     assert!(err.contains("pass the ring's --cluster-key-file"), "{err}");
     assert!(
         ring.seen.iter().all(|e| refusal(e).is_none()),
