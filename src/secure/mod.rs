@@ -467,4 +467,82 @@ mod tests {
         let e = read.expect_err("a replayed record must not open");
         assert!(e.to_string().contains("did not open"), "{e}");
     }
+
+    /// Seeded random and mutated bytes where a listener expects the
+    /// handshake, and where a reader expects sealed records: every one
+    /// ends in a clean error (or the end of the stream), never a panic or
+    /// a hang. (A cheap, always-run cousin of the fuzz targets.)
+    #[tokio::test]
+    async fn random_handshakes_and_records_end_in_clean_errors() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let held = keys(&[3]).get();
+        // A real dialer's first bytes, to mutate.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let dialer = {
+            let held = held.clone();
+            tokio::spawn(async move { channel::initiate(&mut a, &held).await.map(|_| ()) })
+        };
+        let mut honest = vec![0u8; 4 + 8 + 2 + 48];
+        b.read_exact(&mut honest).await.unwrap();
+        drop(b);
+        let _ = dialer.await;
+        for round in 0..2000 {
+            let mut bytes = if round % 2 == 0 {
+                honest.clone()
+            } else {
+                let n = rng.random_range(0..120);
+                let mut v = channel::MAGIC.to_vec();
+                v.extend((0..n).map(|_| rng.random::<u8>()));
+                v
+            };
+            let flips = rng.random_range(1..4);
+            for _ in 0..flips {
+                let at = rng.random_range(4..bytes.len().max(5));
+                if at < bytes.len() {
+                    bytes[at] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            let (mut near, mut far) = tokio::io::duplex(1 << 16);
+            far.write_all(&bytes).await.unwrap();
+            drop(far);
+            let got = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                channel::first_bytes(&mut near).await.unwrap();
+                channel::respond(&mut near, &held).await
+            })
+            .await
+            .expect("a handshake from bytes that end never hangs");
+            assert!(got.is_err(), "round {round}: {bytes:?} made a link");
+        }
+        // Records: a real session's reader fed random or mutated records.
+        for round in 0..2000 {
+            let (mut d, mut l) = tokio::io::duplex(1 << 16);
+            let held2 = held.clone();
+            let (ds, ls) = tokio::join!(channel::initiate(&mut d, &held2), async {
+                channel::first_bytes(&mut l).await.unwrap();
+                channel::respond(&mut l, &held2).await
+            });
+            let (ds, ls) = (ds.unwrap(), ls.unwrap());
+            let mut sealed = Vec::new();
+            {
+                let mut w = SealedWrite::new(&mut sealed, ds);
+                w.write_all(b"a frame's worth of bytes").await.unwrap();
+                w.flush().await.unwrap();
+            }
+            if round % 2 == 0 {
+                let at = rng.random_range(0..sealed.len());
+                sealed[at] ^= 1 << rng.random_range(0..8);
+            } else {
+                let n = rng.random_range(0..64);
+                sealed = (0..n).map(|_| rng.random::<u8>()).collect();
+            }
+            let mut r = SealedRead::new(&sealed[..], ls);
+            let mut out = Vec::new();
+            let read = r.read_to_end(&mut out).await;
+            assert!(
+                read.is_err() || out.is_empty(),
+                "round {round}: changed bytes opened as {out:?}"
+            );
+        }
+    }
 }
