@@ -11,6 +11,18 @@ use serde::{Deserialize, Serialize};
 use crate::deploy::release::{Hash, Release, Request};
 use crate::status::Report;
 
+/// Body limit of `POST /v1/push`: the module limit and a little more.
+pub const PUSH_BODY_LIMIT: usize = crate::station::MAX_MODULE_BYTES + (64 << 10);
+
+/// Body limit of every other request.
+pub const BODY_LIMIT: usize = 64 << 10;
+
+/// Body limit of `PUT /v1/config/{key}`: a value at the config bus's
+/// bound ([`crate::model::CONFIG_MAX_VALUE_BYTES`]) as a JSON string, each
+/// byte escaped at worst to 6 (`\u00XX`), and the object around it; the
+/// value's own bound is checked after decoding (422 naming it).
+pub const CONFIG_BODY_LIMIT: usize = 6 * crate::model::CONFIG_MAX_VALUE_BYTES + 1024;
+
 /// The body of every error answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

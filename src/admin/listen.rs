@@ -59,7 +59,7 @@ use crate::metrics::Metrics;
 
 /// Longest request body any endpoint takes: what [`read_body_in_time`]
 /// reads at most before the endpoint's own limit applies.
-const MAX_BODY: usize = super::server::PUSH_BODY_LIMIT;
+const MAX_BODY: usize = super::api::PUSH_BODY_LIMIT;
 /// How much nicer than the node the admin thread runs (see the module
 /// docs).
 pub const NICE: i32 = 10;
@@ -338,7 +338,7 @@ pub(crate) fn body_too_large() -> String {
         "request body exceeds this endpoint's size limit (a pushed module: at most {} bytes; \
          a config write: at most {} bytes of JSON; other bodies: at most {} bytes)",
         crate::station::MAX_MODULE_BYTES,
-        super::server::CONFIG_BODY_LIMIT,
-        super::server::BODY_LIMIT
+        super::api::CONFIG_BODY_LIMIT,
+        super::api::BODY_LIMIT
     )
 }

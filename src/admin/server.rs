@@ -73,17 +73,7 @@ pub const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How old a gathered `GET /v1/ring` view may be and still be served.
 pub const RING_FRESH: Duration = Duration::from_millis(500);
 
-/// Body limit of `POST /v1/push`: the module limit and a little more.
-pub const PUSH_BODY_LIMIT: usize = crate::station::MAX_MODULE_BYTES + (64 << 10);
-
-/// Body limit of every other request.
-pub const BODY_LIMIT: usize = 64 << 10;
-
-/// Body limit of `PUT /v1/config/{key}`: a value at the config bus's
-/// bound ([`crate::model::CONFIG_MAX_VALUE_BYTES`]) as a JSON string, each
-/// byte escaped at worst to 6 (`\u00XX`), and the object around it; the
-/// value's own bound is checked after decoding (422 naming it).
-pub const CONFIG_BODY_LIMIT: usize = 6 * crate::model::CONFIG_MAX_VALUE_BYTES + 1024;
+pub use super::api::{BODY_LIMIT, CONFIG_BODY_LIMIT, PUSH_BODY_LIMIT};
 
 /// Bound on a deploy request's answer (a push compiles and runs `init`).
 pub const DEPLOY_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
