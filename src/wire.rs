@@ -582,11 +582,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.send(body).await
     }
 
-    /// The byte stream written to.
-    pub fn into_inner(self) -> W {
-        self.inner.into_inner()
-    }
-
     /// Shuts the write side (a TCP FIN): the peer reads the end of the
     /// stream after the last frame (every `write_frame` flushed its frame).
     ///

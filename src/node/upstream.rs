@@ -434,12 +434,7 @@ async fn open(
     ),
     secure::AuthError,
 > {
-    let (r, w) = secure::accepted(
-        stream,
-        config.cluster_keys.as_ref(),
-        &plain_refusal(config.max_frame_bytes).await,
-    )
-    .await?;
+    let (r, w) = secure::accepted(stream, config.cluster_keys.as_ref(), plain_refusal()).await?;
     let mut reader = FrameReader::new(r, config.max_frame_bytes);
     let writer = FrameWriter::new(w, config.max_frame_bytes);
     let first = reader.read_frame().await;
@@ -447,18 +442,31 @@ async fn open(
 }
 
 /// What a plain dialer is told by a node whose ring links need the
-/// cluster key: a `Refuse` frame, so its log says why too.
-async fn plain_refusal(max_frame: usize) -> Vec<u8> {
-    let mut out = FrameWriter::new(Vec::new(), max_frame);
-    let refuse = Frame::Refuse(Refuse {
-        reason: "failed authentication: this ring's links are authenticated; start the node \
-                 or tool with the ring's --cluster-key-file (the same key file as every member)"
-            .into(),
-        ring_hash: None,
-        duplicate: false,
-    });
-    let _ = out.write_frame(&refuse).await;
-    out.into_inner()
+/// cluster key: a `Refuse` frame (length first), so its log says why too.
+/// Encoded once per process.
+fn plain_refusal() -> &'static [u8] {
+    static FRAMED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FRAMED.get_or_init(|| {
+        let refuse = Frame::Refuse(Refuse {
+            reason: "failed authentication: this ring's links are authenticated; start the \
+                     node or tool with the ring's --cluster-key-file (the same key file as \
+                     every member)"
+                .into(),
+            ring_hash: None,
+            duplicate: false,
+        });
+        let mut body = bytes::BytesMut::new();
+        // A small frame of fixed fields: it always encodes.
+        if refuse.encode(&mut body).is_err() {
+            return Vec::new();
+        }
+        let mut framed = u32::try_from(body.len())
+            .unwrap_or(0)
+            .to_be_bytes()
+            .to_vec();
+        framed.extend_from_slice(&body);
+        framed
+    })
 }
 
 /// Writes `frames` in order, each within `limit`; the reason of the first
