@@ -163,18 +163,7 @@ async fn black_holed_link_is_skipped_without_a_second_particle_and_heals() {
         let ev = ring
             .next_event(Instant::now() + Duration::from_secs(5), "visits")
             .await;
-        if let EventKind::Visit {
-            generation: g, hop, ..
-        } = ev.kind
-        {
-            during.push(Visit {
-                node: ev.node,
-                generation: g,
-                lap: 0,
-                hop,
-                lap_time: None,
-            });
-        }
+        during.extend(Visit::of(&ev));
     }
     let others: Vec<&Visit> = during.iter().filter(|v| v.node != behind).collect();
     assert!(

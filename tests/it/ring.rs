@@ -38,18 +38,7 @@ async fn visits_and_ticks(
     while vs.len() < visits {
         let ev = ring.next_event(deadline, "visits and ticks").await;
         match ev.kind {
-            EventKind::Visit {
-                generation,
-                lap,
-                hop,
-                lap_time,
-            } => vs.push(Visit {
-                node: ev.node,
-                generation,
-                lap,
-                hop,
-                lap_time,
-            }),
+            EventKind::Visit { .. } => vs.extend(Visit::of(&ev)),
             EventKind::StationLog {
                 station, message, ..
             } if station == "tick" => {

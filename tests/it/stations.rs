@@ -45,18 +45,7 @@ async fn ring_survives(bad: StationSpec, cause: &str, configure: impl Fn(&mut No
                 }
                 faults += 1;
             }
-            EventKind::Visit {
-                generation,
-                lap,
-                hop,
-                lap_time,
-            } => visits.push(crate::support::Visit {
-                node: ev.node,
-                generation,
-                lap,
-                hop,
-                lap_time,
-            }),
+            EventKind::Visit { .. } => visits.extend(crate::support::Visit::of(&ev)),
             EventKind::StationLog {
                 station, message, ..
             } if station == "tick" => {
