@@ -13,13 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ringhost::config::StationSpec;
-use ringhost::observe::Observer;
-use ringhost::station::{
-    Inbox, KvStore, NodeInfo, Station, StationEnv, StationError, StationHost, StationLimits,
-    StopContext,
-};
+use ringhost::station::{Station, StationError, StationHost};
 
-use common::{fmt, percentiles};
+use common::{fmt, load_station, percentiles, stop_context};
 
 fn main() -> Result<()> {
     let calls: usize = std::env::args()
@@ -89,11 +85,11 @@ fn ns(d: Duration) -> String {
 async fn burn(host: &std::sync::Arc<StationHost>, budget: u64) -> Result<Duration> {
     let spin = std::path::Path::new(env!("RINGHOST_STATIONS_DIR")).join("spin.wasm");
     let spec = StationSpec::file(spin);
-    let mut station = load(host, &spec, Some(budget), Duration::from_secs(60)).await?;
+    let mut station = load_station(host, &spec, Some(budget), Duration::from_secs(60)).await?;
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        match station.call(&ctx(), &[]).await {
+        match station.call(&stop_context(), &[]).await {
             Err(StationError::OutOfFuel(_)) => best = best.min(t.elapsed()),
             other => anyhow::bail!("spin should run out of fuel, got {other:?}"),
         }
@@ -103,54 +99,12 @@ async fn burn(host: &std::sync::Arc<StationHost>, budget: u64) -> Result<Duratio
 
 async fn tick(host: &std::sync::Arc<StationHost>, fuel: Option<u64>) -> Result<Station> {
     let spec = StationSpec::builtin("tick").with("quiet", "true");
-    load(host, &spec, fuel, Duration::from_millis(100)).await
-}
-
-async fn load(
-    host: &std::sync::Arc<StationHost>,
-    spec: &StationSpec,
-    fuel: Option<u64>,
-    call_timeout: Duration,
-) -> Result<Station> {
-    let env = StationEnv {
-        station: spec.name.as_str().into(),
-        node: NodeInfo {
-            name: "bench".into(),
-            index: 0,
-            ring_size: 1,
-            ring_hash: String::new(),
-        },
-        kv: KvStore::default(),
-        inbox: Inbox::default(),
-        observer: Observer::none(),
-        epoch: Instant::now(),
-    };
-    let limits = StationLimits {
-        call_timeout,
-        fuel,
-        memory_bytes: 64 << 20,
-        rollback_after: 0,
-        rollback_window: Duration::ZERO,
-    };
-    host.load(spec, env, limits).await
-}
-
-fn ctx() -> StopContext {
-    StopContext {
-        node_name: "bench".into(),
-        node_index: 0,
-        ring_size: 11,
-        generation: 1,
-        lap: 1,
-        hop: 1,
-        now_unix_ms: 0,
-        last_lap_us: Some(100),
-    }
+    load_station(host, &spec, fuel, Duration::from_millis(100)).await
 }
 
 /// p50 of batches of 100 calls (per call), and the mean.
 async fn time_calls(station: &mut Station, calls: usize) -> Result<(Duration, Duration)> {
-    let ctx = ctx();
+    let ctx = stop_context();
     let mut slot = Vec::new();
     for _ in 0..1000 {
         slot = station.call(&ctx, &slot).await?.slot;
@@ -176,7 +130,7 @@ async fn least_fuel(host: &std::sync::Arc<StationHost>) -> Result<u64> {
         };
         let mut slot = Vec::new();
         for _ in 0..10 {
-            match s.call(&ctx(), &slot).await {
+            match s.call(&stop_context(), &slot).await {
                 Ok(v) => slot = v.slot,
                 Err(StationError::OutOfFuel(_)) => return Ok(false),
                 Err(e) => return Err(anyhow::Error::from(e)),

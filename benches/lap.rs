@@ -12,14 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ringhost::config::StationSpec;
-use ringhost::observe::Observer;
-use ringhost::station::{
-    Inbox, KvStore, NodeInfo, StationEnv, StationHost, StationLimits, StopContext,
-};
+use ringhost::station::StationHost;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{TickRing, fmt, percentiles};
+use common::{TickRing, fmt, load_station, percentiles, stop_context};
 
 const NODES: usize = 11;
 const WARMUP_LAPS: usize = 200;
@@ -186,45 +183,13 @@ async fn ringhost_ring(laps: usize, sealed: bool) -> Result<(Duration, Duration)
 
 async fn echo_station() -> Result<ringhost::station::Station> {
     let host = StationHost::new()?;
-    let env = StationEnv {
-        station: "echo".into(),
-        node: NodeInfo {
-            name: "bench".into(),
-            index: 0,
-            ring_size: 1,
-            ring_hash: String::new(),
-        },
-        kv: KvStore::default(),
-        inbox: Inbox::default(),
-        observer: Observer::none(),
-        epoch: Instant::now(),
-    };
-    let limits = StationLimits {
-        call_timeout: Duration::from_millis(100),
-        fuel: None,
-        memory_bytes: 64 << 20,
-        rollback_after: 0,
-        rollback_window: Duration::ZERO,
-    };
-    host.load(&StationSpec::builtin("echo"), env, limits).await
-}
-
-fn ctx() -> StopContext {
-    StopContext {
-        node_name: "bench".into(),
-        node_index: 0,
-        ring_size: 11,
-        generation: 1,
-        lap: 1,
-        hop: 1,
-        now_unix_ms: 0,
-        last_lap_us: Some(100),
-    }
+    let spec = StationSpec::builtin("echo");
+    load_station(&host, &spec, None, Duration::from_millis(100)).await
 }
 
 async fn time_calls(slot: &[u8], calls: usize) -> Result<(Duration, Duration)> {
     let mut station = echo_station().await?;
-    let ctx = ctx();
+    let ctx = stop_context();
     for _ in 0..1000 {
         station.call(&ctx, slot).await?;
     }

@@ -132,3 +132,53 @@ pub fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     (p(0.5), p(0.99))
 }
+
+/// Loads `spec` alone, as a one-member node named `bench` would, with a
+/// 64 MiB memory cap, no rollback, `fuel` units per call (`None`: off) and
+/// `call_timeout` per call.
+///
+/// # Errors
+/// When the station does not load.
+pub async fn load_station(
+    host: &Arc<StationHost>,
+    spec: &StationSpec,
+    fuel: Option<u64>,
+    call_timeout: Duration,
+) -> Result<ringhost::station::Station> {
+    use ringhost::station::{Inbox, KvStore, NodeInfo, StationEnv, StationLimits};
+    let env = StationEnv {
+        station: spec.name.as_str().into(),
+        node: NodeInfo {
+            name: "bench".into(),
+            index: 0,
+            ring_size: 1,
+            ring_hash: String::new(),
+        },
+        kv: KvStore::default(),
+        inbox: Inbox::default(),
+        observer: Observer::none(),
+        epoch: Instant::now(),
+    };
+    let limits = StationLimits {
+        call_timeout,
+        fuel,
+        memory_bytes: 64 << 20,
+        rollback_after: 0,
+        rollback_window: Duration::ZERO,
+    };
+    host.load(spec, env, limits).await
+}
+
+/// The stop a benched station call is made at (node 0 of 11, lap 1).
+pub fn stop_context() -> ringhost::station::StopContext {
+    ringhost::station::StopContext {
+        node_name: "bench".into(),
+        node_index: 0,
+        ring_size: 11,
+        generation: 1,
+        lap: 1,
+        hop: 1,
+        now_unix_ms: 0,
+        last_lap_us: Some(100),
+    }
+}
