@@ -31,11 +31,13 @@
 //! successor acknowledges that it passed it on (the ack rides on the next
 //! pong), or the particle comes round again. If the successor dies or is
 //! declared dead while the copy is in flight, the node resends the same
-//! particle to its new successor, with the hop advanced by the number of
-//! members it skips. Hops of one particle only grow, and each node drops
-//! an arrival whose hop is not above the last it saw: so if the dead node
-//! had in fact passed the particle on, the resent copy meets a node that
-//! already saw that hop and is dropped there. A crash of the holder costs
+//! particle to its new successor. A particle's hop counts ring steps: each
+//! send advances it by the distance in the enumeration from the sender to
+//! its successor (one, plus one per member skipped), so the particle
+//! carries the same hop at a member whichever members were skipped on the
+//! way. Each node drops an arrival whose hop is not above the last it saw:
+//! so if the dead node had in fact passed the particle on, the resent copy
+//! meets a node that already saw that hop and is dropped there. A crash of the holder costs
 //! a dial, not a timeout, and no new particle is made.
 //!
 //! # Generations, and why no duplicate survives

@@ -383,7 +383,10 @@ struct Probe {
 #[derive(Debug, Clone)]
 struct InFlight {
     link: LinkId,
+    /// As sent (its hop advanced to the successor's).
     particle: Particle,
+    /// Its hop here, before the advance.
+    base_hop: u64,
 }
 
 /// Where the particle at this node came from, to acknowledge custody.
@@ -909,19 +912,17 @@ impl RingState {
         }
         if let Some(f) = self.in_flight.take() {
             // The old successor may have died with it. Resend the same
-            // particle, its hop advanced past every member we skip, so a
-            // copy the old successor did pass on is recognised downstream
-            // as a duplicate and dropped.
+            // particle, its hop advanced to the new successor's, so a copy
+            // the old successor did pass on is recognised downstream as a
+            // duplicate and dropped.
             let mut particle = f.particle;
-            particle.hop += between.len() as u64;
+            particle.hop = f.base_hop;
             self.send(link, particle, now, out);
         } else if let Phase::Waiting { .. } = self.phase {
-            let Phase::Waiting { mut particle, from } =
-                std::mem::replace(&mut self.phase, Phase::Idle)
+            let Phase::Waiting { particle, from } = std::mem::replace(&mut self.phase, Phase::Idle)
             else {
                 unreachable!()
             };
-            particle.hop += between.len() as u64;
             self.send_and_ack(link, particle, from, now, out);
         } else if self.p.me == 0 && self.seen.is_none() && !self.created && !self.has_particle() {
             self.create(Origin::Injected, now, out);
@@ -1260,7 +1261,6 @@ impl RingState {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        particle.hop += 1;
         match &self.primary {
             Some(l) if matches!(l.state, LinkState::Up { .. }) => {
                 let link = l.id;
@@ -1293,9 +1293,21 @@ impl RingState {
         }
     }
 
-    fn send(&mut self, link: LinkId, particle: Particle, now: Instant, out: &mut Vec<Action>) {
+    /// Sends `particle` (its hop as it arrived here) on `link`, the
+    /// primary: its hop advances by the ring distance to the successor
+    /// (the members skipped count), so the particle carries the same hop
+    /// at a member whichever way it came, and a resent copy meets the
+    /// original's hop there and is dropped as a duplicate.
+    fn send(&mut self, link: LinkId, mut particle: Particle, now: Instant, out: &mut Vec<Action>) {
+        let base_hop = particle.hop;
+        let peer = self
+            .primary
+            .as_ref()
+            .filter(|l| l.id == link)
+            .map_or(self.p.me, |l| l.peer);
+        particle.hop += self.distance(peer) as u64;
         // `last_hop` records arrivals only: in a ring of one, the particle
-        // sent now arrives here again with this very hop.
+        // sent now arrives here again, `size` hops on.
         self.phase = Phase::Idle;
         self.last_particle_at = now;
         self.alive_relays = 0;
@@ -1303,6 +1315,7 @@ impl RingState {
         self.in_flight = Some(InFlight {
             link,
             particle: particle.clone(),
+            base_hop,
         });
         self.last_copy = Some(particle.clone());
         out.push(Action::Send { link, particle });
@@ -1649,6 +1662,44 @@ mod tests {
             );
             let live: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
             settled(&mut net, &live, 600 * MS);
+            assert_eq!(net.created(), 1, "seed {seed}: resent, not regenerated");
+        }
+    }
+
+    /// The soak's seed 417942 again, on the code with the dial hold: node 0
+    /// already skips a dead member 1 and passes the particle straight to 2,
+    /// then dies before its custody ack (it rides on a pong) reaches node
+    /// 4, and 4 resends past 0 and 1. When a send advanced the hop by one
+    /// whatever it skipped, that copy reached 2 with a higher hop than the
+    /// original had, after the original had gone on, and was taken for
+    /// new: stops were made twice.
+    #[test]
+    fn a_resend_past_a_node_that_already_skipped_members_is_a_duplicate_downstream() {
+        for seed in 0..10 {
+            let mut net = Net::new(5, seed);
+            // About one stop per simulation step, to catch the moment.
+            net.latency = 3 * MS;
+            net.run(300 * MS);
+            net.crash(1);
+            net.run(600 * MS + (seed as u32) * 13 * MS);
+            // Step until node 0 has just sent the particle on to 2, its
+            // custody ack to 4 still owed; kill 0 then.
+            let mut prev = net.holder();
+            let mut killed = false;
+            for _ in 0..400 {
+                net.run(5 * MS);
+                let now = net.holder();
+                if prev == Some(0) && now == Some(2) {
+                    net.crash(0);
+                    killed = true;
+                    break;
+                }
+                prev = now;
+            }
+            assert!(killed, "seed {seed}: node 0 passed the particle to 2");
+            let t = net.now();
+            net.run(1000 * MS);
+            assert_one_particle_in_order(&net.stops_since(t), &[2, 3, 4]);
             assert_eq!(net.created(), 1, "seed {seed}: resent, not regenerated");
         }
     }

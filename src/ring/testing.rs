@@ -78,6 +78,9 @@ struct SimNode {
     links: BTreeMap<LinkId, usize>,
     /// Events that arrived while hung, replayed on resume.
     backlog: Vec<Delivery>,
+    /// Custody acks owed upstream, by upstream connection: sent with the
+    /// next pong on it, as the node's upstream task does.
+    owed: BTreeMap<UpstreamId, (ParticleId, u64)>,
 }
 
 /// The simulated ring.
@@ -106,7 +109,8 @@ pub struct Net {
     /// How long a dial to a member that cannot answer (cut off, or
     /// hung) takes to fail: the owner's own bound on a dial.
     pub dial_limit: Duration,
-    latency: Duration,
+    /// One-way latency of every frame and dial step.
+    pub latency: Duration,
     last_ping: Duration,
     created: u64,
 }
@@ -157,6 +161,7 @@ impl Net {
                 pulled: Vec::new(),
                 links: BTreeMap::new(),
                 backlog: Vec::new(),
+                owed: BTreeMap::new(),
             });
         }
         for i in 0..n {
@@ -306,12 +311,7 @@ impl Net {
                 }
             }
             Action::Ack { to, id, hop } => {
-                let (from, link) = split_upstream(to);
-                if self.reachable(i, from) {
-                    self.frame(from, Delivery::Forwarded { link, id, hop }, || {
-                        Delivery::Forwarded { link, id, hop }
-                    });
-                }
+                self.nodes[i].owed.insert(to, (id, hop));
             }
             Action::Created { .. } => self.created += 1,
             Action::MemberDown { peer, ever_up, .. } => {
@@ -471,6 +471,12 @@ impl Net {
                 if self.reachable(i, peer) && !self.nodes[peer].hung {
                     let alive = self.nodes[i].state.beacon().map(|b| b.alive(now));
                     self.deliver(peer, Delivery::Alive(alive));
+                    // The pong carries the custody ack the peer owes.
+                    if let Some((id, hop)) = self.nodes[peer].owed.remove(&upstream_id(i, link)) {
+                        self.frame(i, Delivery::Forwarded { link, id, hop }, || {
+                            Delivery::Forwarded { link, id, hop }
+                        });
+                    }
                     if self.nodes[i].busy {
                         self.nodes[i].backlog.push(Delivery::Heard(link));
                     } else {
@@ -489,7 +495,9 @@ impl Net {
     }
 
     /// SIGKILL: node `i` stops, and its peers see their links to it fail.
+    /// Custody acks it owed and had not sent on a pong yet are lost.
     pub fn crash(&mut self, i: usize) {
+        self.nodes[i].owed.clear();
         self.nodes[i].up = false;
         self.nodes[i].hung = false;
         self.nodes[i].busy = false;
@@ -520,6 +528,7 @@ impl Net {
             pulled: Vec::new(),
             links: BTreeMap::new(),
             backlog: Vec::new(),
+            owed: BTreeMap::new(),
         };
         self.event(i, Event::Start { now });
     }
@@ -574,10 +583,6 @@ impl Net {
 
 fn upstream_id(from: usize, link: LinkId) -> UpstreamId {
     ((from as u64) << 40) | link
-}
-
-fn split_upstream(id: UpstreamId) -> (usize, LinkId) {
-    ((id >> 40) as usize, id & ((1 << 40) - 1))
 }
 
 /// Checks that `stops` are one particle walking the live members in ring

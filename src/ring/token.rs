@@ -73,9 +73,11 @@ pub struct Alive {
 /// Invariants, kept by [`super::state::RingState`]:
 /// - the highest [`ParticleId`] a node has seen never decreases; a particle
 ///   with a lower id is dropped where it is met;
-/// - for one id, `hop` only grows: by one per stop, and by one more per
-///   member skipped, so a resent copy and the original carry the same hop
-///   at the same member and the later one is dropped as a duplicate;
+/// - for one id, `hop` only grows: each send advances it by the ring
+///   distance from the sender to its successor (one, plus one per member
+///   skipped), so the particle carries the same hop at a member whichever
+///   members were skipped on the way, a resent copy and the original meet
+///   with the same hop, and the later one is dropped as a duplicate;
 /// - `lap` increases by one each time the particle arrives at `origin`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Particle {
@@ -83,7 +85,8 @@ pub struct Particle {
     pub generation: u64,
     /// Completed laps.
     pub lap: u64,
-    /// Stops since injection.
+    /// Ring steps since injection: each send adds the distance in the
+    /// enumeration to the successor (members skipped count).
     pub hop: u64,
     /// Index of the node that injected this particle; laps count at it.
     pub origin: u32,
