@@ -182,16 +182,29 @@ impl TestRing {
 }
 
 /// Asserts that visits form one unbroken particle walk: consecutive hops,
-/// one generation, each at the member after the previous one.
+/// one generation, each at the member after the previous one (a ring of
+/// `n` members, all live).
 pub fn assert_single_particle_in_ring_order(visits: &[Visit], n: usize) {
+    assert_single_particle_among(visits, n, n);
+}
+
+/// As [`assert_single_particle_in_ring_order`] where only members
+/// `0..live` of a ring of `members` run: each stop at the next live one,
+/// the hop advanced by the ring distance (members skipped count).
+pub fn assert_single_particle_among(visits: &[Visit], live: usize, members: usize) {
     for w in visits.windows(2) {
         let (a, b) = (w[0], w[1]);
+        // A ring of one: the particle comes back a whole ring on.
+        let steps = match (b.node + members - a.node) % members {
+            0 => members,
+            d => d,
+        };
         assert_eq!(
             b.hop,
-            a.hop + 1,
+            a.hop + steps as u64,
             "hops must follow each other (two particles?): {a:?} then {b:?}"
         );
         assert_eq!(b.generation, a.generation, "one generation: {a:?} {b:?}");
-        assert_eq!(b.node, (a.node + 1) % n, "ring order: {a:?} then {b:?}");
+        assert_eq!(b.node, (a.node + 1) % live, "ring order: {a:?} then {b:?}");
     }
 }
