@@ -436,6 +436,10 @@ pub struct RingState {
     /// heartbeat said so (then `alive_relays` links away).
     last_particle_at: Instant,
     alive_relays: u16,
+    /// When this node last learned of a particle newer than any it had
+    /// seen ([`Self::adopt_seen`]): no regeneration within a token
+    /// timeout of it.
+    learned_at: Option<Instant>,
     /// While the particle is here: until when heartbeats vouch for it.
     held_until: Option<Instant>,
     last_visit: Option<Instant>,
@@ -473,6 +477,7 @@ impl RingState {
             last_copy: None,
             last_particle_at: now,
             alive_relays: 0,
+            learned_at: None,
             held_until: None,
             last_visit: None,
             last_lap: None,
@@ -683,7 +688,7 @@ impl RingState {
         if let Some((&peer, _)) = self.skipped.iter().find(|(_, p)| p.link == Some(link)) {
             match result {
                 DialResult::Up { peer_seen } => {
-                    self.adopt_seen(peer_seen);
+                    self.adopt_seen(peer_seen, now);
                     let probe_link = Link {
                         id: link,
                         peer,
@@ -727,7 +732,7 @@ impl RingState {
                     self.backoff = self.p.backoff_min;
                 }
                 self.ever_up[peer] = true;
-                self.adopt_seen(peer_seen);
+                self.adopt_seen(peer_seen, now);
                 self.mark_live(peer, out);
                 self.on_primary_up(now, out);
             }
@@ -1021,9 +1026,12 @@ impl RingState {
             let upstream_live = self
                 .upstream_heard
                 .is_some_and(|t| now.saturating_duration_since(t) <= self.p.failure_timeout);
+            let since = self
+                .learned_at
+                .map_or(self.last_particle_at, |t| t.max(self.last_particle_at));
             if upstream_live
                 && self.downstream_up()
-                && now.saturating_duration_since(self.last_particle_at) > self.token_timeout()
+                && now.saturating_duration_since(since) > self.token_timeout()
             {
                 self.create(Origin::Regenerated, now, out);
             }
@@ -1065,12 +1073,20 @@ impl RingState {
 
     // ----- the particle ------------------------------------------------
 
-    fn adopt_seen(&mut self, peer_seen: Option<ParticleId>) {
+    /// A peer has seen particle `peer_seen`. When it is newer than any
+    /// seen here, this node learns that a ring went on without it (it
+    /// started, or comes back from being cut off): it gives that particle
+    /// a token timeout from now to arrive before it makes one of its own
+    /// from an old copy (signs of a live predecessor it gets meanwhile may
+    /// be stale: frames queued on a connection the predecessor has since
+    /// dropped). Not a sighting: its heartbeats do not vouch for it.
+    fn adopt_seen(&mut self, peer_seen: Option<ParticleId>, now: Instant) {
         if let Some(id) = peer_seen
             && self.seen.is_none_or(|s| id > s)
         {
             self.seen = Some(id);
             self.last_hop = 0;
+            self.learned_at = Some(now);
         }
     }
 
@@ -1089,7 +1105,7 @@ impl RingState {
         };
         // A particle this node has not met yet (it just started): it now
         // knows one exists, as from a welcome.
-        self.adopt_seen(Some(alive.id));
+        self.adopt_seen(Some(alive.id), now);
         if at > self.last_particle_at {
             self.last_particle_at = at;
             self.alive_relays = alive.relays + 1;
@@ -1420,6 +1436,107 @@ mod tests {
             }
         }
         None
+    }
+
+    /// The soak (seed 417942): member 1 held an old copy, was cut off
+    /// while the ring made a newer particle, and came back. Its successor's
+    /// welcome told it of the newer particle, pings queued on a connection
+    /// its predecessor had already dropped made its upstream look live, and
+    /// it regenerated at once from its copy 63 stops old. Learning of a
+    /// newer particle now gives that particle a token timeout to arrive
+    /// first; if it never does, the node still regenerates after it.
+    #[test]
+    fn a_node_back_from_being_cut_off_waits_for_the_newer_particle_before_making_one() {
+        let t = Instant::now();
+        let (mut s, link) = linked_with_round_trips(MS, t);
+        let mut out = Vec::new();
+        // It had generation 1 once and passed it on.
+        let mut now = t + 1300 * MS;
+        let particle = Particle::new(1, 0);
+        s.handle(
+            Event::ParticleArrived {
+                particle,
+                from: 7,
+                now,
+            },
+            &mut out,
+        );
+        let Some(Action::Visit { particle, .. }) = out.pop() else {
+            panic!("{out:?}")
+        };
+        let hold = Duration::ZERO;
+        s.handle(
+            Event::VisitDone {
+                particle,
+                hold,
+                now,
+            },
+            &mut out,
+        );
+        let Some((id, hop)) = out.iter().find_map(|a| match a {
+            Action::Send { particle, .. } => Some((particle.id(), particle.hop)),
+            _ => None,
+        }) else {
+            panic!("{out:?}")
+        };
+        s.handle(Event::Forwarded { link, id, hop, now }, &mut out);
+        // Cut off from upstream for 3 s (its successor still answers),
+        // then its link lost too.
+        for _ in 0..50 {
+            now += 60 * MS;
+            s.handle(
+                Event::Heard {
+                    link,
+                    rtt: None,
+                    now,
+                },
+                &mut out,
+            );
+            s.handle(Event::Tick { now }, &mut out);
+        }
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Created { .. })),
+            "no regeneration without a live predecessor"
+        );
+        s.handle(Event::LinkLost { link, now }, &mut out);
+        let Some(Action::Dial { link, .. }) =
+            out.drain(..).find(|a| matches!(a, Action::Dial { .. }))
+        else {
+            panic!("a redial")
+        };
+        // Back: the welcome names a newer particle; stale pings arrive.
+        let newer = ParticleId {
+            generation: 2,
+            origin: 0,
+        };
+        let result = DialResult::Up {
+            peer_seen: Some(newer),
+        };
+        s.handle(Event::Dialed { link, result, now }, &mut out);
+        let created = |s: &mut RingState, from: Instant, span: Duration| {
+            let mut out = Vec::new();
+            let mut now = from;
+            while now < from + span {
+                now += 20 * MS;
+                s.handle(Event::UpstreamAlive { alive: None, now }, &mut out);
+                s.handle(
+                    Event::Heard {
+                        link,
+                        rtt: None,
+                        now,
+                    },
+                    &mut out,
+                );
+                s.handle(Event::Tick { now }, &mut out);
+                if out.iter().any(|a| matches!(a, Action::Created { .. })) {
+                    return Some(now - from);
+                }
+            }
+            None
+        };
+        assert_eq!(created(&mut s, now, 500 * MS), None, "waits for it");
+        let after = created(&mut s, now + 500 * MS, 2000 * MS);
+        assert!(after.is_some(), "a particle that never comes is remade");
     }
 
     #[test]
