@@ -59,6 +59,8 @@ fn main() -> Result<()> {
         println!("skipped: the fleet bench {why}");
         return Ok(());
     }
+    // Ctrl-C (or a kill) removes the hosts' namespaces on the way out.
+    fleet::netns::clean_up_on_signals(fleet::PREFIX);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()

@@ -85,6 +85,8 @@ fn bench() -> Result<()> {
         println!("skipped: the fleet deploy bench {why}");
         return Ok(());
     }
+    // Ctrl-C (or a kill) removes the hosts' namespaces on the way out.
+    fleet::netns::clean_up_on_signals(fleet::PREFIX);
     let runs: usize = arg("--runs", 3)?;
     ensure!(runs > 0, "--runs must be at least 1");
     let hosts: usize = arg("--hosts", 11)?;

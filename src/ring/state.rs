@@ -445,6 +445,9 @@ pub struct RingState {
     last_visit: Option<Instant>,
     last_lap: Option<Duration>,
     upstream_heard: Option<Instant>,
+    /// Start of the current stretch of pings from upstream (one with no
+    /// gap longer than the failure timeout).
+    upstream_since: Option<Instant>,
     last_tick: Option<Instant>,
     view: Vec<bool>,
     /// Members this node has known up since it started: a link to them
@@ -482,6 +485,7 @@ impl RingState {
             last_visit: None,
             last_lap: None,
             upstream_heard: None,
+            upstream_since: None,
             last_tick: None,
             created: false,
         }
@@ -584,6 +588,12 @@ impl RingState {
                 }
             }
             Event::UpstreamAlive { alive, now } => {
+                let gap = self
+                    .upstream_heard
+                    .is_none_or(|t| now.saturating_duration_since(t) > self.p.failure_timeout);
+                if gap {
+                    self.upstream_since = Some(now);
+                }
                 self.upstream_heard = Some(now);
                 if let Some(alive) = alive {
                     self.on_alive(alive, now);
@@ -1021,11 +1031,19 @@ impl RingState {
             out.push(Action::Close { link: l.id });
             self.reprobe(l.peer, now);
         }
-        // Token timeout: regenerate, if we are still part of a ring.
+        // Token timeout: regenerate, if we are still part of a ring: a
+        // predecessor has pinged steadily for a failure timeout. A burst
+        // after a silence is not one: frames a predecessor queued before
+        // it dropped the connection arrive that way when a cut heals, and
+        // then the connection ends.
         if !self.has_particle() && self.in_flight.is_none() {
+            let timeout = self.p.failure_timeout;
             let upstream_live = self
                 .upstream_heard
-                .is_some_and(|t| now.saturating_duration_since(t) <= self.p.failure_timeout);
+                .is_some_and(|t| now.saturating_duration_since(t) <= timeout)
+                && self
+                    .upstream_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout);
             let since = self
                 .learned_at
                 .map_or(self.last_particle_at, |t| t.max(self.last_particle_at));
@@ -1438,19 +1456,12 @@ mod tests {
         None
     }
 
-    /// The soak (seed 417942): member 1 held an old copy, was cut off
-    /// while the ring made a newer particle, and came back. Its successor's
-    /// welcome told it of the newer particle, pings queued on a connection
-    /// its predecessor had already dropped made its upstream look live, and
-    /// it regenerated at once from its copy 63 stops old. Learning of a
-    /// newer particle now gives that particle a token timeout to arrive
-    /// first; if it never does, the node still regenerates after it.
-    #[test]
-    fn a_node_back_from_being_cut_off_waits_for_the_newer_particle_before_making_one() {
-        let t = Instant::now();
+    /// Node 1 of 3, linked to 2: it passes generation 1 on at `t` + 1.3 s,
+    /// then hears nothing from upstream for 3 s while its successor
+    /// answers. The state, its successor link, and the time then.
+    fn passed_on_then_cut_off_from_upstream(t: Instant) -> (RingState, LinkId, Instant) {
         let (mut s, link) = linked_with_round_trips(MS, t);
         let mut out = Vec::new();
-        // It had generation 1 once and passed it on.
         let mut now = t + 1300 * MS;
         let particle = Particle::new(1, 0);
         s.handle(
@@ -1480,31 +1491,63 @@ mod tests {
             panic!("{out:?}")
         };
         s.handle(Event::Forwarded { link, id, hop, now }, &mut out);
-        // Cut off from upstream for 3 s (its successor still answers),
-        // then its link lost too.
         for _ in 0..50 {
             now += 60 * MS;
-            s.handle(
-                Event::Heard {
-                    link,
-                    rtt: None,
-                    now,
-                },
-                &mut out,
-            );
+            let rtt = None;
+            s.handle(Event::Heard { link, rtt, now }, &mut out);
             s.handle(Event::Tick { now }, &mut out);
         }
         assert!(
             !out.iter().any(|a| matches!(a, Action::Created { .. })),
             "no regeneration without a live predecessor"
         );
+        (s, link, now)
+    }
+
+    /// Ticks every 20 ms from `from` for `span` (pinged from upstream at
+    /// each tick when `pinged`; the successor on `link` answering): how
+    /// long until the node regenerated, if it did.
+    fn regenerates_within(
+        s: &mut RingState,
+        link: LinkId,
+        from: Instant,
+        span: Duration,
+        pinged: bool,
+    ) -> Option<Duration> {
+        let mut out = Vec::new();
+        let mut now = from;
+        while now < from + span {
+            now += 20 * MS;
+            if pinged {
+                s.handle(Event::UpstreamAlive { alive: None, now }, &mut out);
+            }
+            let rtt = None;
+            s.handle(Event::Heard { link, rtt, now }, &mut out);
+            s.handle(Event::Tick { now }, &mut out);
+            if out.iter().any(|a| matches!(a, Action::Created { .. })) {
+                return Some(now - from);
+            }
+        }
+        None
+    }
+
+    /// The soak (seed 417942): member 1 held an old copy, was cut off
+    /// while the ring made a newer particle, and came back. Its successor's
+    /// welcome told it of the newer particle, and it regenerated at once
+    /// from its copy 63 stops old. Learning of a newer particle now gives
+    /// that particle a token timeout to arrive first; if it never does, the
+    /// node still regenerates after it.
+    #[test]
+    fn a_node_back_from_being_cut_off_waits_for_the_newer_particle_before_making_one() {
+        let (mut s, link, now) = passed_on_then_cut_off_from_upstream(Instant::now());
+        let mut out = Vec::new();
         s.handle(Event::LinkLost { link, now }, &mut out);
         let Some(Action::Dial { link, .. }) =
             out.drain(..).find(|a| matches!(a, Action::Dial { .. }))
         else {
             panic!("a redial")
         };
-        // Back: the welcome names a newer particle; stale pings arrive.
+        // Back: the welcome names a newer particle; a predecessor pings.
         let newer = ParticleId {
             generation: 2,
             origin: 0,
@@ -1513,30 +1556,31 @@ mod tests {
             peer_seen: Some(newer),
         };
         s.handle(Event::Dialed { link, result, now }, &mut out);
-        let created = |s: &mut RingState, from: Instant, span: Duration| {
-            let mut out = Vec::new();
-            let mut now = from;
-            while now < from + span {
-                now += 20 * MS;
-                s.handle(Event::UpstreamAlive { alive: None, now }, &mut out);
-                s.handle(
-                    Event::Heard {
-                        link,
-                        rtt: None,
-                        now,
-                    },
-                    &mut out,
-                );
-                s.handle(Event::Tick { now }, &mut out);
-                if out.iter().any(|a| matches!(a, Action::Created { .. })) {
-                    return Some(now - from);
-                }
-            }
-            None
-        };
-        assert_eq!(created(&mut s, now, 500 * MS), None, "waits for it");
-        let after = created(&mut s, now + 500 * MS, 2000 * MS);
+        let waited = regenerates_within(&mut s, link, now, 500 * MS, true);
+        assert_eq!(waited, None, "waits for it");
+        let after = regenerates_within(&mut s, link, now + 500 * MS, 2000 * MS, true);
         assert!(after.is_some(), "a particle that never comes is remade");
+    }
+
+    /// The soak (seed 158154): member 9 was cut off from its predecessor,
+    /// which skipped it and dropped the connection. When the cut healed,
+    /// the pings queued on that connection arrived at once before it
+    /// ended, made its upstream look live, and it regenerated from its
+    /// copy 125 stops old while the ring's particle went round it. A
+    /// burst after a silence is not a live predecessor; steady pings for a
+    /// failure timeout are.
+    #[test]
+    fn pings_queued_before_a_predecessor_dropped_the_link_do_not_make_a_node_regenerate() {
+        let (mut s, link, now) = passed_on_then_cut_off_from_upstream(Instant::now());
+        let mut out = Vec::new();
+        for k in 0..5 {
+            let now = now + k * MS;
+            s.handle(Event::UpstreamAlive { alive: None, now }, &mut out);
+        }
+        let burst = regenerates_within(&mut s, link, now + 5 * MS, 1000 * MS, false);
+        assert_eq!(burst, None, "a burst is not a live predecessor");
+        let steady = regenerates_within(&mut s, link, now + 1005 * MS, 1500 * MS, true);
+        assert!(steady.is_some(), "steady pings and no particle: remade");
     }
 
     #[test]

@@ -164,6 +164,47 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Removes this process's namespaces (`{prefix}{pid}-…`) and kills what
+/// runs in them.
+pub fn remove_own(prefix: &str) {
+    let own = format!("{prefix}{}-", std::process::id());
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&own) {
+            kill_all_in(&name);
+            let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        }
+    }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP remove this process's namespaces and
+/// what runs in them ([`remove_own`]) before it exits (status 128 + the
+/// signal), so a bench stopped with Ctrl-C leaves nothing behind. Call it
+/// first in `main`, before any thread starts: the signals are blocked in
+/// every thread and taken by one of its own (children get an empty mask
+/// from `std::process::Command`).
+///
+/// # Panics
+/// If the signals cannot be blocked.
+pub fn clean_up_on_signals(prefix: &'static str) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set.thread_block().expect("block the stop signals");
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            eprintln!("{sig}: removing this run's namespaces and processes");
+            remove_own(prefix);
+            std::process::exit(128 + sig as i32);
+        }
+    });
+}
+
 /// Removes namespaces left by earlier runs of this harness whose process
 /// is gone (a run that was SIGKILLed cannot clean up after itself).
 /// Namespaces are named `{prefix}{pid}-…`.
