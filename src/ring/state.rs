@@ -1290,7 +1290,7 @@ impl RingState {
 
     fn forward(
         &mut self,
-        mut particle: Particle,
+        particle: Particle,
         from: Option<Came>,
         now: Instant,
         out: &mut Vec<Action>,
