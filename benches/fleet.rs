@@ -21,8 +21,11 @@
 //!   declared dead). Times come from the nodes' log timestamps (one
 //!   machine, one clock).
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "../tests/fleet/mod.rs"]
 mod fleet;
+use args::arg;
 
 #[path = "../tests/fleet/corosync.rs"]
 mod corosync;
@@ -37,18 +40,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use fleet::{Delay, Fleet, Profile, RING_PORT, Spec};
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}: bad value")),
-        None => Ok(default),
-    }
-}
 
 fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_ringhost"))

@@ -35,8 +35,11 @@
 //! One fleet per profile serves all its runs; each push has a deadline
 //! ([`DEADLINE`]), so a stuck deploy fails the bench instead of hanging.
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "../tests/fleet/mod.rs"]
 mod fleet;
+use args::arg;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,18 +59,6 @@ const FORM: Duration = Duration::from_secs(60);
 mod modules;
 use modules::{mark_offset, padded, with_mark};
 const TOKEN: &str = "fleet-admin-token";
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}: bad value")),
-        None => Ok(default),
-    }
-}
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ringhost"))

@@ -65,6 +65,18 @@ fn best_connect(from: &netfleet::Netns, to: &str, n: usize) -> Duration {
         .expect("n > 0")
 }
 
+/// A fleet of `n` hosts with no shaping, every node started and the ring
+/// formed.
+fn formed(n: usize) -> Fleet {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringhost"));
+    let mut fleet = Fleet::build(bin, &spec(n, Profile::none())).expect("fleet");
+    fleet.start_all().expect("start");
+    fleet
+        .wait_formed(0.0, Duration::from_secs(30))
+        .expect("formed");
+    fleet
+}
+
 #[test]
 fn a_keyed_ring_forms_across_hosts_whose_links_have_real_delay() {
     if skip() {
@@ -142,12 +154,7 @@ fn cuts_loss_and_link_down_stop_traffic_and_heal() {
     if skip() {
         return;
     }
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringhost"));
-    let mut fleet = Fleet::build(bin, &spec(3, Profile::none())).expect("fleet");
-    fleet.start_all().expect("start");
-    fleet
-        .wait_formed(0.0, Duration::from_secs(30))
-        .expect("formed");
+    let fleet = formed(3);
     let short = Duration::from_millis(300);
     let (h0, h1) = (&fleet.hosts[0], fleet.hosts[1].at(RING_PORT));
     connect_time(&h0.ns, h1.clone(), short).expect("before the cut");
@@ -217,12 +224,7 @@ fn a_redial_whose_first_syn_is_lost_links_again_without_declaring_anyone_dead() 
     if skip() {
         return;
     }
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringhost"));
-    let mut fleet = Fleet::build(bin, &spec(3, Profile::none())).expect("fleet");
-    fleet.start_all().expect("start");
-    fleet
-        .wait_formed(0.0, Duration::from_secs(30))
-        .expect("formed");
+    let fleet = formed(3);
     let (h1, to) = (&fleet.hosts[1], fleet.hosts[2].addr);
     // The next SYN host 1 sends to host 2's ring port is lost (nftables'
     // quota: the first 60 bytes of SYNs match, later ones do not).
@@ -286,12 +288,7 @@ fn a_host_whose_link_goes_down_blames_nobody_but_says_its_network_is_down() {
     if skip() {
         return;
     }
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringhost"));
-    let mut fleet = Fleet::build(bin, &spec(5, Profile::none())).expect("fleet");
-    fleet.start_all().expect("start");
-    fleet
-        .wait_formed(0.0, Duration::from_secs(30))
-        .expect("formed");
+    let fleet = formed(5);
     let t0 = netfleet::now();
     fleet.link(1, false).expect("down");
     let (mut blamed, mut said) = (Vec::new(), false);
