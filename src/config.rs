@@ -619,10 +619,10 @@ impl NodeConfig {
             delay_ms: 0,
             dial_backoff_min_ms: 5,
             dial_backoff_max_ms: 50,
-            handshake_timeout_ms: 500,
+            handshake_timeout_ms: 400,
             max_ring_connections: 256,
-            heartbeat_interval_ms: 100,
-            failure_timeout_ms: 500,
+            heartbeat_interval_ms: 80,
+            failure_timeout_ms: 400,
             probe_interval_ms: 100,
             token_timeout_ms: 1000,
             write_timeout_ms: 1000,
@@ -702,9 +702,11 @@ impl NodeConfig {
             backoff_min: Duration::from_millis(self.dial_backoff_min_ms),
             backoff_max: Duration::from_millis(self.dial_backoff_max_ms),
             failure_timeout: Duration::from_millis(self.failure_timeout_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_interval_ms),
             probe_interval: Duration::from_millis(self.probe_interval_ms),
             token_timeout: Duration::from_millis(self.token_timeout_ms),
             visit_bound: self.visit_bound(self.stations.len()),
+            dial_hold: Duration::from_millis(self.handshake_timeout_ms),
         }
     }
 

@@ -66,6 +66,14 @@ pub struct Report {
     /// first (empty: plain, unauthenticated links; see `crate::secure`).
     #[serde(default)]
     pub cluster_keys: Vec<String>,
+    /// Smoothed round trip to the successor in ms (ping to pong, RFC 6298
+    /// smoothing; `None` before the first pong or with no link up).
+    #[serde(default)]
+    pub successor_rtt_ms: Option<f64>,
+    /// The successor link's failure timeout in ms: `--failure-timeout-ms`,
+    /// or longer when the link's round trips need it (`ring::rtt`).
+    #[serde(default)]
+    pub failure_timeout_ms: Option<f64>,
 }
 
 /// The config version the node has applied, as the config station keeps
@@ -269,9 +277,14 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "successor: {} ({}); skipped: {:?}; successors declared dead: {}",
+        "successor: {} ({}{}); skipped: {:?}; successors declared dead: {}",
         r.successor.map_or("-".into(), |x| x.to_string()),
         if r.successor_up { "up" } else { "down" },
+        match (r.successor_rtt_ms, r.failure_timeout_ms) {
+            (Some(rtt), Some(t)) => format!(", round trip {rtt:.3} ms, failure timeout {t:.0} ms"),
+            (None, Some(t)) => format!(", failure timeout {t:.0} ms"),
+            _ => String::new(),
+        },
         r.skipped,
         r.member_downs
     );

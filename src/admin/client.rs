@@ -400,18 +400,20 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub async fn connect(to: &str, token: Option<String>) -> Result<AdminClient> {
     let report = match status::query(to, TOOL_KEYS.get(), PROBE_TIMEOUT).await {
         Ok(r) => r,
-        Err(ring_err) if format!("{ring_err:#}").contains("failed authentication") => {
-            bail!(
-                "{to} is a ring port that answers members only: pass the ring's \
-                 --cluster-key-file, or give --to the node's admin address ({ring_err:#})"
-            );
-        }
+        // Not a ring port that let us in: an admin API, or a ring port
+        // for members only. Whatever the ring side said (an HTTP server
+        // answers a cluster handshake with bytes that are no verdict),
+        // the address is tried as an admin API before giving up.
         Err(ring_err) => {
             let direct = AdminClient::new(to, token);
             return match direct.status(PROBE_TIMEOUT * 2).await {
                 Ok(_) => Ok(direct),
                 // It is an admin API: it answered with its own error.
                 Err(http_err) if http_err.is::<NodeAnswered>() => Err(http_err),
+                Err(_) if format!("{ring_err:#}").contains("failed authentication") => bail!(
+                    "{to} is a ring port that answers members only: pass the ring's \
+                     --cluster-key-file, or give --to the node's admin address ({ring_err:#})"
+                ),
                 Err(http_err) => bail!(
                     "{to} answers neither as a ringhost admin API nor as a ring port: is it \
                      a ringhost node? (as admin API: {http_err:#}; as ring port: {ring_err:#})"

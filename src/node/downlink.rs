@@ -3,6 +3,7 @@
 //! (pings, pongs, custody acks, the link's end). The owner writes
 //! particles to the link's writer itself.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,19 +43,36 @@ pub(super) enum DialError {
     Duplicate(String),
 }
 
+/// The least time a dial gets to connect and exchange hellos (the
+/// handshake timeout when longer). Linux resends a lost handshake segment
+/// after 200 ms or more, so a dial bounded by the failure timeout (400 ms)
+/// failed on a lossy network, or beside a busy CPU, and declared a live
+/// member dead. A silent successor is still skipped by its link's failure
+/// timeout and a crashed one refuses the connect at once; and a dial the
+/// particle waits on is cut short by the ring protocol's dial hold
+/// ([`crate::ring::state::RingParams::dial_hold`], the handshake timeout),
+/// so the particle never waits this long.
+const DIAL_FLOOR: Duration = Duration::from_millis(1500);
+
 /// Connects to a member and exchanges hellos, all within the handshake
-/// timeout.
+/// timeout or [`DIAL_FLOOR`], the longer.
 pub(super) async fn dial(
     addr: &str,
     hello: Hello,
     config: &NodeConfig,
 ) -> Result<Dialed, DialError> {
-    let limit = Duration::from_millis(config.handshake_timeout_ms);
+    let limit = Duration::from_millis(config.handshake_timeout_ms).max(DIAL_FLOOR);
     let attempt = async {
         let e = DialError::Ended;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|err| e(DialResult::Failed(format!("connect {addr}: {err}"))))?;
+        let stream = connect(addr).await.map_err(|err| {
+            let why = format!("connect {addr}: {err}");
+            // No route from here: this node's network is down.
+            e(if err.kind() == std::io::ErrorKind::NetworkUnreachable {
+                DialResult::LocalDown(why)
+            } else {
+                DialResult::Failed(why)
+            })
+        })?;
         let (r, w) = secure::dialed(stream, config.cluster_keys.as_ref())
             .await
             .map_err(|err| {
@@ -112,6 +130,36 @@ pub(super) async fn dial(
     }
 }
 
+/// A second connect (a fresh SYN) goes out this long after the first
+/// while the first is unanswered: Linux resends a lost SYN only after 1 s,
+/// so on a lossy network one lost SYN cost a dial a whole second.
+const RESYN_AFTER: Duration = Duration::from_millis(200);
+
+/// Connects to `addr`, racing a second attempt from [`RESYN_AFTER`] on;
+/// the first to connect wins. Errors: the first attempt's, when both
+/// fail (a refusal or "network unreachable" comes back at once, before
+/// any second attempt).
+async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let first = TcpStream::connect(addr);
+    tokio::pin!(first);
+    tokio::select! {
+        r = &mut first => return r,
+        () = tokio::time::sleep(RESYN_AFTER) => {}
+    }
+    let second = TcpStream::connect(addr);
+    tokio::pin!(second);
+    tokio::select! {
+        r = &mut first => match r {
+            Ok(s) => Ok(s),
+            Err(e) => second.await.map_err(|_| e),
+        },
+        r = &mut second => match r {
+            Ok(s) => Ok(s),
+            Err(e) => first.await.map_err(|_| e),
+        },
+    }
+}
+
 /// What ends a successor link's task.
 pub(super) struct LinkEnds {
     /// The node stops: end without a report.
@@ -145,6 +193,9 @@ pub(super) async fn run_downlink(
     let mut ping = tokio::time::interval(heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
+    // When the last pings went out, by number: a pong echoes its ping's
+    // number, so each pong is one round-trip sample.
+    let mut sent: VecDeque<(u64, Instant)> = VecDeque::with_capacity(PINGS_REMEMBERED);
     let why = loop {
         let news = async {
             match &beacon {
@@ -159,7 +210,10 @@ pub(super) async fn run_downlink(
             () = news => true,
             r = reader.read_frame() => {
                 let msg = match r {
-                    Ok(Some(Frame::Pong(_))) => Msg::Heard(link),
+                    Ok(Some(Frame::Pong(k))) => Msg::Heard {
+                        link,
+                        rtt: round_trip(&mut sent, k, Instant::now()),
+                    },
                     Ok(Some(Frame::Forwarded { id, hop })) => Msg::Forwarded { link, id, hop },
                     Ok(Some(Frame::Leave)) => {
                         let _ = tx.send(Msg::Left(link)).await;
@@ -184,6 +238,10 @@ pub(super) async fn run_downlink(
                 .and_then(|b| *b.value.lock().expect("beacon lock"));
             let alive = b.map(|b| b.alive(Instant::now()));
             let mut w = writer.lock().await;
+            if sent.len() == PINGS_REMEMBERED {
+                sent.pop_front();
+            }
+            sent.push_back((n, Instant::now()));
             match timeout(write_limit, w.write_frame(&Frame::Ping { n, alive })).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => break format!("write: {e}"),
@@ -193,6 +251,25 @@ pub(super) async fn run_downlink(
     };
     let msg = last_word(link, &mut reader, &tx, why).await;
     let _ = tx.send(msg).await;
+}
+
+/// Pings whose send time a link remembers for round-trip samples.
+const PINGS_REMEMBERED: usize = 64;
+
+/// The round trip of ping `k`, answered at `now`, forgetting it and every
+/// ping before it (a pong answers them all: the link is in order).
+fn round_trip(sent: &mut VecDeque<(u64, Instant)>, k: u64, now: Instant) -> Option<Duration> {
+    let mut at = None;
+    while let Some(&(n, t)) = sent.front() {
+        if n > k {
+            break;
+        }
+        sent.pop_front();
+        if n == k {
+            at = Some(t);
+        }
+    }
+    at.map(|t| now.saturating_duration_since(t))
 }
 
 /// How long a link that failed on a write is still read for a `Leave`.

@@ -73,7 +73,12 @@ pub(super) enum Msg {
         result: DialResult,
         downlink: Option<Downlink>,
     },
-    Heard(LinkId),
+    /// A pong on a successor link; `rtt` is the round trip of the ping
+    /// it answers (None when that ping is no longer remembered).
+    Heard {
+        link: LinkId,
+        rtt: Option<std::time::Duration>,
+    },
     /// The successor on this link is stopping cleanly.
     Left(LinkId),
     Forwarded {

@@ -300,10 +300,21 @@ impl Owner {
                         );
                     }
                     DialResult::Failed(why) => debug!(link, %why, "dial failed"),
+                    DialResult::LocalDown(why) => {
+                        if let Some(held) =
+                            self.refusals.check("local network down", Instant::now())
+                        {
+                            warn!(
+                                %why,
+                                repeats_held_back = held,
+                                "this node's network is down (no route out): retrying the same member, blaming none"
+                            );
+                        }
+                    }
                 }
                 events.push_back(Event::Dialed { link, result, now });
             }
-            Msg::Heard(link) => events.push_back(Event::Heard { link, now }),
+            Msg::Heard { link, rtt } => events.push_back(Event::Heard { link, rtt, now }),
             Msg::Left(link) => {
                 if self.links.remove(&link).is_some() {
                     events.push_back(Event::Left { link, now });
@@ -541,6 +552,7 @@ impl Owner {
     fn status_report(&self) -> status::Report {
         let members = self.config.ring.members();
         let view = self.state.view();
+        let timing = self.state.successor_timing();
         status::Report {
             node: status::NodeRef {
                 index: self.config.index,
@@ -595,6 +607,10 @@ impl Owner {
                 .as_ref()
                 .map(|k| k.get().ids().iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
+            successor_rtt_ms: timing
+                .and_then(|(rtt, _)| rtt)
+                .map(|d| d.as_secs_f64() * 1e3),
+            failure_timeout_ms: timing.map(|(_, t)| t.as_secs_f64() * 1e3),
         }
     }
 }

@@ -37,6 +37,16 @@ use super::snapshot::StatusSnapshot;
 /// millisecond).
 const LEAVE_GRACE: Duration = Duration::from_millis(200);
 
+/// The least time an accepted connection gets to complete its cluster
+/// handshake and hello (`--failure-timeout-ms` when longer). On a lossy
+/// link a dialer's first segment lost twice is resent by TCP after 200 +
+/// 400 ms (Linux's minimum RTO, doubled), so the failure timeout (500 ms)
+/// would cut off healthy members, fetches and tools; 2 s covers three
+/// resends. The dialing side keeps the failure timeout: it is what finds
+/// a frozen successor. A flood of idle connections gains nothing from the
+/// longer wait: the oldest idle one makes room for a new one (`conns`).
+const ACCEPT_HANDSHAKE_FLOOR: Duration = Duration::from_secs(2);
+
 /// The live upstream link of one predecessor member, to refuse a second
 /// process claiming the same member while the first is alive.
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +209,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
         reject_as(kind, reason, &key);
     };
 
-    let limit = Duration::from_millis(config.handshake_timeout_ms);
+    let limit = Duration::from_millis(config.handshake_timeout_ms).max(ACCEPT_HANDSHAKE_FLOOR);
     // A predecessor that (re)dials while this node is stopping is welcomed
     // and then told the node leaves: until the particle is released the
     // node is a member, and after that it says `Leave` on every link.

@@ -92,6 +92,7 @@
 //! writes its own segment (itself live, the members it skips dead, its
 //! successor live) and adopts the rest, so every node's view converges
 //! within one lap of a change; changes are logged.
+pub mod rtt;
 pub mod state;
 #[cfg(test)]
 pub mod testing;

@@ -103,6 +103,9 @@ pub struct Net {
     pub hold: Duration,
     /// Nodes whose visits take this long (their owner is busy meanwhile).
     pub slow: BTreeMap<usize, Duration>,
+    /// How long a dial to a member that cannot answer (cut off, or
+    /// hung) takes to fail: the owner's own bound on a dial.
+    pub dial_limit: Duration,
     latency: Duration,
     last_ping: Duration,
     created: u64,
@@ -110,7 +113,6 @@ pub struct Net {
 
 const STEP: Duration = Duration::from_millis(5);
 const PING: Duration = Duration::from_millis(100);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Net {
     /// A ring of `n` nodes with [`RingParams::for_test`], all started.
@@ -140,6 +142,7 @@ impl Net {
             failures: Vec::new(),
             hold: Duration::from_millis(1),
             slow: BTreeMap::new(),
+            dial_limit: Duration::from_millis(500),
             latency: Duration::from_micros(200),
             last_ping: Duration::ZERO,
             created: 0,
@@ -245,7 +248,7 @@ impl Net {
                 } else if self.nodes[peer].up {
                     // Partitioned or hung: the hello goes unanswered.
                     (
-                        after + HANDSHAKE_TIMEOUT,
+                        after + self.dial_limit,
                         DialResult::Failed("timeout".into()),
                     )
                 } else {
@@ -365,7 +368,11 @@ impl Net {
             }
             Delivery::HoldElapsed => Event::HoldElapsed { now },
             Delivery::Alive(alive) => Event::UpstreamAlive { alive, now },
-            Delivery::Heard(link) => Event::Heard { link, now },
+            Delivery::Heard(link) => Event::Heard {
+                link,
+                rtt: None,
+                now,
+            },
             Delivery::VisitDone(particle) => {
                 // As node.rs: what the owner took off its queue before the
                 // visit comes first, then the visit's end, then a tick (it
@@ -467,7 +474,14 @@ impl Net {
                     if self.nodes[i].busy {
                         self.nodes[i].backlog.push(Delivery::Heard(link));
                     } else {
-                        self.event(i, Event::Heard { link, now });
+                        self.event(
+                            i,
+                            Event::Heard {
+                                link,
+                                rtt: None,
+                                now,
+                            },
+                        );
                     }
                 }
             }

@@ -4,6 +4,9 @@ mod admin;
 mod admin_conns;
 mod bad_input;
 mod bounds;
+mod corosync;
+#[path = "../fleet/corosync.rs"]
+mod corosync_driver;
 mod cut_link;
 mod dashboard;
 mod deploy;
@@ -12,13 +15,18 @@ mod deploy_order;
 mod deploy_records;
 mod deploy_rollback;
 mod deploy_sources;
+mod examples;
 mod files;
+mod fleet;
 mod health;
 mod leave_race;
+#[path = "../fleet/mod.rs"]
+mod netfleet;
 mod release_identity;
 mod ring;
 mod sandbox;
 mod slow_stop;
+mod soak;
 mod startup;
 mod stations;
 mod support;

@@ -149,6 +149,34 @@ async fn a_silent_connection_is_dropped_at_the_handshake_deadline() {
     ring.shutdown().await;
 }
 
+/// A dialer's hello that comes after the failure timeout (its first
+/// segment lost and resent by TCP on a lossy link) is still answered: the
+/// accepting side waits at least 2 s for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_resent_late_by_a_lossy_link_is_still_answered() {
+    let ring = TestRing::start(3, |c| {
+        c.delay_ms = 0;
+        c.handshake_timeout_ms = 200;
+        c.failure_timeout_ms = 200;
+    })
+    .await;
+    let mut s = TcpStream::connect(&ring.layout.members()[1].addr)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(&crate::bounds::hello_of_member_0(&ring.layout))
+        .await
+        .unwrap();
+    // An answer frame (a welcome, or a refusal naming why), not a close.
+    let mut len = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut len)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the node closed a connection whose hello came 800 ms late: {read:?}"
+    );
+    ring.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_claiming_a_linked_member_is_refused() {
     let mut ring = TestRing::start(3, |c| c.delay_ms = 0).await;
