@@ -352,8 +352,12 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkState {
     /// Dialing since `since` (after any backoff).
-    Connecting { since: Instant },
-    Up { last_heard: Instant },
+    Connecting {
+        since: Instant,
+    },
+    Up {
+        last_heard: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -1711,12 +1715,20 @@ mod tests {
             let t = 300 * MS;
             let net = restart_beside_a_cut_off_member(seed, 10_000 * MS);
             regenerated_without += usize::from(net.created() > 1);
-            let mut net = restart_beside_a_cut_off_member(seed, RingParams::for_test(0, 5).dial_hold);
-            assert_eq!(net.created(), 1, "seed {seed}: taken for lost while it waited");
+            let mut net =
+                restart_beside_a_cut_off_member(seed, RingParams::for_test(0, 5).dial_hold);
+            assert_eq!(
+                net.created(),
+                1,
+                "seed {seed}: taken for lost while it waited"
+            );
             let tail = net.now() - 1000 * MS;
             settled(&mut net, &[0, 2, 3, 4], 500 * MS);
             assert!(net.stops_since(t).iter().all(|s| s.id == net.stops[0].id));
-            assert!(!net.stops_since(tail).is_empty(), "seed {seed}: circulating");
+            assert!(
+                !net.stops_since(tail).is_empty(),
+                "seed {seed}: circulating"
+            );
         }
         assert!(
             regenerated_without > 0,
