@@ -279,7 +279,7 @@ fn a_release_on_its_way_at_the_predecessor_is_fetched_and_relayed_at_once() {
             Action::Announce(relayed)
         ]
     );
-    assert_eq!(s.coming(), [r.clone()]);
+    assert_eq!(s.coming(), std::slice::from_ref(&r));
 }
 
 #[test]
