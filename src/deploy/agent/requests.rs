@@ -173,74 +173,68 @@ impl Agent {
         stream: bool,
         reply: Answer,
     ) {
+        // A base the asker and this node share: a delta, once the whole
+        // target is here.
+        let base = have
+            .iter()
+            .filter(|h| **h != release.hash)
+            .find_map(|h| self.store.module(h).map(|m| (*h, m)));
+        let cache = self.deltas.clone();
         let Some(target) = self.store.module(&release.hash) else {
             let not_kept = Reply {
                 missing: true,
                 ..Reply::error(format!("{} is not kept here", release.label()))
             };
             let missing = move || Served::Whole(not_kept, Bytes::new());
+            // Served on only when announced as on its way here: a module
+            // this node lost and fetches back is not (two nodes fetching
+            // it back from each other would wait on each other).
+            let announced = self.state.coming().contains(&release);
             let coming = self
                 .inflight
                 .get(&release.hash)
-                .filter(|m| m.progress() != stream::Progress::Failed)
+                .filter(|m| announced && m.progress() != stream::Progress::Failed)
                 .map(Arc::clone);
             let Some(module) = coming else {
                 return reply.send(missing());
             };
-            let head = Reply {
-                payload: Some(Payload::Full),
-                stream: stream.then_some(module.size() as u64),
-                release: Some(release.clone()),
-                ..Reply::default()
-            };
-            if stream {
-                return reply.send(Served::Stream(head, module));
-            }
-            // An asker older than streaming gets it whole once it is here.
-            self.spawn_task(async move {
-                let answer = match module.finished(stream::STREAM_STALL * 3).await {
-                    Some(bytes) => Served::Whole(head, bytes),
-                    None => missing(),
-                };
-                reply.send(answer);
-            });
-            return;
-        };
-        let base = have
-            .iter()
-            .filter(|h| **h != release.hash)
-            .find_map(|h| self.store.module(h).map(|m| (*h, m)));
-        let cache = self.deltas.clone();
-        tokio::task::spawn_blocking(move || {
             if stream && base.is_none() {
-                // Whole, in chunks: the asker passes them on as they come.
                 let head = Reply {
                     payload: Some(Payload::Full),
-                    stream: Some(target.len() as u64),
+                    stream: Some(module.size() as u64),
                     release: Some(release),
                     ..Reply::default()
                 };
-                return reply.send(Served::Stream(head, stream::Inflight::complete(&target)));
+                return reply.send(Served::Stream(head, module));
             }
-            let mut answer = (Payload::Full, Bytes::from(target.to_vec()));
-            if let Some((base, base_bytes)) = base {
-                let d = cache.get(&base, &release.hash).or_else(|| {
-                    let d = Bytes::from(delta::make(&base_bytes, &target).ok()?);
-                    cache.put(base, release.hash, d.clone());
-                    Some(d)
-                });
-                if let Some(d) = d.filter(|d| d.len() < target.len()) {
-                    answer = (Payload::Delta { base }, d);
+            // An asker with a base (or older than streaming) gets a delta
+            // (or the whole module) once it is here.
+            self.spawn_task(async move {
+                match module.finished(FETCH_TIMEOUT).await {
+                    Some(bytes) => {
+                        let target = Arc::new(bytes.to_vec());
+                        let answer = Whole {
+                            release,
+                            target,
+                            base,
+                            cache,
+                            stream: false,
+                        };
+                        tokio::task::spawn_blocking(move || answer.send(reply));
+                    }
+                    None => reply.send(missing()),
                 }
-            }
-            let (payload, blob) = answer;
-            let head = Reply {
-                release: Some(release),
-                payload: Some(payload),
-                ..Reply::default()
-            };
-            reply.send(Served::Whole(head, blob));
-        });
+            });
+            return;
+        };
+        let answer = Whole {
+            release,
+            target,
+            base,
+            cache,
+            stream,
+        };
+        tokio::task::spawn_blocking(move || answer.send(reply));
     }
 
     fn config_entry(&self, key: &str) -> ConfigEntry {
@@ -317,6 +311,58 @@ impl Agent {
         }
         info!(station = %name, bytes = bytes.len(), "station file changed; validating");
         self.publish(name, config, bytes, signer, signature, None);
+    }
+}
+
+/// A fetch answered from a module held here: a delta against `base` when
+/// that is smaller, else the whole module (streamed in chunks when the
+/// asker takes a stream, so it passes them on as they come).
+struct Whole {
+    release: Release,
+    target: Arc<Vec<u8>>,
+    base: Option<(Hash, Arc<Vec<u8>>)>,
+    cache: delta::Cache,
+    stream: bool,
+}
+
+impl Whole {
+    /// Makes the answer (a delta takes CPU: call on a blocking thread)
+    /// and sends it.
+    fn send(self, reply: Answer) {
+        let Whole {
+            release,
+            target,
+            base,
+            cache,
+            stream,
+        } = self;
+        if stream && base.is_none() {
+            let head = Reply {
+                payload: Some(Payload::Full),
+                stream: Some(target.len() as u64),
+                release: Some(release),
+                ..Reply::default()
+            };
+            return reply.send(Served::Stream(head, stream::Inflight::complete(&target)));
+        }
+        let mut answer = (Payload::Full, Bytes::from(target.to_vec()));
+        if let Some((base, base_bytes)) = base {
+            let d = cache.get(&base, &release.hash).or_else(|| {
+                let d = Bytes::from(delta::make(&base_bytes, &target).ok()?);
+                cache.put(base, release.hash, d.clone());
+                Some(d)
+            });
+            if let Some(d) = d.filter(|d| d.len() < target.len()) {
+                answer = (Payload::Delta { base }, d);
+            }
+        }
+        let (payload, blob) = answer;
+        let head = Reply {
+            release: Some(release),
+            payload: Some(payload),
+            ..Reply::default()
+        };
+        reply.send(Served::Whole(head, blob));
     }
 }
 
