@@ -168,11 +168,16 @@ fn frames() -> Vec<Frame> {
         Frame::Leave,
         Frame::StatusRequest,
         Frame::Status("{\"ok\":true}".into()),
-        Frame::Announce(vec![release()]),
+        Frame::Announce(ringhost::model::Announce {
+            held: vec![release()],
+            coming: vec![release()],
+        }),
+        Frame::Chunk(Bytes::from_static(b"module bytes")),
         Frame::Request(
             Request::Fetch {
                 release: release(),
                 have: vec![Hash([1; 32])],
+                stream: true,
             },
             Bytes::new(),
         ),
@@ -236,6 +241,7 @@ fn model_json(seeds: &mut Seeds) -> Result<()> {
             json(&Request::Fetch {
                 release: release(),
                 have: vec![Hash([2; 32])],
+                stream: false,
             })?,
         ),
         (

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::model::{Release, Reply, Request};
+use crate::model::{Announce, Release, Reply, Request};
 use crate::ring::token::{
     Alive, MAX_SLOT_BYTES, MAX_SLOT_NAME_BYTES, MAX_SLOTS, MAX_VIEW_BYTES, Particle, ParticleId,
 };
@@ -43,6 +43,19 @@ const KIND_STATUS: u8 = 0x31;
 const KIND_ANNOUNCE: u8 = 0x40;
 const KIND_REQUEST: u8 = 0x41;
 const KIND_REPLY: u8 = 0x42;
+const KIND_CHUNK: u8 = 0x43;
+
+/// One entry of an announce frame's JSON list: a release, marked when it
+/// is on its way rather than held. Nodes older than relaying read the list
+/// as `Vec<Release>` and ignore the mark (they ask for the module; the
+/// sender answers once it holds it).
+#[derive(Serialize, Deserialize)]
+struct AnnounceEntry {
+    #[serde(flatten)]
+    release: Release,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    coming: bool,
+}
 
 /// The first frame a dialing node sends to its successor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,8 +152,10 @@ pub enum Frame {
     StatusRequest,
     /// The node's status, as JSON text (see `status.rs`).
     Status(String),
-    /// Predecessor → successor: the sender's current releases changed.
-    Announce(Vec<Release>),
+    /// Predecessor → successor: the sender's releases changed (held, and
+    /// on their way). On the wire a JSON list of releases, those on their
+    /// way marked `"coming": true`.
+    Announce(Announce),
     /// A member's module fetch (instead of a hello), with a blob (empty
     /// for a fetch). Other requests are answered with a refusal naming
     /// the admin API: operators' requests do not travel on the ring port.
@@ -148,6 +163,10 @@ pub enum Frame {
     /// The answer to a request, with a blob (a module or delta for a
     /// fetch).
     Reply(Reply, Bytes),
+    /// After a [`Reply`] with [`Reply::stream`] set: the next bytes of the
+    /// module, in order; an empty chunk ends the stream (the server checked
+    /// the module's hash). Raw bytes, no head.
+    Chunk(Bytes),
 }
 
 /// Why bytes from a peer could not be read as a frame.
@@ -251,7 +270,22 @@ impl Frame {
                 out.put_u32(id.origin);
                 out.put_u64(*hop);
             }
-            Frame::Announce(list) => json_body(out, KIND_ANNOUNCE, list)?,
+            Frame::Announce(a) => {
+                let held = a.held.iter().map(|r| (r, false));
+                let list: Vec<AnnounceEntry> = held
+                    .chain(a.coming.iter().map(|r| (r, true)))
+                    .map(|(r, coming)| AnnounceEntry {
+                        release: r.clone(),
+                        coming,
+                    })
+                    .collect();
+                json_body(out, KIND_ANNOUNCE, &list)?
+            }
+            Frame::Chunk(bytes) => {
+                out.reserve(1 + bytes.len());
+                out.put_u8(KIND_CHUNK);
+                out.put_slice(bytes);
+            }
             Frame::Request(req, blob) => json_blob(out, KIND_REQUEST, req, blob)?,
             Frame::Reply(reply, blob) => json_blob(out, KIND_REPLY, reply, blob)?,
             Frame::StatusRequest => out.put_u8(KIND_STATUS_REQUEST),
@@ -347,7 +381,18 @@ impl Frame {
                     hop,
                 })
             }
-            KIND_ANNOUNCE => Ok(Frame::Announce(serde_json::from_slice(&body)?)),
+            KIND_ANNOUNCE => {
+                let list: Vec<AnnounceEntry> = serde_json::from_slice(&body)?;
+                let mut a = Announce::default();
+                for e in list {
+                    match e.coming {
+                        true => a.coming.push(e.release),
+                        false => a.held.push(e.release),
+                    }
+                }
+                Ok(Frame::Announce(a))
+            }
+            KIND_CHUNK => Ok(Frame::Chunk(body)),
             KIND_REQUEST => {
                 let (head, blob) = split_json_blob(body)?;
                 Ok(Frame::Request(serde_json::from_slice(&head)?, blob))
@@ -387,6 +432,7 @@ impl Frame {
             Frame::Announce(_) => "announce",
             Frame::Request(..) => "request",
             Frame::Reply(..) => "reply",
+            Frame::Chunk(_) => "chunk",
         }
     }
 }
@@ -637,7 +683,13 @@ mod tests {
                 releases: vec![],
                 beacons: true,
             }),
-            Frame::Announce(vec![sample_release()]),
+            Frame::Announce(Announce::held(vec![sample_release()])),
+            Frame::Announce(Announce {
+                held: vec![sample_release()],
+                coming: vec![sample_release()],
+            }),
+            Frame::Chunk(Bytes::from_static(b"module bytes")),
+            Frame::Chunk(Bytes::new()),
             Frame::Request(
                 Request::Push {
                     name: "tick".into(),
@@ -831,5 +883,30 @@ mod tests {
         let err = Frame::Particle(over).encode(&mut out).unwrap_err();
         assert!(matches!(err, WireError::OverBound { .. }), "{err}");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn an_announce_with_releases_on_their_way_still_reads_as_a_release_list() {
+        let a = Announce {
+            held: vec![sample_release()],
+            coming: vec![Release {
+                version: 4,
+                ..sample_release()
+            }],
+        };
+        let mut out = BytesMut::new();
+        Frame::Announce(a.clone()).encode(&mut out).unwrap();
+        assert_eq!(out[0], KIND_ANNOUNCE);
+        // What a node older than relaying decodes: every entry a release.
+        let old: Vec<Release> = serde_json::from_slice(&out[1..]).unwrap();
+        assert_eq!(old, [a.held.clone(), a.coming.clone()].concat());
+        // And an older node's list reads as held releases.
+        let mut body = vec![KIND_ANNOUNCE];
+        body.extend(serde_json::to_vec(&vec![sample_release()]).unwrap());
+        let decoded = Frame::decode(Bytes::from(body)).unwrap();
+        assert_eq!(
+            decoded,
+            Frame::Announce(Announce::held(vec![sample_release()]))
+        );
     }
 }

@@ -27,7 +27,9 @@ use super::decide::{Action, DeployState, Event, Fetched, Trust};
 use super::store::Store;
 use super::{CONFIG_STATION, delta, sign};
 use crate::config::{NodeConfig, StationSource};
-use crate::model::{ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings};
+use crate::model::{
+    Announce, ConfigEntry, Conflict, Hash, Payload, Release, Reply, Request, settings,
+};
 use crate::observe::{EventKind, Observer};
 use crate::station::{
     FaultReport, Inbox, Inboxes, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv,
@@ -39,6 +41,7 @@ mod boot;
 mod local;
 mod net;
 mod requests;
+pub mod stream;
 
 pub use boot::start;
 pub use net::request;
@@ -59,8 +62,17 @@ pub enum OwnerCmd {
         /// Its release version, if it is one.
         version: Option<u64>,
     },
-    /// Tell the successor about our current releases.
-    Announce(Vec<Release>),
+    /// Tell the successor about our releases (held, and on their way).
+    Announce(Announce),
+}
+
+/// The agent's answer to a member's fetch on the ring port.
+pub enum Served {
+    /// A reply and its blob (the module, a delta, or nothing on error).
+    Whole(Reply, Bytes),
+    /// A reply with [`Reply::stream`] set, then the module as it arrives
+    /// here ([`stream::serve_stream`]).
+    Stream(Reply, Arc<stream::Inflight>),
 }
 
 /// Messages to the agent.
@@ -71,6 +83,21 @@ pub enum DeployMsg {
         peer: usize,
         /// Its current releases.
         releases: Vec<Release>,
+        /// Releases it is fetching (on their way there).
+        coming: Vec<Release>,
+    },
+    /// A member's module fetch on the ring port: answered whole, or
+    /// streamed while the module is still on its way here (`stream`: the
+    /// asker takes a stream).
+    Fetch {
+        /// The release wanted.
+        release: Release,
+        /// Modules the asker has (delta bases), best first.
+        have: Vec<Hash>,
+        /// The asker takes a streamed answer.
+        stream: bool,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Served>,
     },
     /// A request from a tool or a node, to answer on `reply`.
     Request {
@@ -307,6 +334,11 @@ pub struct Agent {
     state: DeployState,
     /// Deltas made or received, to serve the next node without redoing.
     deltas: delta::Cache,
+    /// Modules being fetched here, by hash: served onwards while they
+    /// arrive (one copy each; dropped once the fetch ends).
+    inflight: HashMap<Hash, Arc<stream::Inflight>>,
+    /// Idle fetch connections, reused by the next fetch.
+    pool: stream::Pool,
     /// Fetches and their bytes so far: (whole, delta) counts, then
     /// (whole, delta) bytes.
     counters: ([u64; 2], [u64; 2]),
@@ -382,16 +414,32 @@ impl Agent {
 
     async fn on_msg(&mut self, msg: DeployMsg) {
         match msg {
-            DeployMsg::PeerReleases { peer, releases } => {
+            DeployMsg::PeerReleases {
+                peer,
+                releases,
+                coming,
+            } => {
                 let event = Event::PeerReleases {
                     peer,
                     releases,
+                    coming,
                     now: Instant::now(),
                     now_ms: crate::station::unix_ms(),
                 };
                 self.apply(event, None).await;
             }
             DeployMsg::Request { req, blob, reply } => self.on_request(req, blob, reply),
+            DeployMsg::Fetch {
+                release,
+                have,
+                stream,
+                reply,
+            } => {
+                let answer = requests::Answer::new(move |served| {
+                    let _ = reply.send(served);
+                });
+                self.on_fetch(release, have, stream, answer);
+            }
             DeployMsg::Faulty(report) => self.on_faulty(report),
             DeployMsg::FileChanged { name, bytes } => self.on_file(name, bytes),
             DeployMsg::Fetched {
@@ -399,18 +447,37 @@ impl Agent {
                 from,
                 result,
             } => {
+                // Bytes already streamed onwards cannot be taken back: a
+                // failed fetch that got some cuts the streams reading it,
+                // and a retry starts a fresh copy.
+                let started = |m: &Arc<stream::Inflight>| m.received() > 0;
+                if result.is_err()
+                    && self.inflight.get(&release.hash).is_some_and(started)
+                    && let Some(m) = self.inflight.remove(&release.hash)
+                {
+                    m.fail();
+                }
+                let ok = result.is_ok();
                 let result = result.map(|(bytes, payload, wire_bytes)| Fetched {
                     bytes,
                     payload,
                     wire_bytes,
                 });
                 let event = Event::Fetched {
-                    release,
+                    release: release.clone(),
                     from,
                     result,
                     now: Instant::now(),
                 };
                 self.apply(event, None).await;
+                // Done (kept in the store now), or given up on.
+                let fetching = self.state.pending(&release.name) == Some(&release) && !ok;
+                if !fetching {
+                    let gone = self.inflight.remove(&release.hash);
+                    if let Some(m) = gone.filter(|_| !ok) {
+                        m.fail();
+                    }
+                }
             }
             DeployMsg::Loaded { job, result } => self.on_loaded(job, result).await,
         }
@@ -544,8 +611,8 @@ impl Agent {
                     self.swap(station, Some(release.version)).await;
                 }
             }
-            Action::Announce(list) => {
-                let _ = self.owner.try_send(OwnerCmd::Announce(list));
+            Action::Announce(announce) => {
+                let _ = self.owner.try_send(OwnerCmd::Announce(announce));
             }
             Action::Fail {
                 name,

@@ -23,7 +23,7 @@ use ed25519_dalek::VerifyingKey;
 
 use super::sources::Sources;
 use crate::model::sign;
-use crate::model::{Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release};
+use crate::model::{Announce, Conflict, Hash, MAX_AHEAD_MS, OrderKey, Payload, Release};
 
 /// Release conflicts a node keeps for `status` (the newest ones).
 pub const MAX_CONFLICTS: usize = 8;
@@ -58,6 +58,9 @@ pub enum Event {
         peer: usize,
         /// Its current releases.
         releases: Vec<Release>,
+        /// Releases it is fetching itself (announced as on their way): it
+        /// serves them as a stream while it receives them.
+        coming: Vec<Release>,
         /// Current time (backoffs).
         now: Instant,
         /// Current wall-clock time, unix ms (releases from the future).
@@ -159,8 +162,9 @@ pub enum Action {
     /// Swap the loaded station of `release` in (the one [`Event::Loaded`]
     /// was about).
     Swap(Release),
-    /// Tell the successor our current releases.
-    Announce(Vec<Release>),
+    /// Tell the successor our releases: those held, and those on their way
+    /// here (relayed before the module is here).
+    Announce(Announce),
     /// A deploy failed here; the running version stays. Report it.
     Fail {
         /// Station name.
@@ -199,6 +203,8 @@ pub struct DeployState {
     pending: BTreeMap<String, Release>,
     /// The last releases each neighbour told us of.
     peers: BTreeMap<usize, Vec<Release>>,
+    /// The releases each neighbour said it is fetching (on their way).
+    coming: BTreeMap<usize, Vec<Release>>,
     /// Releases refused here for their signature: not fetched again.
     rejected: Vec<OrderKey>,
     /// Release conflicts seen here, newest last (at most [`MAX_CONFLICTS`]).
@@ -229,6 +235,7 @@ impl DeployState {
             missing: missing.into_iter().collect(),
             pending: BTreeMap::new(),
             peers: BTreeMap::new(),
+            coming: BTreeMap::new(),
             rejected: Vec::new(),
             conflicts: Vec::new(),
             sources: Sources::default(),
@@ -242,21 +249,33 @@ impl DeployState {
             Event::PeerReleases {
                 peer,
                 releases,
+                coming,
                 now,
                 now_ms,
             } => {
                 // A link coming up again repeats the same list: only a
                 // changed one is news about which modules the peer keeps.
-                if self.peers.get(&peer) != Some(&releases) {
+                let same_coming = self
+                    .coming
+                    .get(&peer)
+                    .map_or(coming.is_empty(), |c| *c == coming);
+                if self.peers.get(&peer) != Some(&releases) || !same_coming {
                     self.sources.announced(peer);
                 }
                 self.peers.insert(peer, releases);
-                self.consider(peer, now, now_ms, out);
+                self.coming.insert(peer, coming);
+                if self.consider(peer, now, now_ms, out) {
+                    out.push(Action::Announce(self.announce()));
+                }
             }
             Event::Tick { now, now_ms } => {
                 let peers: Vec<usize> = self.peers.keys().copied().collect();
+                let mut started = false;
                 for peer in peers {
-                    self.consider(peer, now, now_ms, out);
+                    started |= self.consider(peer, now, now_ms, out);
+                }
+                if started {
+                    out.push(Action::Announce(self.announce()));
                 }
             }
             Event::Fetched {
@@ -272,7 +291,7 @@ impl DeployState {
             } => self.on_recorded(release, result, now, out),
             Event::Kept { release } => {
                 self.relayed.insert(release.name.clone(), release);
-                out.push(Action::Announce(self.releases()));
+                out.push(Action::Announce(self.announce()));
             }
             Event::Loaded { release, result } => {
                 if self.pending.get(&release.name) == Some(&release) {
@@ -294,7 +313,7 @@ impl DeployState {
                 self.pending.remove(&release.name);
                 self.missing.remove(&release.hash);
                 self.current.insert(release.name.clone(), release);
-                out.push(Action::Announce(self.releases()));
+                out.push(Action::Announce(self.announce()));
             }
             Event::Running { name, hash } => {
                 self.running.insert(name, hash);
@@ -319,6 +338,26 @@ impl DeployState {
             }
         }
         out
+    }
+
+    /// Releases being fetched here, newer than the current one of their
+    /// name: relayed to the successor as on their way, before the module
+    /// is here (one being loaded is current already).
+    pub fn coming(&self) -> Vec<Release> {
+        self.pending
+            .values()
+            .filter(|p| self.current.get(&p.name) != Some(*p))
+            .cloned()
+            .collect()
+    }
+
+    /// What to tell the successor: [`Self::releases`] held, and
+    /// [`Self::coming`].
+    pub fn announce(&self) -> Announce {
+        Announce {
+            held: self.releases(),
+            coming: self.coming(),
+        }
     }
 
     /// Release conflicts seen here, newest last.
@@ -379,16 +418,21 @@ impl DeployState {
         sign::verify(&self.trust.keys, &signer.0, &sig, &release.hash.0)
     }
 
-    /// Starts fetching every release `peer` has that is newer than ours.
-    fn consider(&mut self, peer: usize, now: Instant, now_ms: u64, out: &mut Vec<Action>) {
+    /// Starts fetching every release `peer` has (or is fetching itself)
+    /// that is newer than ours; whether it started any (the successor is
+    /// then told they are on their way).
+    fn consider(&mut self, peer: usize, now: Instant, now_ms: u64, out: &mut Vec<Action>) -> bool {
         // Linked to ourselves (every other member down): nothing to learn,
         // and nothing to fetch from here.
         if peer == self.me {
-            return;
+            return false;
         }
-        let Some(list) = self.peers.get(&peer).cloned() else {
-            return;
+        let Some(held) = self.peers.get(&peer) else {
+            return false;
         };
+        let coming = self.coming.get(&peer).into_iter().flatten();
+        let list: Vec<Release> = held.iter().chain(coming).cloned().collect();
+        let mut started = false;
         for rel in list {
             if rel.version == 0 || self.rejected.contains(&rel.key()) {
                 continue; // refused once (hash or signature): not again
@@ -447,12 +491,21 @@ impl DeployState {
             }
             self.pending.insert(rel.name.clone(), rel.clone());
             self.sources.asking(&rel.name, rel.key(), peer);
+            // The publisher holds the module: asked should this source
+            // fail (a neighbour relaying a release it never gets, or dying
+            // mid-stream).
+            let origin = rel.origin as usize;
+            if origin != self.me && origin != peer {
+                self.sources.offered(&rel.name, rel.key(), origin);
+            }
             out.push(Action::Fetch {
                 release: rel,
                 peer,
                 after: None,
             });
+            started = true;
         }
+        started
     }
 
     /// A fetch from `from` ended: a failure there moves on to the next
@@ -472,9 +525,14 @@ impl DeployState {
             Ok(fetched) => return self.on_fetched(release, fetched, now, out),
             Err(e) => e,
         };
+        // A peer that only said the release was on its way there and no
+        // longer has it in flight gave up on it: asked again after a wait,
+        // not taken for one that does not keep it.
+        let held = self.peers.get(&from).is_some_and(|l| l.contains(&release));
+        let missing = e.missing && held;
         let next = self
             .sources
-            .failed(&release.name, release.key(), from, e.missing, now);
+            .failed(&release.name, release.key(), from, missing, now);
         match next {
             Some(peer) => {
                 self.sources.asking(&release.name, release.key(), peer);
@@ -491,6 +549,8 @@ impl DeployState {
                     version: Some(release.version),
                     reason: format!("{}: {}", release.label(), e.message),
                 });
+                // No longer on its way here.
+                out.push(Action::Announce(self.announce()));
             }
         }
     }
@@ -539,7 +599,7 @@ impl DeployState {
         self.current.insert(release.name.clone(), release.clone());
         // Pass it on before compiling: the next node fetches while we
         // compile.
-        out.push(Action::Announce(self.releases()));
+        out.push(Action::Announce(self.announce()));
         out.push(Action::Load(release));
     }
 
@@ -554,6 +614,7 @@ impl DeployState {
             version: Some(release.version),
             reason: format!("{}: {cause}", release.label()),
         });
+        out.push(Action::Announce(self.announce()));
     }
 
     /// Keeps a release conflict and reports it (once per pair).

@@ -21,6 +21,23 @@
 //!   then compiles and initialises it, so the release moves on while this
 //!   node compiles. The owner task swaps the ready station in between two
 //!   visits; the station's slot on the particle carries on.
+//! - Relay and cut-through: a node that starts fetching a release tells
+//!   its successor at once that it is on its way (the announce marks it
+//!   `coming`), so every node learns of a release within one trip round
+//!   the ring, long before the module gets there. The successor asks for
+//!   it straight away, taking a stream: the node serves the module's bytes
+//!   as they arrive (one copy per release, at most the release's size) and
+//!   ends the stream only once it has checked the whole module's hash.
+//!   Every node checks the full hash (and signature) itself before it
+//!   records, announces as held, compiles or runs anything; a stream that
+//!   is cut (the source failed, died or its bytes did not check) is
+//!   discarded and the module fetched again from the next source, the
+//!   release's publisher among them. A delta still needs its whole base
+//!   and target, so a node holding a base waits for the whole module.
+//!   Module bytes never travel on the ring link.
+//! - Fetch connections are kept (30 s) and reused for the next fetch from
+//!   the same neighbour: a hop pays the TCP connect and the cluster
+//!   handshake once, not per release.
 //! - Order: a release carries its publish time (unix ms), stamped by the
 //!   publisher as a hybrid clock: its wall clock, but always after every
 //!   release of the name it knew, so along one history the time grows with

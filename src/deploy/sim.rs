@@ -3,8 +3,12 @@
 //! agents' part (store, fetches, loads, the ring links that carry
 //! announcements and the handshake) over a network that loses and delays
 //! messages, with nodes that crash (losing everything but their disk) and
-//! return, and wall clocks that differ per node. It checks, as it goes,
-//! that no node ever adopts a release older than the one it had.
+//! return, and wall clocks that differ per node. A node asked for a module
+//! it is still fetching itself streams it (cut-through): the answer waits
+//! until the node holds it, and is cut when the node dies or gives up on
+//! it meanwhile; a streamed answer can arrive corrupt (the asker's hash
+//! check fails). It checks, as it goes, that no node ever adopts a release
+//! older than the one it had.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,6 +26,8 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 const TICK: Duration = Duration::from_secs(1);
 /// How long a fetch from a node that does not answer takes to fail.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a streaming server looks again at its own fetch.
+const STREAM_STEP: Duration = Duration::from_millis(5);
 
 /// What a node keeps on disk: it survives a crash.
 #[derive(Debug, Clone, Default)]
@@ -62,14 +68,17 @@ enum Delivery {
         to: usize,
         from: usize,
         releases: Vec<Release>,
+        coming: Vec<Release>,
     },
     /// A link from `a` to its successor `b` comes up: hello and welcome.
     Handshake { a: usize, b: usize },
-    /// `asker` asks `to` for `release`'s module.
+    /// `asker` asks `to` for `release`'s module; `since`: when it first
+    /// reached `to` while `to` was still fetching it (streaming).
     FetchRequest {
         to: usize,
         asker: usize,
         release: Release,
+        since: Option<Duration>,
     },
     /// The answer reaches the asker.
     FetchReply {
@@ -106,6 +115,16 @@ pub struct Sim {
     pub conflicts: Vec<(usize, Conflict)>,
     /// Fetch requests sent: (asker, peer, release).
     pub fetches: Vec<(usize, usize, OrderKey)>,
+    /// Fetch requests sent to a peer that did not hold the module yet (it
+    /// announced it as on its way): (asker, peer, release).
+    pub early_fetches: Vec<(usize, usize, OrderKey)>,
+    /// Probability that a streamed answer arrives corrupt.
+    pub corrupt: f64,
+    /// Streamed answers that arrived corrupt, and streams cut (the source
+    /// died or gave up mid-stream).
+    pub bad_streams: (usize, usize),
+    /// Per link (from, to), when its last announcement arrives.
+    link_last: BTreeMap<(usize, usize), Duration>,
     /// Violations seen: a node adopting a release older than its own.
     pub regressions: Vec<String>,
 }
@@ -128,6 +147,10 @@ impl Sim {
             latency: Duration::from_millis(20),
             conflicts: Vec::new(),
             fetches: Vec::new(),
+            early_fetches: Vec::new(),
+            corrupt: 0.0,
+            bad_streams: (0, 0),
+            link_last: BTreeMap::new(),
             regressions: Vec::new(),
         };
         let mut disk = Disk::default();
@@ -393,10 +416,16 @@ impl Sim {
             return; // for a life that ended
         }
         match delivery {
-            Delivery::Releases { to, from, releases } => {
+            Delivery::Releases {
+                to,
+                from,
+                releases,
+                coming,
+            } => {
                 let event = Event::PeerReleases {
                     peer: from,
                     releases,
+                    coming,
                     now: self.t0 + self.now,
                     now_ms: self.clock_ms(to),
                 };
@@ -410,13 +439,19 @@ impl Sim {
                     let event = Event::PeerReleases {
                         peer: from,
                         releases: self.nodes[from].state.releases(),
+                        coming: Vec::new(),
                         now: self.t0 + self.now,
                         now_ms: self.clock_ms(to),
                     };
                     self.feed(to, event);
                 }
             }
-            Delivery::FetchRequest { to, asker, release } => {
+            Delivery::FetchRequest {
+                to,
+                asker,
+                release,
+                since,
+            } => {
                 let asker_life = life;
                 let reply = |result| Delivery::FetchReply {
                     to: asker,
@@ -424,7 +459,42 @@ impl Sim {
                     release: release.clone(),
                     result,
                 };
-                if !self.nodes[to].up {
+                let cut = |why: &str| FetchError {
+                    missing: false,
+                    message: format!("stream from node {to} {why}"),
+                };
+                let fetching = self.nodes[to].up
+                    && !self.nodes[to].disk.modules.contains(&release.hash)
+                    && self.nodes[to].state.pending(&release.name) == Some(&release);
+                if since.is_some() && !self.nodes[to].up {
+                    // The source died mid-stream: the connection drops.
+                    self.bad_streams.1 += 1;
+                    self.send(asker_life, reply(Err(cut("cut: source gone"))));
+                } else if fetching {
+                    // Cut-through: streamed as it arrives there.
+                    let since = since.unwrap_or(self.now);
+                    if self.now - since > FETCH_TIMEOUT {
+                        self.send(asker_life, reply(Err(cut("stalled"))));
+                    } else {
+                        let again = Delivery::FetchRequest {
+                            to,
+                            asker,
+                            release: release.clone(),
+                            since: Some(since),
+                        };
+                        self.send_after(STREAM_STEP, life, again);
+                    }
+                } else if since.is_some() && !self.nodes[to].disk.modules.contains(&release.hash) {
+                    // The source gave up on it mid-stream.
+                    self.bad_streams.1 += 1;
+                    self.send(asker_life, reply(Err(cut("cut: source gave up"))));
+                } else if since.is_some() && self.rng.random_bool(self.corrupt) {
+                    self.bad_streams.0 += 1;
+                    self.send(
+                        asker_life,
+                        reply(Err(cut("does not match the release hash"))),
+                    );
+                } else if !self.nodes[to].up {
                     let e = FetchError {
                         missing: false,
                         message: format!("no answer from node {to}"),
@@ -519,10 +589,14 @@ impl Sim {
                     };
                     self.send(life, reply);
                 } else {
+                    if !self.nodes[peer].disk.modules.contains(&release.hash) {
+                        self.early_fetches.push((i, peer, release.key()));
+                    }
                     let request = Delivery::FetchRequest {
                         to: peer,
                         asker: i,
                         release,
+                        since: None,
                     };
                     self.send(life, request);
                 }
@@ -549,7 +623,7 @@ impl Sim {
                     hash: release.hash,
                 });
             }
-            Action::Announce(releases) => {
+            Action::Announce(announce) => {
                 let Some(to) = self.nodes[i].linked.filter(|to| *to != i) else {
                     return;
                 };
@@ -560,8 +634,20 @@ impl Sim {
                     let delay = Duration::from_millis(self.rng.random_range(50..500));
                     self.send_after(delay, to_life, Delivery::Handshake { a: i, b: to });
                 } else {
-                    let from = i;
-                    self.send(to_life, Delivery::Releases { to, from, releases });
+                    let delivery = Delivery::Releases {
+                        to,
+                        from: i,
+                        releases: announce.held,
+                        coming: announce.coming,
+                    };
+                    // A link is one TCP stream: its announcements arrive
+                    // in the order they were sent.
+                    let max = self.latency.as_millis().max(1) as u64;
+                    let delay = Duration::from_millis(self.rng.random_range(1..=max));
+                    let last = self.link_last.get(&(i, to)).copied().unwrap_or_default();
+                    let at = (self.now + delay).max(last + Duration::from_micros(1));
+                    self.link_last.insert((i, to), at);
+                    self.send_after(at - self.now, to_life, delivery);
                 }
             }
             Action::Fail { reason, .. } => self.nodes[i].failures.push(reason),
@@ -672,6 +758,68 @@ mod tests {
         assert_eq!(end["m"], v1);
     }
 
+    #[test]
+    fn a_release_is_relayed_ahead_of_its_module_and_streamed_hop_to_hop() {
+        let mut sim = Sim::new(8, 4, &["m"]);
+        sim.latency = Duration::from_millis(1);
+        sim.run_for(SECOND);
+        let v1 = sim.push(0, "m").expect("push");
+        let end = settle(&mut sim, Duration::from_secs(10)).expect("converges");
+        assert_eq!(end["m"], v1);
+        // Every node after node 1 asked its predecessor before that one
+        // held the module: it had heard the release was on its way.
+        for i in 2..8 {
+            assert!(
+                sim.early_fetches.contains(&(i, i - 1, v1.key())),
+                "node {i} did not ask early: {:?}",
+                sim.early_fetches
+            );
+        }
+        assert_eq!(sim.regressions, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_source_dying_mid_stream_is_replaced_by_the_publisher() {
+        let mut sim = Sim::new(6, 5, &["m"]);
+        sim.latency = Duration::from_millis(1);
+        sim.run_for(SECOND);
+        let v1 = sim.push(0, "m").expect("push");
+        // Run until node 3 streams from node 2, which does not hold it yet.
+        while !sim.early_fetches.iter().any(|f| f.0 == 3 && f.1 == 2) {
+            assert!(sim.now() < 5 * SECOND, "node 3 never streamed from node 2");
+            sim.run_for(Duration::from_millis(1));
+        }
+        assert!(!sim.nodes[2].disk.modules.contains(&v1.hash));
+        sim.crash(2);
+        let end = settle(&mut sim, Duration::from_secs(30)).expect("the others converge");
+        assert_eq!(end["m"], v1);
+        assert!(
+            sim.fetches.contains(&(3, 0, v1.key())),
+            "node 3 fell back to the publisher: {:?}",
+            sim.fetches
+        );
+        // Node 2 returns and catches up.
+        sim.start(2);
+        let end = settle(&mut sim, Duration::from_secs(30)).expect("converges");
+        assert_eq!(end["m"], v1);
+        assert_eq!(sim.nodes[2].disk.current["m"], v1);
+        assert_eq!(sim.regressions, Vec::<String>::new());
+    }
+
+    #[test]
+    fn corrupt_streams_are_discarded_and_fetched_again() {
+        let mut sim = Sim::new(6, 6, &["m"]);
+        sim.corrupt = 0.5;
+        sim.run_for(SECOND);
+        let v1 = sim.push(0, "m").expect("push");
+        sim.run_for(Duration::from_secs(5));
+        sim.corrupt = 0.0;
+        let end = settle(&mut sim, Duration::from_secs(120)).expect("converges");
+        assert_eq!(end["m"], v1);
+        assert!(sim.bad_streams.0 >= 1, "no stream arrived corrupt");
+        assert_eq!(sim.regressions, Vec::<String>::new());
+    }
+
     /// One random schedule: pushes, crashes and returns over a lossy,
     /// delaying network with skewed clocks, then a quiet period.
     fn random_schedule(seed: u64) -> Result<(), String> {
@@ -680,6 +828,7 @@ mod tests {
         let names = ["a", "b"];
         let mut sim = Sim::new(n, seed, &names);
         sim.drop = rng.random_range(0.0..0.3);
+        sim.corrupt = rng.random_range(0.0..0.2);
         sim.latency = Duration::from_millis(rng.random_range(1..200));
         for node in &mut sim.nodes {
             node.skew_ms = rng.random_range(-5_000..5_000);
@@ -697,6 +846,7 @@ mod tests {
             sim.run_for(Duration::from_millis(rng.random_range(0..3_000)));
         }
         sim.drop = 0.0;
+        sim.corrupt = 0.0;
         // Long enough for the longest retry wait (60 s) and a fetch timeout.
         settle(&mut sim, Duration::from_secs(200))?;
         if let Some(r) = sim.regressions.first() {

@@ -15,7 +15,7 @@ pub mod request;
 pub mod sign;
 
 pub use hash::Hash;
-pub use release::{Conflict, MAX_AHEAD_MS, OrderKey, Release, next_stamp, settings};
+pub use release::{Announce, Conflict, MAX_AHEAD_MS, OrderKey, Release, next_stamp, settings};
 pub use request::{ConfigEntry, Payload, Reply, Request};
 
 /// The name of the config-bus station (`ringhost config`).

@@ -40,6 +40,30 @@ pub struct Release {
     pub published_ms: u64,
 }
 
+/// What a node tells its successor about releases (the announce frame):
+/// the releases it holds (current, and refused ones it passes on), and
+/// the newer ones it is fetching now ("on their way"), relayed before the
+/// module is here so that every node learns of a release within one trip
+/// round the ring. A successor may fetch a coming release from the node
+/// as a stream (cut-through); nothing is recorded before its hash checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announce {
+    /// Releases held (module here and checked).
+    pub held: Vec<Release>,
+    /// Releases being fetched, newer than the held one of their name.
+    pub coming: Vec<Release>,
+}
+
+impl Announce {
+    /// An announce of held releases only.
+    pub fn held(held: Vec<Release>) -> Self {
+        Self {
+            held,
+            coming: Vec::new(),
+        }
+    }
+}
+
 /// A release's place in the order of its name: (publish time in unix ms,
 /// version, origin, hash), compared left to right.
 pub type OrderKey = (u64, u64, u32, Hash);
@@ -373,6 +397,7 @@ mod tests {
         let req = Request::Fetch {
             release: r,
             have: vec![Hash([1; 32])],
+            stream: true,
         };
         let json = serde_json::to_string(&req).unwrap();
         assert!(json.contains("\"op\":\"fetch\""), "{json}");

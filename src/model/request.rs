@@ -43,6 +43,13 @@ pub enum Request {
         release: Release,
         /// Module hashes the asker has, best base first.
         have: Vec<Hash>,
+        /// The asker takes a streamed answer: a [`Reply`] with
+        /// [`Reply::stream`] set, then the module in chunk frames as the
+        /// server receives it itself (cut-through). Absent (false) from
+        /// nodes older than streaming: they are answered with the whole
+        /// module once the server holds it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stream: bool,
     },
     /// Put a config write into the node's config-bus inbox.
     ConfigSet {
@@ -131,6 +138,11 @@ pub struct Reply {
     /// (another node may have it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing: bool,
+    /// Fetch with `stream`: the module (whole) follows in chunk frames,
+    /// this many bytes in all, ended by an empty chunk once the server has
+    /// checked its hash; a stream cut before that is to be discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
 }
 
 impl Reply {

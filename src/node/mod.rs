@@ -25,6 +25,7 @@
 //! what the tasks hand each other (the owner's messages, links, ack slots).
 
 mod downlink;
+mod fetches;
 mod msg;
 mod owner;
 mod snapshot;

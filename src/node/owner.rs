@@ -525,7 +525,7 @@ impl Owner {
                         tokio::time::sleep(after).await;
                         let (result, downlink) = match dial(&addr, hello, &config).await {
                             Ok(Dialed { writer, reader, peer_seen, releases, beacons }) => {
-                                let _ = deploy_tx.send(DeployMsg::PeerReleases { peer, releases }).await;
+                                let _ = deploy_tx.send(DeployMsg::PeerReleases { peer, releases, coming: Vec::new() }).await;
                                 let writer = Arc::new(tokio::sync::Mutex::new(writer));
                                 let beacon = beacons.then_some(beacon);
                                 let broken = CancellationToken::new();

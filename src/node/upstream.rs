@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -258,32 +258,18 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
             .await;
             return;
         }
-        Ok(Some(Frame::Request(req, blob))) => {
-            // Fetches of big modules compute a delta: allow them time,
-            // bounded.
-            let answer_limit = Duration::from_secs(60);
-            let (otx, orx) = oneshot::channel();
-            let msg = DeployMsg::Request {
-                req,
-                blob,
-                reply: otx,
-            };
-            let failed = |why: &str| (Reply::error(why), Bytes::new());
-            let (reply, blob) = if deploy_tx.send(msg).await.is_err() {
-                failed("node stopping")
-            } else {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    r = timeout(answer_limit, orx) => match r {
-                        Ok(Ok(answer)) => answer,
-                        Ok(Err(_)) => failed("request dropped"),
-                        Err(_) => failed("request timed out"),
-                    },
-                }
-            };
+        Ok(Some(Frame::Request(req, _))) => {
+            // A member's module fetch; the connection stays open (bounded)
+            // for its next one.
             let write_limit = Duration::from_millis(config.write_timeout_ms).max(limit) * 10;
-            let _ = timeout(write_limit, writer.write_frame(&Frame::Reply(reply, blob))).await;
-            return;
+            let conn = super::fetches::Conn {
+                reader: &mut reader,
+                writer: &mut writer,
+                deploy_tx: &deploy_tx,
+                cancel: &cancel,
+                write_limit,
+            };
+            return conn.serve(req).await;
         }
         Ok(Some(other)) => {
             return reject(
@@ -344,6 +330,7 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
         .send(DeployMsg::PeerReleases {
             peer: predecessor,
             releases: std::mem::take(&mut hello.releases),
+            coming: Vec::new(),
         })
         .await;
     let ack: AckSlot = Arc::default();
@@ -369,10 +356,11 @@ async fn serve_upstream(id: UpstreamId, stream: TcpStream, ctx: Upstreams, place
                 }
                 continue;
             }
-            Ok(Some(Frame::Announce(releases))) => {
+            Ok(Some(Frame::Announce(announce))) => {
                 let msg = DeployMsg::PeerReleases {
                     peer: predecessor,
-                    releases,
+                    releases: announce.held,
+                    coming: announce.coming,
                 };
                 if deploy_tx.send(msg).await.is_err() {
                     // The agent is gone: the node is stopping.

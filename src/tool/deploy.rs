@@ -116,7 +116,14 @@ pub async fn push(args: &PushOptions) -> Result<()> {
         signature,
         local: false,
     };
-    let before = faults_before(&node, &name).await;
+    // Only the wait after the push compares fault counts: with --no-wait
+    // the ring-wide status (a round of every member, far ones too) is not
+    // read before the upload.
+    let before = if args.no_wait {
+        BTreeMap::new()
+    } else {
+        faults_before(&node, &name).await
+    };
     let answer = node
         .push(&params, Bytes::from(bytes))
         .await

@@ -15,6 +15,7 @@ mod deploy_order;
 mod deploy_records;
 mod deploy_rollback;
 mod deploy_sources;
+mod deploy_stream;
 mod examples;
 mod files;
 mod fleet;

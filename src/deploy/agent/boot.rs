@@ -171,6 +171,8 @@ pub async fn start(
         sign_key,
         state,
         deltas: delta::Cache::default(),
+        inflight: HashMap::new(),
+        pool: stream::Pool::default(),
         counters: ([0; 2], [0; 2]),
         events: Vec::new(),
         tx: tx.clone(),

@@ -119,42 +119,15 @@ impl Agent {
                     }
                 }
             }
-            Request::Fetch { release, have } => {
-                let Some(target) = self.store.module(&release.hash) else {
-                    let reply_missing = Reply {
-                        missing: true,
-                        ..Reply::error(format!("{} is not kept here", release.label()))
+            Request::Fetch { release, have, .. } => {
+                let answer = Answer::new(move |served| {
+                    let answer = match served {
+                        Served::Whole(r, b) => (r, b),
+                        Served::Stream(..) => (Reply::error("not streamed here"), Bytes::new()),
                     };
-                    let _ = reply.send((reply_missing, Bytes::new()));
-                    return;
-                };
-                let base = have
-                    .iter()
-                    .filter(|h| **h != release.hash)
-                    .find_map(|h| self.store.module(h).map(|m| (*h, m)));
-                let cache = self.deltas.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut answer = (Payload::Full, Bytes::from(target.to_vec()));
-                    if let Some((base, base_bytes)) = base {
-                        let d = cache.get(&base, &release.hash).or_else(|| {
-                            let d = Bytes::from(delta::make(&base_bytes, &target).ok()?);
-                            cache.put(base, release.hash, d.clone());
-                            Some(d)
-                        });
-                        if let Some(d) = d.filter(|d| d.len() < target.len()) {
-                            answer = (Payload::Delta { base }, d);
-                        }
-                    }
-                    let (payload, blob) = answer;
-                    let _ = reply.send((
-                        Reply {
-                            release: Some(release),
-                            payload: Some(payload),
-                            ..Reply::default()
-                        },
-                        blob,
-                    ));
+                    let _ = reply.send(answer);
                 });
+                self.on_fetch(release, have, false, answer);
             }
             Request::ConfigSet { key, value } => {
                 let checked = crate::model::check_config_write(&key, value.as_deref());
@@ -187,6 +160,81 @@ impl Agent {
                 let _ = reply.send((answer, Bytes::new()));
             }
         }
+    }
+
+    /// Answers a member's fetch of `release`'s module: from the store, as
+    /// a delta against the first of `have` kept here or whole; a module
+    /// still on its way here is streamed as it arrives (`stream`), or
+    /// sent whole once here; else it is not kept here.
+    pub(super) fn on_fetch(
+        &mut self,
+        release: Release,
+        have: Vec<Hash>,
+        stream: bool,
+        reply: Answer,
+    ) {
+        // A base the asker and this node share: a delta, once the whole
+        // target is here.
+        let base = have
+            .iter()
+            .filter(|h| **h != release.hash)
+            .find_map(|h| self.store.module(h).map(|m| (*h, m)));
+        let cache = self.deltas.clone();
+        let Some(target) = self.store.module(&release.hash) else {
+            let not_kept = Reply {
+                missing: true,
+                ..Reply::error(format!("{} is not kept here", release.label()))
+            };
+            let missing = move || Served::Whole(not_kept, Bytes::new());
+            // Served on only when announced as on its way here: a module
+            // this node lost and fetches back is not (two nodes fetching
+            // it back from each other would wait on each other).
+            let announced = self.state.coming().contains(&release);
+            let coming = self
+                .inflight
+                .get(&release.hash)
+                .filter(|m| announced && m.progress() != stream::Progress::Failed)
+                .map(Arc::clone);
+            let Some(module) = coming else {
+                return reply.send(missing());
+            };
+            if stream && base.is_none() {
+                let head = Reply {
+                    payload: Some(Payload::Full),
+                    stream: Some(module.size() as u64),
+                    release: Some(release),
+                    ..Reply::default()
+                };
+                return reply.send(Served::Stream(head, module));
+            }
+            // An asker with a base (or older than streaming) gets a delta
+            // (or the whole module) once it is here.
+            self.spawn_task(async move {
+                match module.finished(FETCH_TIMEOUT).await {
+                    Some(bytes) => {
+                        let target = Arc::new(bytes.to_vec());
+                        let answer = Whole {
+                            release,
+                            target,
+                            base,
+                            cache,
+                            stream: false,
+                        };
+                        tokio::task::spawn_blocking(move || answer.send(reply));
+                    }
+                    None => reply.send(missing()),
+                }
+            });
+            return;
+        };
+        let answer = Whole {
+            release,
+            target,
+            base,
+            cache,
+            stream,
+        };
+        tokio::task::spawn_blocking(move || answer.send(reply));
     }
 
     fn config_entry(&self, key: &str) -> ConfigEntry {
@@ -263,6 +311,72 @@ impl Agent {
         }
         info!(station = %name, bytes = bytes.len(), "station file changed; validating");
         self.publish(name, config, bytes, signer, signature, None);
+    }
+}
+
+/// A fetch answered from a module held here: a delta against `base` when
+/// that is smaller, else the whole module (streamed in chunks when the
+/// asker takes a stream, so it passes them on as they come).
+struct Whole {
+    release: Release,
+    target: Arc<Vec<u8>>,
+    base: Option<(Hash, Arc<Vec<u8>>)>,
+    cache: delta::Cache,
+    stream: bool,
+}
+
+impl Whole {
+    /// Makes the answer (a delta takes CPU: call on a blocking thread)
+    /// and sends it.
+    fn send(self, reply: Answer) {
+        let Whole {
+            release,
+            target,
+            base,
+            cache,
+            stream,
+        } = self;
+        if stream && base.is_none() {
+            let head = Reply {
+                payload: Some(Payload::Full),
+                stream: Some(target.len() as u64),
+                release: Some(release),
+                ..Reply::default()
+            };
+            return reply.send(Served::Stream(head, stream::Inflight::complete(&target)));
+        }
+        let mut answer = (Payload::Full, Bytes::from(target.to_vec()));
+        if let Some((base, base_bytes)) = base {
+            let d = cache.get(&base, &release.hash).or_else(|| {
+                let d = Bytes::from(delta::make(&base_bytes, &target).ok()?);
+                cache.put(base, release.hash, d.clone());
+                Some(d)
+            });
+            if let Some(d) = d.filter(|d| d.len() < target.len()) {
+                answer = (Payload::Delta { base }, d);
+            }
+        }
+        let (payload, blob) = answer;
+        let head = Reply {
+            release: Some(release),
+            payload: Some(payload),
+            ..Reply::default()
+        };
+        reply.send(Served::Whole(head, blob));
+    }
+}
+
+/// Where the answer to a fetch goes (a ring-port connection, or a
+/// request's reply).
+pub(super) struct Answer(Box<dyn FnOnce(Served) + Send>);
+
+impl Answer {
+    pub(super) fn new(f: impl FnOnce(Served) + Send + 'static) -> Self {
+        Self(Box::new(f))
+    }
+
+    fn send(self, served: Served) {
+        (self.0)(served);
     }
 }
 

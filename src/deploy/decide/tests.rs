@@ -45,6 +45,7 @@ fn offer(s: &mut DeployState, peer: usize, releases: Vec<Release>, now: Instant)
     let event = Event::PeerReleases {
         peer,
         releases,
+        coming: Vec::new(),
         now,
         now_ms: NOW_MS,
     };
@@ -100,7 +101,10 @@ fn a_failed_fetch_moves_to_the_next_source_then_waits_before_trying_again() {
         "{out:?}"
     );
     let out = step(&mut s, failed(2));
-    assert!(matches!(&out[..], [Action::Fail { .. }]), "{out:?}");
+    assert!(
+        matches!(&out[..], [Action::Fail { .. }, Action::Announce(_)]),
+        "{out:?}"
+    );
     assert_eq!(s.pending("m"), None);
     // The sources wait (1 s after the first failure of the release,
     // doubling: 2 s after the second), then it is fetched again.
@@ -133,7 +137,10 @@ fn a_failed_fetch_moves_to_the_next_source_then_waits_before_trying_again() {
     let out = step(&mut s, recorded);
     assert_eq!(
         out,
-        [Action::Announce(vec![r.clone()]), Action::Load(r.clone())]
+        [
+            Action::Announce(Announce::held(vec![r.clone()])),
+            Action::Load(r.clone())
+        ]
     );
     let loaded = Event::Loaded {
         release: r.clone(),
@@ -157,7 +164,10 @@ fn a_peer_that_lacks_the_module_is_not_asked_again_until_it_announces_anew() {
         now: t,
     };
     let out = step(&mut s, lacking);
-    assert!(matches!(&out[..], [Action::Fail { .. }]), "{out:?}");
+    assert!(
+        matches!(&out[..], [Action::Fail { .. }, Action::Announce(_)]),
+        "{out:?}"
+    );
     let later = t + Duration::from_secs(120);
     assert!(tick(&mut s, later).is_empty());
     // The same list again (a link coming back up) is no news.
@@ -223,7 +233,7 @@ fn a_release_refused_for_its_signature_is_relayed_and_not_fetched_again() {
     };
     let out = step(&mut s, got);
     assert!(
-        matches!(&out[..], [Action::Keep { .. }, Action::Fail { reason, .. }] if reason.contains("unsigned")),
+        matches!(&out[..], [Action::Keep { .. }, Action::Fail { reason, .. }, Action::Announce(_)] if reason.contains("unsigned")),
         "{out:?}"
     );
     let kept = Event::Kept {
@@ -231,10 +241,99 @@ fn a_release_refused_for_its_signature_is_relayed_and_not_fetched_again() {
     };
     assert_eq!(
         step(&mut s, kept),
-        [Action::Announce(vec![unsigned.clone()])]
+        [Action::Announce(Announce::held(vec![unsigned.clone()]))]
     );
     let later = t + Duration::from_secs(120);
     assert!(tick(&mut s, later).is_empty());
     assert!(offer(&mut s, 2, vec![unsigned.clone()], later).is_empty());
     assert_eq!(s.current("m").map(|c| c.version), Some(0));
+}
+
+#[test]
+fn a_release_on_its_way_at_the_predecessor_is_fetched_and_relayed_at_once() {
+    let t = Instant::now();
+    let mut s = node(Trust::default());
+    let r = release(1, NOW_MS - 10);
+    let event = Event::PeerReleases {
+        peer: 3,
+        releases: Vec::new(),
+        coming: vec![r.clone()],
+        now: t,
+        now_ms: NOW_MS,
+    };
+    let out = step(&mut s, event);
+    // Asked of the predecessor (it streams what it receives), and told to
+    // the successor as on its way here, before any byte arrived.
+    let relayed = Announce {
+        held: Vec::new(),
+        coming: vec![r.clone()],
+    };
+    assert_eq!(
+        out,
+        [
+            Action::Fetch {
+                release: r.clone(),
+                peer: 3,
+                after: None
+            },
+            Action::Announce(relayed)
+        ]
+    );
+    assert_eq!(s.coming(), std::slice::from_ref(&r));
+}
+
+#[test]
+fn a_stream_that_fails_falls_back_to_the_publisher_of_the_release() {
+    let t = Instant::now();
+    let mut s = node(Trust::default());
+    // Published by node 1, on its way at node 3.
+    let r = release(1, NOW_MS - 10);
+    let event = Event::PeerReleases {
+        peer: 3,
+        releases: Vec::new(),
+        coming: vec![r.clone()],
+        now: t,
+        now_ms: NOW_MS,
+    };
+    assert_eq!(fetches(&step(&mut s, event)), [3]);
+    // The source died mid-stream (or its bytes did not hash right).
+    let cut = Event::Fetched {
+        release: r.clone(),
+        from: 3,
+        result: Err(failure(false)),
+        now: t,
+    };
+    let out = step(&mut s, cut);
+    assert!(
+        matches!(
+            &out[..],
+            [Action::Fetch {
+                peer: 1,
+                after: Some(_),
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    let got = Event::Fetched {
+        release: r.clone(),
+        from: 1,
+        result: Ok(fetched(&r)),
+        now: t,
+    };
+    assert!(matches!(&step(&mut s, got)[..], [Action::Record { .. }]));
+    let recorded = Event::Recorded {
+        release: r.clone(),
+        result: Ok(()),
+        now: t,
+    };
+    // Held now: announced as such, no longer as on its way.
+    assert_eq!(
+        step(&mut s, recorded),
+        [
+            Action::Announce(Announce::held(vec![r.clone()])),
+            Action::Load(r.clone())
+        ]
+    );
+    assert!(s.coming().is_empty());
 }
