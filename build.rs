@@ -38,8 +38,29 @@ fn main() {
     println!("cargo:rerun-if-changed=wit");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    // The stations pin their toolchain, with the wasm target
+    // (stations/rust-toolchain.toml). A host build under another toolchain
+    // (cargo-fuzz builds under nightly, which may have no wasm target to
+    // install) must not build them with its own: with rustup, they are
+    // built by `rustup run <their channel> cargo`, the outer build's
+    // choice of compiler removed. Without rustup, the outer cargo builds
+    // them.
+    let pinned = pinned_channel(&stations.join("rust-toolchain.toml"));
+    let rustup = Command::new("rustup")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut cmd = match pinned.filter(|_| rustup) {
+        Some(channel) => {
+            let mut c = Command::new("rustup");
+            c.args(["run", &channel, "cargo"]);
+            for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "CARGO"] {
+                c.env_remove(var);
+            }
+            c
+        }
+        None => Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+    };
     cmd.current_dir(&stations)
         .args([
             "build",
@@ -77,7 +98,8 @@ fn main() {
     if !status.success() {
         panic!(
             "building the stations in {} failed ({status}). Is the wasm target installed? \
-             Run `rustup target add wasm32-wasip2`.",
+             Run `rustup target add wasm32-wasip2` (for the toolchain of \
+             stations/rust-toolchain.toml).",
             stations.display()
         );
     }
@@ -87,6 +109,15 @@ fn main() {
         assert!(path.is_file(), "station {} was not built", path.display());
     }
     println!("cargo:rustc-env=RINGHOST_STATIONS_DIR={}", built.display());
+}
+
+/// The `channel = "…"` of a rust-toolchain.toml, if it names one.
+fn pinned_channel(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let value = l.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+        Some(value.trim().trim_matches('"').to_owned())
+    })
 }
 
 /// Asks cargo to rerun this script when any station source changes. The
