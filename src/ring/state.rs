@@ -430,7 +430,8 @@ pub struct RingState {
     seen: Option<ParticleId>,
     last_hop: u64,
     in_flight: Option<InFlight>,
-    /// The last particle this node forwarded (for regeneration).
+    /// The last particle this node forwarded, with its hop here (for
+    /// regeneration).
     last_copy: Option<Particle>,
     /// The latest time the particle is known alive: it passed here, or a
     /// heartbeat said so (then `alive_relays` links away).
@@ -1351,7 +1352,12 @@ impl RingState {
             particle: particle.clone(),
             base_hop,
         });
-        self.last_copy = Some(particle.clone());
+        // Kept as it was here: a particle regenerated from it starts at
+        // this node's hop.
+        self.last_copy = Some(Particle {
+            hop: base_hop,
+            ..particle.clone()
+        });
         out.push(Action::Send { link, particle });
     }
 }

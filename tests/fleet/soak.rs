@@ -158,8 +158,12 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "  ticks {}: stops redone {}, rolled back {}, regenerations {}",
-            self.ticks.ticks, self.ticks.redone, self.ticks.rolled_back, self.ticks.regenerations
+            "  ticks {}: stops redone {}, rolled back {}, superseded {}, regenerations {}",
+            self.ticks.ticks,
+            self.ticks.redone,
+            self.ticks.rolled_back,
+            self.ticks.superseded,
+            self.ticks.regenerations
         )?;
         write!(
             f,

@@ -67,12 +67,13 @@ pub fn step(
 }
 
 /// The info line, exactly:
-/// `tick seq=<seq> node=<node-name> index=<node-index> lap=<lap> hop=<hop> count=<count> last_lap_ms=<x.xxx or ->`
+/// `tick seq=<seq> node=<node-name> index=<node-index> generation=<generation> lap=<lap> hop=<hop> count=<count> last_lap_ms=<x.xxx or ->`
 pub fn log_line(seq: u64, ctx: &StopContext, count: u64) -> String {
     format!(
-        "tick seq={seq} node={} index={} lap={} hop={} count={count} last_lap_ms={}",
+        "tick seq={seq} node={} index={} generation={} lap={} hop={} count={count} last_lap_ms={}",
         ctx.node_name,
         ctx.node_index,
+        ctx.generation,
         ctx.lap,
         ctx.hop,
         format_last_lap(ctx.last_lap_us)
@@ -149,12 +150,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.line.as_deref(),
-            Some("tick seq=42 node=dc1/prod/2 index=2 lap=7 hop=37 count=10 last_lap_ms=1234.567")
+            Some(
+                "tick seq=42 node=dc1/prod/2 index=2 generation=1 lap=7 hop=37 count=10 last_lap_ms=1234.567"
+            )
         );
         let first = step(&loud(), &ctx(None), &[], None).unwrap();
         assert_eq!(
             first.line.as_deref(),
-            Some("tick seq=1 node=dc1/prod/2 index=2 lap=7 hop=37 count=1 last_lap_ms=-")
+            Some("tick seq=1 node=dc1/prod/2 index=2 generation=1 lap=7 hop=37 count=1 last_lap_ms=-")
         );
     }
 

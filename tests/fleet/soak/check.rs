@@ -94,6 +94,8 @@ pub struct Tick {
     pub seq: u64,
     /// The particle's hop at this stop.
     pub hop: u64,
+    /// The particle's generation (lines from before it was logged: 0).
+    pub generation: u64,
 }
 
 /// `key=` value of a `key=value` word in `text`.
@@ -114,6 +116,7 @@ impl Tick {
             at: line.at,
             seq: field(&line.text, "seq")?,
             hop: field(&line.text, "hop")?,
+            generation: field(&line.text, "generation").unwrap_or(0),
         })
     }
 }
@@ -127,6 +130,9 @@ pub struct TickFindings {
     pub redone: usize,
     /// Ticks of a lost particle, redone after a regeneration.
     pub rolled_back: usize,
+    /// Ticks of a particle logged after a newer generation had been: a
+    /// superseded copy's stops (a node frozen with it, back).
+    pub superseded: usize,
     /// Regenerations seen.
     pub regenerations: usize,
     /// One line per violation.
@@ -189,6 +195,21 @@ pub fn committed_ticks(
                 live[i] = false;
                 f.rolled_back += 1;
             }
+        }
+    }
+    // A stop of an older generation than one already logged is a
+    // superseded copy's (a node that was frozen or cut off with it, back):
+    // the newer particle replaces it wherever they meet, so its slots
+    // never go on. Not committed.
+    let mut newest = 0;
+    for (i, t) in ticks.iter().enumerate() {
+        if t.generation < newest {
+            if live[i] {
+                live[i] = false;
+                f.superseded += 1;
+            }
+        } else {
+            newest = t.generation;
         }
     }
     let mut unexplained: Vec<(u64, Tick, Tick)> = Vec::new();
@@ -332,7 +353,13 @@ mod tests {
     use super::*;
 
     fn tick(node: usize, at: f64, seq: u64, hop: u64) -> Tick {
-        Tick { node, at, seq, hop }
+        Tick {
+            node,
+            at,
+            seq,
+            hop,
+            generation: 1,
+        }
     }
 
     fn span(kind: &'static str, nodes: &[usize], start: f64, end: f64) -> FaultSpan {
@@ -382,6 +409,40 @@ mod tests {
         let everything = [span("SIGSTOP", &[0, 1, 6], 0.0, 9.0)];
         let f = committed_ticks(&ticks, &[], &everything, 2.0, 1.0, 11);
         assert!(f.violations[0].contains("two particles"), "{f:?}");
+    }
+
+    /// Seed 32810: node 4 was frozen with generation 1 in its socket while
+    /// node 0 regenerated generation 2; on waking it made a stop of the
+    /// old copy (seq 193, as node 3 had of the new one), which node 5
+    /// then dropped. Not two particles: a superseded copy's stop.
+    #[test]
+    fn a_stop_of_a_superseded_generation_is_not_committed() {
+        let new = |node, at, seq, hop| Tick {
+            generation: 2,
+            ..tick(node, at, seq, hop)
+        };
+        let ticks = [
+            tick(3, 0.9, 192, 201),
+            new(0, 1.0, 190, 198),
+            new(3, 1.1, 193, 201),
+            tick(4, 2.0, 193, 202),
+            new(5, 2.1, 194, 203),
+        ];
+        let faults = [span("SIGSTOP", &[4], 0.0, 1.9)];
+        let f = committed_ticks(&ticks, &[(0, 1.0)], &faults, 2.0, 1.0, 11);
+        assert!(f.violations.is_empty(), "{:?}", f.violations);
+        assert_eq!(f.superseded, 1);
+        // Without generations (older logs) the same lines are a redo.
+        let old: Vec<Tick> = ticks
+            .iter()
+            .map(|t| Tick {
+                generation: 0,
+                ..*t
+            })
+            .collect();
+        let f = committed_ticks(&old, &[(0, 1.0)], &[], 2.0, 1.0, 11);
+        assert_eq!(f.superseded, 0);
+        assert!(!f.violations.is_empty());
     }
 
     #[test]
