@@ -252,19 +252,11 @@ impl Fleet {
         }
         let h = &self.hosts[i];
         let mut command = h.ns.command(self.bin.to_str().context("binary path")?);
-        command
-            .arg("--cluster-key-file")
-            .arg(self.key_file())
+        node_flags(&mut command, &self.dir, &self.node_args)
             .arg("--ring")
             .arg(self.ring_file())
             .args(["--name", &h.name])
-            .args(["--admin", &h.at(ADMIN_PORT)])
-            .arg("--admin-token-file")
-            .arg(self.dir.join("admin.token"))
-            .args(["--cache-dir", "none"])
-            .args(&self.node_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null());
+            .args(["--admin", &h.at(ADMIN_PORT)]);
         let log = self.dir.join(format!("node-{i}.log"));
         let child = spawn_logged(&mut command, i, &log, &self.tx)?;
         self.nodes[i] = Some(child);
@@ -550,6 +542,26 @@ fn loss_script(per_mille: u32) -> String {
         ));
     }
     s
+}
+
+/// Adds what every fleet node starts with, in a host or on loopback: the
+/// cluster key and admin token files in `dir` (`cluster.key`,
+/// `admin.token`), no compile cache, the run's `node_args`, info logs and
+/// no stdin.
+pub fn node_flags<'a>(
+    command: &'a mut Command,
+    dir: &Path,
+    node_args: &[String],
+) -> &'a mut Command {
+    command
+        .arg("--cluster-key-file")
+        .arg(dir.join("cluster.key"))
+        .arg("--admin-token-file")
+        .arg(dir.join("admin.token"))
+        .args(["--cache-dir", "none"])
+        .args(node_args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
 }
 
 /// Spawns `command` (node `node`) with its stdout and stderr read line

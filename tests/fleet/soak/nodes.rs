@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::super::{ADMIN_PORT, Fleet, Line, RING_PORT, spawn_logged};
+use super::super::{ADMIN_PORT, Fleet, Line, RING_PORT, node_flags, spawn_logged};
 
 /// The nodes under test.
 pub enum Nodes {
@@ -263,18 +263,10 @@ impl Loopback {
         let n = self.children.len();
         let ring = format!("127.0.0.1:{}-{}", self.base, usize::from(self.base) + n - 1);
         let mut command = Command::new(&self.bin);
-        command
-            .arg("--cluster-key-file")
-            .arg(self.dir.join("cluster.key"))
+        node_flags(&mut command, &self.dir, &self.node_args)
             .args(["--ring", &ring, "--port"])
             .arg((usize::from(self.base) + i).to_string())
-            .args(["--admin", &self.admin_addr(i)])
-            .arg("--admin-token-file")
-            .arg(self.dir.join("admin.token"))
-            .args(["--cache-dir", "none"])
-            .args(&self.node_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null());
+            .args(["--admin", &self.admin_addr(i)]);
         let log = self.dir.join(format!("node-{i}.log"));
         let child = spawn_logged(&mut command, i, &log, &self.tx)?;
         self.children[i] = Some(child);
