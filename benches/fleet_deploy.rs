@@ -197,6 +197,18 @@ impl Deploy {
         (has.len() > 1).then(|| (last - first) / (has.len() - 1) as f64)
     }
 
+    /// Ring deploys: when the last node had the module, in seconds.
+    fn all_have(&self) -> Option<f64> {
+        let has: Vec<f64> = self.nodes.values().filter_map(|n| n.0).collect();
+        (has.len() == self.nodes.len()).then(|| has.into_iter().fold(0.0, f64::max))
+    }
+
+    /// Ring deploys: node 0's validation of the upload (compile and
+    /// `init`, before any other node has the module), in seconds.
+    fn first_compile(&self) -> Option<f64> {
+        Some(self.nodes.get(&0)?.1 - self.validating?)
+    }
+
     fn print(&self, what: &str) {
         if let Some(v) = self.validating {
             eprintln!("  {what}: upload arrived at {:.0} ms", v * 1e3);
@@ -349,9 +361,6 @@ fn one_by_one(fleet: &Fleet, name: &str, module: &[u8]) -> Result<Deploy> {
 }
 
 // ---------------------------------------------------------------------
-// Modules (as benches/deploy.rs makes them)
-
-// ---------------------------------------------------------------------
 // Report
 
 struct Row {
@@ -374,14 +383,17 @@ fn report(hosts: usize, runs: usize, rows: &[Row]) {
          median of {runs} runs (cargo bench --bench fleet_deploy)"
     );
     println!(
-        "{:<8} {:<7} {:>9} {:>10} {:>14} {:>7} {:>12} {:>12} {:>10} {:>9}",
+        "{:<8} {:<7} {:>9} {:>10} {:>10} {:>14} {:>7} {:>7} {:>9} {:>9} {:>10} {:>10} {:>9}",
         "profile",
         "module",
         "bytes",
-        "ring ms",
+        "all have",
+        "all run",
         "one-by-one ms",
-        "ratio",
-        "ring hop ms",
+        "run/1b1",
+        "have/1b1",
+        "compile",
+        "hop ms",
         "node 0 ms",
         "upload at",
         "retries"
@@ -389,7 +401,9 @@ fn report(hosts: usize, runs: usize, rows: &[Row]) {
     for r in rows {
         let ring = median(r.ring.iter().map(|d| d.total).collect());
         let one = median(r.one.iter().map(|d| d.total).collect());
+        let have = median(r.ring.iter().filter_map(Deploy::all_have).collect());
         let hop = median(r.ring.iter().filter_map(Deploy::per_hop).collect());
+        let compile = median(r.ring.iter().filter_map(Deploy::first_compile).collect());
         let first = median(
             r.ring
                 .iter()
@@ -397,13 +411,16 @@ fn report(hosts: usize, runs: usize, rows: &[Row]) {
                 .collect(),
         );
         println!(
-            "{:<8} {:<7} {:>9} {:>10.0} {:>14.0} {:>7.2} {:>12.0} {:>12.0} {:>10.0} {:>9}",
+            "{:<8} {:<7} {:>9} {:>10.0} {:>10.0} {:>14.0} {:>7.2} {:>8.2} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>9}",
             r.profile,
             r.label,
             r.bytes,
+            have * 1e3,
             ring * 1e3,
             one * 1e3,
             ring / one,
+            have / one,
+            compile * 1e3,
             hop * 1e3,
             first * 1e3,
             median(r.ring.iter().filter_map(|d| d.validating).collect()) * 1e3,
@@ -411,12 +428,19 @@ fn report(hosts: usize, runs: usize, rows: &[Row]) {
         );
     }
     println!(
-        "  ring: `ringhost push` to node 0 until every node logged \"station swapped in\"; \
-         one by one: a local push to each node in turn, until the last swap. ratio: ring / one by one."
+        "  all have (ms): ring push until every node had the module, its hash checked (\"module fetched\"); \
+         all run (ms): until every node logged \"station swapped in\"; one by one: a local push to each node \
+         in turn, until the last swap. run/1b1, have/1b1: ring / one by one."
     );
     println!(
-        "  ring hop: mean time from one node having the module (\"module fetched\") to the next; \
-         node 0: push until node 0 ran it (tool start, upload, validation, compile); \
-         upload at: when node 0 began validating the upload (the tool's probes before it); retries: fetches that failed and were retried, all runs."
+        "  compile: node 0's validation of the upload (compile, init), alone on the machine; \
+         hop: mean time from one node having the module to the next; \
+         node 0: push until node 0 ran it (tool start, upload, validation); \
+         upload at: when node 0 began validating the upload (the tool's probes before it); \
+         retries: fetches that failed and were retried, all runs."
+    );
+    println!(
+        "  the ring's nodes compile at once on this machine's shared cores (the one-by-one nodes one \
+         after another); on separate hosts, all run would be about all have + compile."
     );
 }

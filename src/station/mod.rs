@@ -50,10 +50,11 @@ use crate::config::{StationSource, StationSpec};
 use crate::model::Hash;
 use crate::observe::EventKind;
 
-/// Bindings generated from `wit/station.wit`.
+/// Bindings generated from `wit/v0.1/station.wit` (the 0.2.0 contract in
+/// `wit/station.wit` is not served yet).
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "wit",
+        path: "wit/v0.1",
         world: "station",
         exports: { default: async },
     });

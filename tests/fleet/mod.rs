@@ -454,8 +454,13 @@ impl Drop for Fleet {
             self.kill(i);
         }
         self.switch.take();
-        // The namespaces go with their fields; the directory last.
-        let _ = fs::remove_dir_all(&self.dir);
+        // The namespaces go with their fields; the directory last, unless
+        // RINGHOST_FLEET_KEEP is set (to read the nodes' logs afterwards).
+        if std::env::var_os("RINGHOST_FLEET_KEEP").is_some() {
+            eprintln!("fleet: kept {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -40,7 +40,7 @@ pub mod slot;
 pub mod bindings {
     wit_bindgen::generate!({
         // Relative to this crate's Cargo.toml directory (stations/sdk).
-        path: "../../wit",
+        path: "../../wit/v0.1",
         world: "ringhost:station/station@0.1.0",
         pub_export_macro: true,
         default_bindings_module: "ringhost_station::bindings",
