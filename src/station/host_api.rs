@@ -1,6 +1,7 @@
-//! Our implementation of the WIT imports (`host`, `kv`, `inbox`) and the
-//! per-store state they work on, plus the sink that turns guest
-//! stdout/stderr into log lines.
+//! Our implementation of the WIT imports of `ringhost:station@0.2`
+//! (`host`, `kv`, `inbox`, `sets`) and the per-store state they work on,
+//! plus the sink that turns guest stdout/stderr into log lines. The 0.1
+//! imports delegate to these ([`super::host_v01`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -14,7 +15,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::ringhost::station::{host, inbox, kv, types};
+use super::sets::{SetEntry, SetStore};
+use super::worlds::v02::ringhost::station::{host, inbox, kv, sets, types};
 use crate::observe::{EventKind, Observer};
 
 /// Largest log line a station may write; longer ones are cut.
@@ -76,6 +78,22 @@ impl KvStore {
         let mut map = self.inner.lock().expect("kv lock");
         map.get_mut(station)
             .is_some_and(|ns| ns.remove(key).is_some())
+    }
+
+    /// The keys of `station`'s namespace that start with `prefix`, with
+    /// their values, ascending.
+    pub fn prefixed(&self, station: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let map = self.inner.lock().expect("kv lock");
+        let Some(ns) = map.get(station) else {
+            return Vec::new();
+        };
+        ns.range::<str, _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
     }
 
     /// Keys of `station`'s namespace, ascending.
@@ -183,6 +201,8 @@ pub struct StationEnv {
     pub kv: KvStore,
     /// This station's inbox.
     pub inbox: Inbox,
+    /// The node's published sets.
+    pub sets: SetStore,
     /// Where events go.
     pub observer: Observer,
     /// The node's start, the zero of `monotonic-ns`.
@@ -373,6 +393,55 @@ impl host::Host for StationState {
 
     fn get_node_info(&mut self) -> types::NodeInfo {
         self.env.node.clone()
+    }
+
+    fn ring_config(&mut self, prefix: String) -> Vec<(String, String)> {
+        ring_config(&self.env.kv, &prefix)
+    }
+}
+
+/// The config bus's live keys starting with `prefix`, ascending, as this
+/// node knows them: the config station keeps each live key `K` in its kv
+/// namespace as `cfg/K` (see stations/config/README.md). Values that are
+/// not UTF-8 (the station writes none) are skipped.
+pub fn ring_config(kv: &KvStore, prefix: &str) -> Vec<(String, String)> {
+    let full = format!("cfg/{prefix}");
+    kv.prefixed(crate::model::CONFIG_STATION, &full)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("cfg/")?.to_string();
+            Some((key, String::from_utf8(v).ok()?))
+        })
+        .collect()
+}
+
+impl sets::Host for StationState {
+    fn put(&mut self, name: String, entries: Vec<types::SetEntry>) -> Result<(), String> {
+        let entries = entries
+            .into_iter()
+            .map(|e| SetEntry {
+                key: e.key,
+                info: e.info,
+                expires_unix_ms: e.expires_unix_ms,
+            })
+            .collect();
+        self.env
+            .sets
+            .put(&self.env.station, &name, entries, unix_ms())
+    }
+
+    fn remove(&mut self, name: String, keys: Vec<String>) -> u32 {
+        self.env
+            .sets
+            .remove(&self.env.station, &name, &keys, unix_ms())
+    }
+
+    fn clear(&mut self, name: String) -> u32 {
+        self.env.sets.clear(&self.env.station, &name, unix_ms())
+    }
+
+    fn size(&mut self, name: String) -> u32 {
+        self.env.sets.size(&self.env.station, &name, unix_ms())
     }
 }
 

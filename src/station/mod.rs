@@ -28,8 +28,11 @@
 mod cache;
 mod engine;
 mod host_api;
+mod host_v01;
 mod limits;
 mod pipeline;
+pub mod sets;
+pub mod worlds;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,26 +45,19 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use engine::HostEngine;
 use host_api::LogBudget;
 pub use host_api::{
-    Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
+    Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, ring_config,
+    unix_ms,
 };
 pub use pipeline::{Pipeline, StopBase};
+pub use sets::SetStore;
+pub use worlds::{StationPre, World};
 
 use crate::config::{StationSource, StationSpec};
 use crate::model::Hash;
 use crate::observe::EventKind;
 
-/// Bindings generated from `wit/v0.1/station.wit` (the 0.2.0 contract in
-/// `wit/station.wit` is not served yet).
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "wit/v0.1",
-        world: "station",
-        exports: { default: async },
-    });
-}
-
-pub use bindings::ringhost::station::types::NodeInfo;
-pub use bindings::{StopContext, Visit};
+pub use worlds::v02::ringhost::station::types::NodeInfo;
+pub use worlds::v02::{StopContext, Visit};
 
 /// How often the epoch advances. A call's deadline is checked at this
 /// granularity, and a long-running guest yields to tokio this often.
@@ -209,7 +205,7 @@ impl StationHost {
     /// # Errors
     /// When the bytes are not a component, or it does not fit the world
     /// (missing exports, imports we do not provide).
-    pub fn compile(&self, bytes: &[u8]) -> Result<bindings::StationPre<StationState>> {
+    pub fn compile(&self, bytes: &[u8]) -> Result<StationPre> {
         self.compile_for(bytes, false)
     }
 
@@ -219,11 +215,7 @@ impl StationHost {
     ///
     /// # Errors
     /// As [`Self::compile`]; also when the metered engine cannot be built.
-    pub fn compile_for(
-        &self,
-        bytes: &[u8],
-        metered: bool,
-    ) -> Result<bindings::StationPre<StationState>> {
+    pub fn compile_for(&self, bytes: &[u8], metered: bool) -> Result<StationPre> {
         self.compile_hashed(Hash::of(bytes), bytes, metered)
             .map(|(pre, _)| pre)
     }
@@ -235,7 +227,7 @@ impl StationHost {
         hash: Hash,
         bytes: &[u8],
         metered: bool,
-    ) -> Result<(bindings::StationPre<StationState>, Engine)> {
+    ) -> Result<(StationPre, Engine)> {
         let metered_engine;
         let host = if metered {
             metered_engine = self.metered()?;
@@ -256,10 +248,21 @@ impl StationHost {
                 c
             }
         };
-        let pre = wt(host.linker.instantiate_pre(&component))
-            .context("linking the component (does it target ringhost:station/station@0.1?)")?;
-        let pre = wt(bindings::StationPre::new(pre))
-            .context("the component does not export the station world's functions")?;
+        let world = World::of(&component, &host.engine)?;
+        let pre = wt(host.linker.instantiate_pre(&component)).with_context(|| {
+            format!(
+                "linking the component as {} (this node runs {})",
+                world.name(),
+                worlds::SUPPORTED
+            )
+        })?;
+        let pre = wt(StationPre::new(pre, world)).with_context(|| {
+            format!(
+                "the component does not export the functions of {} (this node runs {})",
+                world.name(),
+                worlds::SUPPORTED
+            )
+        })?;
         Ok((pre, host.engine.clone()))
     }
 
@@ -399,7 +402,7 @@ pub struct StationLimits {
 
 struct Live {
     store: Store<StationState>,
-    bindings: bindings::Station,
+    bindings: worlds::Exports,
 }
 
 /// One loaded station: its pre-linked component and, when healthy, a live
@@ -414,7 +417,7 @@ pub struct Station {
     /// The engine `pre` was compiled for (plain, or metered when
     /// `limits.fuel` is set).
     engine: Engine,
-    pre: bindings::StationPre<StationState>,
+    pre: StationPre,
     live: Option<Live>,
     env: StationEnv,
     limits: StationLimits,
@@ -442,6 +445,11 @@ impl Station {
     /// sha-256 of the component.
     pub fn hash(&self) -> Hash {
         self.hash
+    }
+
+    /// The world the component is of.
+    pub fn world(&self) -> World {
+        self.pre.world()
     }
 
     /// The config the station was loaded with (`key=value` pairs).

@@ -52,9 +52,19 @@ impl Pipeline {
 
     /// Puts `station` in place of the one with its name (returning the old
     /// one), or appends it. Called between visits, never during a call.
+    ///
+    /// When the new station is another module than the old, the sets the
+    /// old one published are cleared: a new release must not leave its
+    /// predecessor's entries behind forever (the same module again, with
+    /// another config or version, keeps them; see [`super::sets`]).
     pub fn swap(&mut self, station: Station) -> Option<Station> {
         match self.stations.iter_mut().find(|s| s.name == station.name) {
-            Some(slot) => Some(std::mem::replace(slot, station)),
+            Some(slot) => {
+                if slot.hash != station.hash {
+                    station.env.sets.clear_station(&station.name);
+                }
+                Some(std::mem::replace(slot, station))
+            }
             None => {
                 self.stations.push(station);
                 None

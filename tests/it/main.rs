@@ -34,3 +34,4 @@ mod support;
 mod trust;
 mod up;
 mod wire_faults;
+mod worlds;
