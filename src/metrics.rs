@@ -227,6 +227,15 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the published-set metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetLabels {
+    /// The station.
+    pub station: String,
+    /// The set.
+    pub set: String,
+}
+
 /// Labels of the fetch counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
@@ -266,6 +275,12 @@ pub struct Metrics {
     pub fetched_bytes: Family<FetchLabels, Counter>,
     /// The config version applied here (copied at scrape).
     pub config_version: Gauge,
+    /// Entries per published set (copied at scrape; expired entries not
+    /// yet swept are counted).
+    pub set_entries: Family<SetLabels, Gauge>,
+    /// Changes per published set since the node started (copied at
+    /// scrape).
+    pub set_changes: Family<SetLabels, Counter>,
     /// Admin requests by route and status code.
     pub admin_requests: Family<RequestLabels, Counter>,
     /// Connections ended or refused for a bound or a failed check, by
@@ -305,6 +320,8 @@ impl Metrics {
         let fetches = Family::<FetchLabels, Counter>::default();
         let fetched_bytes = Family::<FetchLabels, Counter>::default();
         let config_version = Gauge::default();
+        let set_entries = Family::<SetLabels, Gauge>::default();
+        let set_changes = Family::<SetLabels, Counter>::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
         let refusals = Family::<RefusalLabels, Counter>::default();
         let stations = Stations::default();
@@ -369,6 +386,16 @@ impl Metrics {
             rollbacks.clone(),
         );
         r.register(
+            "set_entries",
+            "Entries of each set a station publishes on this node",
+            set_entries.clone(),
+        );
+        r.register(
+            "set_changes",
+            "Changes (puts, removals, expiries, clears) of each published set",
+            set_changes.clone(),
+        );
+        r.register(
             "deploy_fetches",
             "Modules fetched from other nodes, whole or as deltas",
             fetches.clone(),
@@ -409,6 +436,8 @@ impl Metrics {
             fetches,
             fetched_bytes,
             config_version,
+            set_entries,
+            set_changes,
             admin_requests,
             refusals,
             stations,

@@ -72,6 +72,7 @@ pub struct NodeHandle {
     owner: Option<JoinHandle<Result<()>>>,
     kv: KvStore,
     inboxes: Inboxes,
+    sets: crate::station::SetStore,
     deploy_view: watch::Receiver<DeployView>,
     admin: Option<SocketAddr>,
     bus: Arc<Bus>,
@@ -117,6 +118,11 @@ impl NodeHandle {
     }
 
     /// The inbox of station `name`, if the station has run on this node.
+    /// The sets this node's stations publish.
+    pub fn sets(&self) -> &crate::station::SetStore {
+        &self.sets
+    }
+
     pub fn inbox(&self, name: &str) -> Option<Inbox> {
         self.inboxes.get(name)
     }
@@ -213,6 +219,7 @@ pub async fn start(
     .await?;
     let pipeline = Pipeline::new(started.stations, config.index, config.max_frame_bytes);
     let inboxes = started.inboxes;
+    let sets = started.sets;
     let deploy_tx = started.handle.tx.clone();
     let deploy_view = started.handle.view.clone();
 
@@ -236,6 +243,8 @@ pub async fn start(
         );
         tracker.spawn(watch.instrument(span.clone()));
     }
+
+    tracker.spawn(sweep_sets(sets.clone(), cancel.clone()));
 
     if let Some(keys) = config.cluster_keys.clone().filter(|k| k.file().is_some()) {
         tracker.spawn(reload_keys(keys, cancel.clone()).instrument(span.clone()));
@@ -313,6 +322,7 @@ pub async fn start(
             deploy_view: deploy_view.clone(),
             kv: kv.clone(),
             inboxes: inboxes.clone(),
+            sets: sets.clone(),
             bus: Arc::clone(&bus),
             cluster_keys: config.cluster_keys.clone(),
         };
@@ -354,6 +364,7 @@ pub async fn start(
         owner: Some(owner),
         kv,
         inboxes,
+        sets,
         deploy_view,
         admin: admin_addr,
         bus,
@@ -390,6 +401,23 @@ async fn reload_keys(keys: crate::secure::ClusterKeys, cancel: CancellationToken
                 cause = %format!("{e:#}"),
                 "cluster key file changed but does not read; keeping the keys held"
             ),
+        }
+    }
+}
+
+/// Removes expired set entries every [`crate::station::sets::SWEEP_EVERY`]
+/// (reporting an `expire` event for each) until the node stops. Lookups
+/// never answer an expired entry meanwhile; this only frees the memory
+/// and tells subscribers.
+async fn sweep_sets(sets: crate::station::SetStore, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::station::sets::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                sets.sweep(crate::station::unix_ms());
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// Longest set name, in bytes (`[a-z0-9_-]` only).
@@ -49,7 +49,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
 pub const EVENTS_BUFFER: usize = 4096;
 
 /// One entry as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetEntry {
     /// The key.
     pub key: String,

@@ -26,6 +26,7 @@ mod netfleet;
 mod release_identity;
 mod ring;
 mod sandbox;
+mod sets;
 mod slow_stop;
 mod soak;
 mod startup;
