@@ -109,6 +109,9 @@ impl KvStore {
 #[derive(Debug, Clone, Default)]
 pub struct Inbox {
     inner: Arc<Mutex<Queue>>,
+    /// Signalled at every push: the node's owner task waits on it for the
+    /// inboxes of `input-station` stations (see [`Inbox::ready`]).
+    ready: Arc<tokio::sync::Notify>,
 }
 
 /// An inbox's messages and their total size.
@@ -137,7 +140,40 @@ impl Inbox {
         }
         q.bytes += msg.len();
         q.messages.push_back(msg);
+        drop(q);
+        self.ready.notify_one();
         Ok(())
+    }
+
+    /// Removes messages, oldest first, up to `max` of them and, beyond the
+    /// first, up to `max_bytes` in all (a first message larger than that
+    /// is taken alone).
+    pub fn take_batch(&self, max: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+        let mut q = self.inner.lock().expect("inbox lock");
+        let mut n = 0;
+        let mut bytes = 0;
+        for m in q.messages.iter().take(max) {
+            if n > 0 && bytes + m.len() > max_bytes {
+                break;
+            }
+            n += 1;
+            bytes += m.len();
+        }
+        q.bytes -= bytes;
+        q.messages.drain(..n).collect()
+    }
+
+    /// Completes once a message was pushed since the last completion (or
+    /// [`Inbox::rearm`]). A permit is kept when nobody waits, so a push is
+    /// never missed; a wake-up may find the inbox already empty.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Makes the next [`Inbox::ready`] complete at once: messages are
+    /// still pending after a batch.
+    pub fn rearm(&self) {
+        self.ready.notify_one();
     }
 
     /// Removes up to `max` messages, oldest first.

@@ -48,7 +48,7 @@ pub use host_api::{
     Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, ring_config,
     unix_ms,
 };
-pub use pipeline::{Pipeline, StopBase};
+pub use pipeline::{Pipeline, StopBase, inputs_ready};
 pub use sets::SetStore;
 pub use worlds::{StationPre, World};
 
@@ -67,6 +67,12 @@ pub use crate::ring::token::MAX_SLOT_BYTES;
 
 /// Largest component a node loads.
 pub const MAX_MODULE_BYTES: usize = 8 << 20;
+
+/// Most inputs one `on-input` call is given.
+pub const INPUT_BATCH_MAX: usize = 1024;
+
+/// Most input bytes one `on-input` call is given (beyond its first input).
+pub const INPUT_BATCH_BYTES: usize = 1 << 20;
 
 /// Longest hold a station may ask for; longer asks are clamped.
 pub const MAX_HOLD_MS: u32 = 60_000;
@@ -605,6 +611,53 @@ impl Station {
             && e.discards_instance()
         {
             // A trapped instance (and its store) cannot be re-entered.
+            self.live = None;
+        }
+        result
+    }
+
+    /// Runs `on-input` once with a batch taken from the inbox (at most
+    /// [`INPUT_BATCH_MAX`] inputs and [`INPUT_BATCH_BYTES`] bytes), if any
+    /// is pending; `Ok(0)` when none was, or the station does not take
+    /// inputs. The inputs of a failed batch are gone (the WIT says so);
+    /// after a trap, timeout or memory fault the instance is dropped and
+    /// re-made on the next call, as after a visit's.
+    ///
+    /// # Errors
+    /// [`StationError`], saying why; an `Init` error leaves the inputs in
+    /// the inbox.
+    pub async fn call_input(&mut self) -> Result<usize, StationError> {
+        if !self.world().takes_inputs() || self.env.inbox.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_live().await?;
+        let batch = self
+            .env
+            .inbox
+            .take_batch(INPUT_BATCH_MAX, INPUT_BATCH_BYTES);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let limits = self.limits;
+        let live = self.live.as_mut().expect("ensure_live made an instance");
+        Self::begin_call(&mut live.store, limits.fuel);
+        let began = Instant::now();
+        let call = live.bindings.call_on_input(&mut live.store, &batch);
+        let result = match guarded(limits.call_timeout, async {
+            call.await.unwrap_or_else(|| Ok(Ok(())))
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(batch.len()),
+            Ok(Err(msg)) => Err(StationError::Guest(msg)),
+            Err(e) => Err(classify(e, &limits)),
+        };
+        if let Some(m) = self.env.observer.metrics() {
+            m.station_call(&self.name, began.elapsed());
+        }
+        if let Err(e) = &result
+            && e.discards_instance()
+        {
             self.live = None;
         }
         result

@@ -239,7 +239,6 @@ impl Exports {
     }
 
     /// Calls `on-input`; `None` when the world has no such export.
-    #[allow(dead_code)] // used by the on-input dispatch (next step)
     pub(super) async fn call_on_input(
         &self,
         store: impl AsContextMut<Data = StationState>,
