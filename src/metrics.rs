@@ -227,6 +227,13 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the dropped-input counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `unknown_station`, `inbox_full`, `malformed` or `too_large`.
+    pub reason: &'static str,
+}
+
 /// Labels of the published-set metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SetLabels {
@@ -275,6 +282,10 @@ pub struct Metrics {
     pub fetched_bytes: Family<FetchLabels, Counter>,
     /// The config version applied here (copied at scrape).
     pub config_version: Gauge,
+    /// Datagram inputs put in an inbox.
+    pub inputs_received: Counter,
+    /// Datagram inputs dropped, by reason.
+    pub inputs_dropped: Family<DropLabels, Counter>,
     /// Entries per published set (copied at scrape; expired entries not
     /// yet swept are counted).
     pub set_entries: Family<SetLabels, Gauge>,
@@ -321,6 +332,8 @@ impl Metrics {
         let fetched_bytes = Family::<FetchLabels, Counter>::default();
         let config_version = Gauge::default();
         let set_entries = Family::<SetLabels, Gauge>::default();
+        let inputs_received = Counter::default();
+        let inputs_dropped = Family::<DropLabels, Counter>::default();
         let set_changes = Family::<SetLabels, Counter>::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
         let refusals = Family::<RefusalLabels, Counter>::default();
@@ -386,6 +399,17 @@ impl Metrics {
             rollbacks.clone(),
         );
         r.register(
+            "inputs_received",
+            "Datagram inputs (--input-udp, --input-unix) put in a station's inbox",
+            inputs_received.clone(),
+        );
+        r.register(
+            "inputs_dropped",
+            "Datagram inputs dropped, by reason (unknown_station, inbox_full, malformed, \
+             too_large)",
+            inputs_dropped.clone(),
+        );
+        r.register(
             "set_entries",
             "Entries of each set a station publishes on this node",
             set_entries.clone(),
@@ -438,6 +462,8 @@ impl Metrics {
             config_version,
             set_entries,
             set_changes,
+            inputs_received,
+            inputs_dropped,
             admin_requests,
             refusals,
             stations,

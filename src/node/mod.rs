@@ -26,6 +26,7 @@
 
 mod downlink;
 mod fetches;
+pub mod ingest;
 mod msg;
 mod owner;
 mod snapshot;
@@ -75,6 +76,7 @@ pub struct NodeHandle {
     sets: crate::station::SetStore,
     deploy_view: watch::Receiver<DeployView>,
     admin: Option<SocketAddr>,
+    input_udp: Option<SocketAddr>,
     bus: Arc<Bus>,
     status: Arc<StatusSnapshot>,
 }
@@ -83,6 +85,11 @@ impl NodeHandle {
     /// The address the admin API is bound to (`None`: off).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// The address datagram inputs are received on (`None`: off).
+    pub fn input_udp_addr(&self) -> Option<SocketAddr> {
+        self.input_udp
     }
 
     /// The node's event bus and metrics (what the admin API serves).
@@ -181,6 +188,18 @@ pub async fn start(
         Some(a) => Some(admin::server::bind(a).await?),
         None => None,
     };
+    let input_udp = match &config.input_udp {
+        Some(a) => Some(
+            tokio::net::UdpSocket::bind(a)
+                .await
+                .with_context(|| format!("binding --input-udp {a}"))?,
+        ),
+        None => None,
+    };
+    let input_unix = match &config.input_unix {
+        Some(p) => Some((ingest::bind_unix(p)?, p.clone())),
+        None => None,
+    };
     let admin_addr = match &admin_listener {
         Some(l) => Some(l.local_addr().context("reading the admin address")?),
         None => None,
@@ -245,6 +264,26 @@ pub async fn start(
     }
 
     tracker.spawn(sweep_sets(sets.clone(), cancel.clone()));
+    let input_udp_addr = input_udp.as_ref().and_then(|s| s.local_addr().ok());
+    if let Some(socket) = input_udp {
+        let task = ingest::serve_udp(
+            socket,
+            inboxes.clone(),
+            Arc::clone(bus.metrics()),
+            cancel.clone(),
+        );
+        tracker.spawn(task.instrument(span.clone()));
+    }
+    if let Some((socket, path)) = input_unix {
+        let task = ingest::serve_unix(
+            socket,
+            path,
+            inboxes.clone(),
+            Arc::clone(bus.metrics()),
+            cancel.clone(),
+        );
+        tracker.spawn(task.instrument(span.clone()));
+    }
 
     if let Some(keys) = config.cluster_keys.clone().filter(|k| k.file().is_some()) {
         tracker.spawn(reload_keys(keys, cancel.clone()).instrument(span.clone()));
@@ -366,6 +405,7 @@ pub async fn start(
         inboxes,
         sets,
         deploy_view,
+        input_udp: input_udp_addr,
         admin: admin_addr,
         bus,
         status,

@@ -45,8 +45,8 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use engine::HostEngine;
 use host_api::LogBudget;
 pub use host_api::{
-    Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, ring_config,
-    unix_ms,
+    INBOX_CAPACITY, Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv,
+    StationState, ring_config, unix_ms,
 };
 pub use pipeline::{Pipeline, StopBase, inputs_ready};
 pub use sets::SetStore;

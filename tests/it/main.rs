@@ -20,6 +20,7 @@ mod examples;
 mod files;
 mod fleet;
 mod health;
+mod ingest;
 mod inputs;
 mod leave_race;
 #[path = "../fleet/mod.rs"]
