@@ -666,6 +666,16 @@ impl Station {
     /// Counts a fault, logs it (rate-limited) and says whether the
     /// station is now due for an automatic rollback.
     fn report_fault(&mut self, node: usize, err: &StationError) -> bool {
+        self.report_fault_as(
+            node,
+            err,
+            "station call failed; particle passed on with the slot unchanged",
+        )
+    }
+
+    /// [`Self::report_fault`] with the log line's message given (an
+    /// `on-input` fault has no particle to pass on).
+    fn report_fault_as(&mut self, node: usize, err: &StationError, message: &'static str) -> bool {
         self.faults += 1;
         let mut rollback_due = false;
         if err.discards_instance() && self.limits.rollback_after > 0 {
@@ -699,7 +709,7 @@ impl Station {
                 cause = %err,
                 faults = self.faults,
                 suppressed = self.suppressed_logs,
-                "station call failed; particle passed on with the slot unchanged"
+                "{message}"
             );
             self.last_fault_log = Some(now);
             self.suppressed_logs = 0;

@@ -129,11 +129,15 @@ impl Pipeline {
         }
     }
 
-    /// Counts and reports a fault of station `i`, queueing a rollback
-    /// report when it is due.
+    /// Counts and reports an `on-input` fault of station `i`, queueing a
+    /// rollback report when it is due.
     fn fault(&mut self, i: usize, e: StationError) {
         let station = &mut self.stations[i];
-        if station.report_fault(self.node_index, &e) {
+        if station.report_fault_as(
+            self.node_index,
+            &e,
+            "on-input call failed; the batch's inputs are gone",
+        ) {
             // The count and window go into the cause, so the rollback's
             // report says what it was due to.
             let cause = format!(
