@@ -20,6 +20,8 @@ const STATIONS: &[&str] = &[
     "marker",
     "marker2",
     "escape",
+    "v01",
+    "inputs",
 ];
 
 fn main() {

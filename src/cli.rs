@@ -458,6 +458,17 @@ pub struct NodeArgs {
     #[arg(long)]
     pub insecure: bool,
 
+    /// Receive station inputs as UDP datagrams (`STATION\npayload`) on
+    /// this address, or `auto`: 127.0.0.1 at the ring port + 2000. Inputs
+    /// are not authenticated: a non-loopback address needs --insecure.
+    #[arg(long, value_name = "ADDR|auto")]
+    pub input_udp: Option<String>,
+
+    /// Receive station inputs as datagrams (`STATION\npayload`) on a Unix
+    /// datagram socket made at this path (mode 0660, removed at exit).
+    #[arg(long, value_name = "PATH")]
+    pub input_unix: Option<PathBuf>,
+
     /// Restart a dead successor that lives on this machine, with this
     /// node's command line (under `ringhost up` the supervisor does it).
     #[arg(long)]
@@ -630,8 +641,42 @@ impl NodeArgs {
         let mut config = NodeConfig::new(ring, index);
         self.stations.apply(&mut config)?;
         config.admin = self.admin_config(&config)?;
+        config.input_udp = self.input_udp_config(&config)?;
+        config.input_unix.clone_from(&self.input_unix);
         config.validate()?;
         Ok(config)
+    }
+
+    /// `--input-udp`: `auto` is 127.0.0.1 at the ring port + 2000; an
+    /// address beyond loopback needs `--insecure`.
+    ///
+    /// # Errors
+    /// A non-loopback address without `--insecure`, or no port 2000 above.
+    fn input_udp_config(&self, config: &NodeConfig) -> Result<Option<String>> {
+        let Some(given) = self.input_udp.as_deref() else {
+            return Ok(None);
+        };
+        let addr = if given == "auto" {
+            let ring_addr = self.listen.as_deref().unwrap_or(&config.me().addr);
+            let (_, port) = split_host_port(ring_addr)?;
+            let udp = port.checked_add(2000).ok_or_else(|| {
+                anyhow::anyhow!("ring port {port} has no port 2000 above it: give --input-udp ADDR")
+            })?;
+            format!("127.0.0.1:{udp}")
+        } else {
+            given.to_string()
+        };
+        let loopback = addr
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+            || addr.starts_with("localhost:");
+        if !loopback && !self.insecure {
+            bail!(
+                "--input-udp {addr} is not a loopback address: datagram inputs are not \
+                 authenticated; pass --insecure to accept them from the network"
+            );
+        }
+        Ok(Some(addr))
     }
 
     /// The admin API settings: `--admin`, or 127.0.0.1 at the ring port

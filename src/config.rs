@@ -473,6 +473,12 @@ pub struct NodeConfig {
     /// plain links, which a node only accepts on loopback unless
     /// `--insecure`.
     pub cluster_keys: Option<crate::secure::ClusterKeys>,
+    /// Where datagram inputs arrive over UDP (`--input-udp`; `None`:
+    /// off). See `node::ingest`.
+    pub input_udp: Option<String>,
+    /// Where datagram inputs arrive over a Unix datagram socket
+    /// (`--input-unix`; `None`: off).
+    pub input_unix: Option<std::path::PathBuf>,
 }
 
 /// A node's admin HTTP API (see `crate::admin`).
@@ -633,6 +639,8 @@ impl NodeConfig {
             deploy: DeployConfig::default(),
             admin: Some(AdminConfig::at("127.0.0.1:0", None)),
             cluster_keys: None,
+            input_udp: None,
+            input_unix: None,
         }
     }
 

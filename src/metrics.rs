@@ -227,6 +227,22 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the dropped-input counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `unknown_station`, `inbox_full`, `malformed` or `too_large`.
+    pub reason: &'static str,
+}
+
+/// Labels of the published-set metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetLabels {
+    /// The station.
+    pub station: String,
+    /// The set.
+    pub set: String,
+}
+
 /// Labels of the fetch counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
@@ -266,6 +282,16 @@ pub struct Metrics {
     pub fetched_bytes: Family<FetchLabels, Counter>,
     /// The config version applied here (copied at scrape).
     pub config_version: Gauge,
+    /// Datagram inputs put in an inbox.
+    pub inputs_received: Counter,
+    /// Datagram inputs dropped, by reason.
+    pub inputs_dropped: Family<DropLabels, Counter>,
+    /// Entries per published set (copied at scrape; expired entries not
+    /// yet swept are counted).
+    pub set_entries: Family<SetLabels, Gauge>,
+    /// Changes per published set since the node started (copied at
+    /// scrape).
+    pub set_changes: Family<SetLabels, Counter>,
     /// Admin requests by route and status code.
     pub admin_requests: Family<RequestLabels, Counter>,
     /// Connections ended or refused for a bound or a failed check, by
@@ -305,6 +331,10 @@ impl Metrics {
         let fetches = Family::<FetchLabels, Counter>::default();
         let fetched_bytes = Family::<FetchLabels, Counter>::default();
         let config_version = Gauge::default();
+        let set_entries = Family::<SetLabels, Gauge>::default();
+        let inputs_received = Counter::default();
+        let inputs_dropped = Family::<DropLabels, Counter>::default();
+        let set_changes = Family::<SetLabels, Counter>::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
         let refusals = Family::<RefusalLabels, Counter>::default();
         let stations = Stations::default();
@@ -369,6 +399,27 @@ impl Metrics {
             rollbacks.clone(),
         );
         r.register(
+            "inputs_received",
+            "Datagram inputs (--input-udp, --input-unix) put in a station's inbox",
+            inputs_received.clone(),
+        );
+        r.register(
+            "inputs_dropped",
+            "Datagram inputs dropped, by reason (unknown_station, inbox_full, malformed, \
+             too_large)",
+            inputs_dropped.clone(),
+        );
+        r.register(
+            "set_entries",
+            "Entries of each set a station publishes on this node",
+            set_entries.clone(),
+        );
+        r.register(
+            "set_changes",
+            "Changes (puts, removals, expiries, clears) of each published set",
+            set_changes.clone(),
+        );
+        r.register(
             "deploy_fetches",
             "Modules fetched from other nodes, whole or as deltas",
             fetches.clone(),
@@ -409,6 +460,10 @@ impl Metrics {
             fetches,
             fetched_bytes,
             config_version,
+            set_entries,
+            set_changes,
+            inputs_received,
+            inputs_dropped,
             admin_requests,
             refusals,
             stations,

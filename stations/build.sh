@@ -12,7 +12,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 stations=(tick delay echo deploy_delta)
-testing=(trap spin hog badinit marker marker2 escape)
+testing=(trap spin hog badinit marker marker2 escape v01 inputs)
 
 cargo build --release --target wasm32-wasip2 "$@"
 

@@ -156,6 +156,7 @@ pub async fn load_station(
         },
         kv: KvStore::default(),
         inbox: Inbox::default(),
+        sets: Default::default(),
         observer: Observer::none(),
         epoch: Instant::now(),
     };

@@ -8,6 +8,8 @@
 //!   bounded connections, header and body deadlines).
 //! - [`dashboard`]: the page served at `/` (plain HTML/JS/CSS in the
 //!   binary) and the event stream's cross-origin rule it needs.
+//! - [`sets`]: membership queries on the sets stations publish, answered
+//!   from node memory (the hot path of an application server).
 //! - [`client`]: a small HTTP/1 client (hyper) for the tools, and how a
 //!   tool finds a node's admin API from its ring address.
 //!
@@ -21,3 +23,4 @@ pub mod client;
 pub mod dashboard;
 pub mod listen;
 pub mod server;
+pub mod sets;

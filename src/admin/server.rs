@@ -63,7 +63,8 @@ use crate::deploy::agent::{DeployMsg, DeployView};
 use crate::deploy::release::{Reply, Request as DeployRequest};
 use crate::metrics::{FetchLabels, Metrics, RequestLabels};
 use crate::observe::{Bus, EventKind};
-use crate::station::{Inboxes, KvStore};
+use crate::station::sets::{SetEvent, check_name};
+use crate::station::{Inboxes, KvStore, SetStore, unix_ms};
 use crate::status::{self, Report};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
@@ -108,6 +109,8 @@ pub struct AdminContext {
     pub kv: KvStore,
     /// The stations' inboxes (those that run later too).
     pub inboxes: Inboxes,
+    /// The sets the node's stations publish.
+    pub sets: SetStore,
     /// The node's event bus (and through it, its metrics).
     pub bus: Arc<Bus>,
     /// The cluster keys members are asked with (see `crate::secure`).
@@ -139,7 +142,7 @@ impl std::ops::Deref for App {
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn new(code: StatusCode, why: impl Into<String>) -> Self {
+    pub(super) fn new(code: StatusCode, why: impl Into<String>) -> Self {
         Self(code, why.into())
     }
 }
@@ -255,6 +258,15 @@ fn router(app: App) -> Router {
         .route("/v1/stations/{name}/kv/{key}", get(kv_get))
         .route("/v1/stations/{name}/inbox", axum::routing::post(inbox_post))
         .route(
+            "/v1/stations/{name}/sets/{set}",
+            get(super::sets::list).with_state(app.sets.clone()),
+        )
+        .route("/v1/stations/{name}/sets/{set}/events", get(set_events))
+        .route(
+            "/v1/stations/{name}/sets/{set}/{key}",
+            get(super::sets::lookup).with_state(app.sets.clone()),
+        )
+        .route(
             "/v1/push",
             axum::routing::post(push).layer(DefaultBodyLimit::max(PUSH_BODY_LIMIT)),
         )
@@ -291,6 +303,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/stations/{name}/kv",
     "/v1/stations/{name}/kv/{key}",
     "/v1/stations/{name}/inbox",
+    "/v1/stations/{name}/sets/{set}",
+    "/v1/stations/{name}/sets/{set}/events",
+    "/v1/stations/{name}/sets/{set}/{key}",
     "/v1/push",
     "/v1/rollback",
     "/v1/config/{key}",
@@ -568,6 +583,53 @@ async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, 
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// `GET /v1/stations/{name}/sets/{set}/events`: the set's live entries as
+/// `put` events, a `synced` event, then every change (`put`, `remove`,
+/// `expire`, `clear`) as it happens; a reader too slow for
+/// [`crate::station::sets::EVENTS_BUFFER`] changes gets `lagged` (with
+/// how many it missed: it should reconnect for a fresh snapshot).
+async fn set_events(
+    State(app): State<App>,
+    Path((name, set)): Path<(String, String)>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    check_name(&set).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let (entries, rx) = app
+        .sets
+        .subscribe(&name, &set, unix_ms())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let snapshot = futures::stream::iter(
+        entries
+            .into_iter()
+            .map(SetEvent::Put)
+            .map(|e| Ok(set_event(&e)))
+            .chain(std::iter::once(Ok(Event::default()
+                .event("synced")
+                .data("{}")))),
+    );
+    let live = futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(ev) => Some((Ok(set_event(&ev)), rx)),
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                let data = serde_json::json!({ "type": "lagged", "skipped": skipped });
+                Some((
+                    Ok(Event::default().event("lagged").data(data.to_string())),
+                    rx,
+                ))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    let stream = snapshot
+        .chain(live)
+        .take_until(app.0.cancel.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn set_event(ev: &SetEvent) -> Event {
+    let data = serde_json::to_string(ev).unwrap_or_else(|_| "{}".into());
+    Event::default().event(ev.name()).data(data)
+}
+
 async fn kv_list(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -762,6 +824,16 @@ async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> impl
     }
     m.config_version
         .set(i64::try_from(status::config_version(&app.kv)).unwrap_or(i64::MAX));
+    for (station, set, entries, changes) in app.sets.stats() {
+        let labels = crate::metrics::SetLabels { station, set };
+        m.set_entries
+            .get_or_create(&labels)
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        m.set_changes
+            .get_or_create(&labels)
+            .inner()
+            .store(changes, std::sync::atomic::Ordering::Relaxed);
+    }
     (
         [
             (

@@ -32,8 +32,8 @@ use crate::model::{
 };
 use crate::observe::{EventKind, Observer};
 use crate::station::{
-    FaultReport, Inbox, Inboxes, KvStore, MAX_MODULE_BYTES, NodeInfo, Station, StationEnv,
-    StationHost, StationId, StationLimits, read_source,
+    FaultReport, Inbox, Inboxes, KvStore, MAX_MODULE_BYTES, NodeInfo, SetStore, Station,
+    StationEnv, StationHost, StationId, StationLimits, read_source,
 };
 use crate::wire::{Frame, FrameReader, FrameWriter};
 
@@ -271,6 +271,8 @@ pub struct Started {
     /// The inboxes of the node's stations, those started with and those
     /// that run later (shared with the agent, which registers them).
     pub inboxes: Inboxes,
+    /// The node's published sets (shared with every station).
+    pub sets: SetStore,
     /// The agent, to be run with [`Agent::run`].
     pub agent: Agent,
     /// The node's handle on it.
@@ -289,6 +291,7 @@ struct EnvBase {
     kv: KvStore,
     observer: Observer,
     epoch: Instant,
+    sets: SetStore,
 }
 
 impl EnvBase {
@@ -298,6 +301,7 @@ impl EnvBase {
             node: self.node.clone(),
             kv: self.kv.clone(),
             inbox,
+            sets: self.sets.clone(),
             observer: self.observer.clone(),
             epoch: self.epoch,
         }

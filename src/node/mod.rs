@@ -26,6 +26,7 @@
 
 mod downlink;
 mod fetches;
+pub mod ingest;
 mod msg;
 mod owner;
 mod snapshot;
@@ -72,8 +73,10 @@ pub struct NodeHandle {
     owner: Option<JoinHandle<Result<()>>>,
     kv: KvStore,
     inboxes: Inboxes,
+    sets: crate::station::SetStore,
     deploy_view: watch::Receiver<DeployView>,
     admin: Option<SocketAddr>,
+    input_udp: Option<SocketAddr>,
     bus: Arc<Bus>,
     status: Arc<StatusSnapshot>,
 }
@@ -82,6 +85,11 @@ impl NodeHandle {
     /// The address the admin API is bound to (`None`: off).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// The address datagram inputs are received on (`None`: off).
+    pub fn input_udp_addr(&self) -> Option<SocketAddr> {
+        self.input_udp
     }
 
     /// The node's event bus and metrics (what the admin API serves).
@@ -117,6 +125,11 @@ impl NodeHandle {
     }
 
     /// The inbox of station `name`, if the station has run on this node.
+    /// The sets this node's stations publish.
+    pub fn sets(&self) -> &crate::station::SetStore {
+        &self.sets
+    }
+
     pub fn inbox(&self, name: &str) -> Option<Inbox> {
         self.inboxes.get(name)
     }
@@ -175,6 +188,18 @@ pub async fn start(
         Some(a) => Some(admin::server::bind(a).await?),
         None => None,
     };
+    let input_udp = match &config.input_udp {
+        Some(a) => Some(
+            tokio::net::UdpSocket::bind(a)
+                .await
+                .with_context(|| format!("binding --input-udp {a}"))?,
+        ),
+        None => None,
+    };
+    let input_unix = match &config.input_unix {
+        Some(p) => Some((ingest::bind_unix(p)?, p.clone())),
+        None => None,
+    };
     let admin_addr = match &admin_listener {
         Some(l) => Some(l.local_addr().context("reading the admin address")?),
         None => None,
@@ -213,6 +238,7 @@ pub async fn start(
     .await?;
     let pipeline = Pipeline::new(started.stations, config.index, config.max_frame_bytes);
     let inboxes = started.inboxes;
+    let sets = started.sets;
     let deploy_tx = started.handle.tx.clone();
     let deploy_view = started.handle.view.clone();
 
@@ -235,6 +261,28 @@ pub async fn start(
             cancel.clone(),
         );
         tracker.spawn(watch.instrument(span.clone()));
+    }
+
+    tracker.spawn(sweep_sets(sets.clone(), cancel.clone()));
+    let input_udp_addr = input_udp.as_ref().and_then(|s| s.local_addr().ok());
+    if let Some(socket) = input_udp {
+        let task = ingest::serve_udp(
+            socket,
+            inboxes.clone(),
+            Arc::clone(bus.metrics()),
+            cancel.clone(),
+        );
+        tracker.spawn(task.instrument(span.clone()));
+    }
+    if let Some((socket, path)) = input_unix {
+        let task = ingest::serve_unix(
+            socket,
+            path,
+            inboxes.clone(),
+            Arc::clone(bus.metrics()),
+            cancel.clone(),
+        );
+        tracker.spawn(task.instrument(span.clone()));
     }
 
     if let Some(keys) = config.cluster_keys.clone().filter(|k| k.file().is_some()) {
@@ -313,6 +361,7 @@ pub async fn start(
             deploy_view: deploy_view.clone(),
             kv: kv.clone(),
             inboxes: inboxes.clone(),
+            sets: sets.clone(),
             bus: Arc::clone(&bus),
             cluster_keys: config.cluster_keys.clone(),
         };
@@ -354,7 +403,9 @@ pub async fn start(
         owner: Some(owner),
         kv,
         inboxes,
+        sets,
         deploy_view,
+        input_udp: input_udp_addr,
         admin: admin_addr,
         bus,
         status,
@@ -390,6 +441,23 @@ async fn reload_keys(keys: crate::secure::ClusterKeys, cancel: CancellationToken
                 cause = %format!("{e:#}"),
                 "cluster key file changed but does not read; keeping the keys held"
             ),
+        }
+    }
+}
+
+/// Removes expired set entries every [`crate::station::sets::SWEEP_EVERY`]
+/// (reporting an `expire` event for each) until the node stops. Lookups
+/// never answer an expired entry meanwhile; this only frees the memory
+/// and tells subscribers.
+async fn sweep_sets(sets: crate::station::SetStore, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::station::sets::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                sets.sweep(crate::station::unix_ms());
+            }
         }
     }
 }

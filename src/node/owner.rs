@@ -113,6 +113,9 @@ impl Owner {
                 continue;
             }
             let hold = self.hold_until;
+            // Empty (no allocation) unless a station takes inputs.
+            let inboxes = self.pipeline.input_inboxes();
+            let takes_inputs = !inboxes.is_empty();
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => {
@@ -125,6 +128,15 @@ impl Owner {
                 }
                 Some(msg) = rx.recv() => self.on_msg(msg, &mut events),
                 Some(cmd) = deploy_rx.recv() => self.on_deploy(cmd).await,
+                // Inputs for `input-station` stations: one bounded batch
+                // each, between visits (never during one: this task runs
+                // the visits), after any message waiting.
+                () = crate::station::inputs_ready(inboxes), if takes_inputs => {
+                    self.pipeline.dispatch_inputs().await;
+                    for report in self.pipeline.take_faulty() {
+                        let _ = self.deploy_tx.try_send(DeployMsg::Faulty(report));
+                    }
+                }
                 () = tokio::time::sleep_until(next_tick) => {}
             }
         }

@@ -21,7 +21,8 @@ use anyhow::{Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use super::{EPOCH_TICK, StationState, bindings, wt};
+use super::worlds::{v01, v02};
+use super::{EPOCH_TICK, StationState, wt};
 
 /// An engine, its linker and the components compiled for it.
 pub(super) struct HostEngine {
@@ -48,11 +49,18 @@ impl HostEngine {
         let engine = wt(Engine::new(&config)).context("building the wasm engine")?;
         let mut linker = Linker::new(&engine);
         wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI")?;
-        wt(bindings::Station::add_to_linker::<_, HasSelf<_>>(
+        // Both versions' imports, one implementation behind them (see
+        // `worlds`); `input-station@0.2` imports what `station@0.2` does.
+        wt(v02::InputStation::add_to_linker::<_, HasSelf<_>>(
             &mut linker,
             |s| s,
         ))
-        .context("linking the station imports")?;
+        .context("linking the station imports of 0.2")?;
+        wt(v01::Station::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        ))
+        .context("linking the station imports of 0.1")?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("epoch-ticker".into())

@@ -1,6 +1,7 @@
-//! Our implementation of the WIT imports (`host`, `kv`, `inbox`) and the
-//! per-store state they work on, plus the sink that turns guest
-//! stdout/stderr into log lines.
+//! Our implementation of the WIT imports of `ringhost:station@0.2`
+//! (`host`, `kv`, `inbox`, `sets`) and the per-store state they work on,
+//! plus the sink that turns guest stdout/stderr into log lines. The 0.1
+//! imports delegate to these ([`super::host_v01`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -14,7 +15,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::ringhost::station::{host, inbox, kv, types};
+use super::sets::{SetEntry, SetStore};
+use super::worlds::v02::ringhost::station::{host, inbox, kv, sets, types};
 use crate::observe::{EventKind, Observer};
 
 /// Largest log line a station may write; longer ones are cut.
@@ -78,6 +80,22 @@ impl KvStore {
             .is_some_and(|ns| ns.remove(key).is_some())
     }
 
+    /// The keys of `station`'s namespace that start with `prefix`, with
+    /// their values, ascending.
+    pub fn prefixed(&self, station: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let map = self.inner.lock().expect("kv lock");
+        let Some(ns) = map.get(station) else {
+            return Vec::new();
+        };
+        ns.range::<str, _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+    }
+
     /// Keys of `station`'s namespace, ascending.
     pub fn keys(&self, station: &str) -> Vec<String> {
         let map = self.inner.lock().expect("kv lock");
@@ -91,6 +109,9 @@ impl KvStore {
 #[derive(Debug, Clone, Default)]
 pub struct Inbox {
     inner: Arc<Mutex<Queue>>,
+    /// Signalled at every push: the node's owner task waits on it for the
+    /// inboxes of `input-station` stations (see [`Inbox::ready`]).
+    ready: Arc<tokio::sync::Notify>,
 }
 
 /// An inbox's messages and their total size.
@@ -119,7 +140,40 @@ impl Inbox {
         }
         q.bytes += msg.len();
         q.messages.push_back(msg);
+        drop(q);
+        self.ready.notify_one();
         Ok(())
+    }
+
+    /// Removes messages, oldest first, up to `max` of them and, beyond the
+    /// first, up to `max_bytes` in all (a first message larger than that
+    /// is taken alone).
+    pub fn take_batch(&self, max: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+        let mut q = self.inner.lock().expect("inbox lock");
+        let mut n = 0;
+        let mut bytes = 0;
+        for m in q.messages.iter().take(max) {
+            if n > 0 && bytes + m.len() > max_bytes {
+                break;
+            }
+            n += 1;
+            bytes += m.len();
+        }
+        q.bytes -= bytes;
+        q.messages.drain(..n).collect()
+    }
+
+    /// Completes once a message was pushed since the last completion (or
+    /// [`Inbox::rearm`]). A permit is kept when nobody waits, so a push is
+    /// never missed; a wake-up may find the inbox already empty.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Makes the next [`Inbox::ready`] complete at once: messages are
+    /// still pending after a batch.
+    pub fn rearm(&self) {
+        self.ready.notify_one();
     }
 
     /// Removes up to `max` messages, oldest first.
@@ -183,6 +237,8 @@ pub struct StationEnv {
     pub kv: KvStore,
     /// This station's inbox.
     pub inbox: Inbox,
+    /// The node's published sets.
+    pub sets: SetStore,
     /// Where events go.
     pub observer: Observer,
     /// The node's start, the zero of `monotonic-ns`.
@@ -373,6 +429,55 @@ impl host::Host for StationState {
 
     fn get_node_info(&mut self) -> types::NodeInfo {
         self.env.node.clone()
+    }
+
+    fn ring_config(&mut self, prefix: String) -> Vec<(String, String)> {
+        ring_config(&self.env.kv, &prefix)
+    }
+}
+
+/// The config bus's live keys starting with `prefix`, ascending, as this
+/// node knows them: the config station keeps each live key `K` in its kv
+/// namespace as `cfg/K` (see stations/config/README.md). Values that are
+/// not UTF-8 (the station writes none) are skipped.
+pub fn ring_config(kv: &KvStore, prefix: &str) -> Vec<(String, String)> {
+    let full = format!("cfg/{prefix}");
+    kv.prefixed(crate::model::CONFIG_STATION, &full)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("cfg/")?.to_string();
+            Some((key, String::from_utf8(v).ok()?))
+        })
+        .collect()
+}
+
+impl sets::Host for StationState {
+    fn put(&mut self, name: String, entries: Vec<types::SetEntry>) -> Result<(), String> {
+        let entries = entries
+            .into_iter()
+            .map(|e| SetEntry {
+                key: e.key,
+                info: e.info,
+                expires_unix_ms: e.expires_unix_ms,
+            })
+            .collect();
+        self.env
+            .sets
+            .put(&self.env.station, &name, entries, unix_ms())
+    }
+
+    fn remove(&mut self, name: String, keys: Vec<String>) -> u32 {
+        self.env
+            .sets
+            .remove(&self.env.station, &name, &keys, unix_ms())
+    }
+
+    fn clear(&mut self, name: String) -> u32 {
+        self.env.sets.clear(&self.env.station, &name, unix_ms())
+    }
+
+    fn size(&mut self, name: String) -> u32 {
+        self.env.sets.size(&self.env.station, &name, unix_ms())
     }
 }
 

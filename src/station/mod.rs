@@ -28,8 +28,11 @@
 mod cache;
 mod engine;
 mod host_api;
+mod host_v01;
 mod limits;
 mod pipeline;
+pub mod sets;
+pub mod worlds;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,26 +45,19 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use engine::HostEngine;
 use host_api::LogBudget;
 pub use host_api::{
-    Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv, StationState, unix_ms,
+    INBOX_CAPACITY, Inbox, Inboxes, KvStore, LOG_BURST, LOG_LINES_PER_SEC, StationEnv,
+    StationState, ring_config, unix_ms,
 };
-pub use pipeline::{Pipeline, StopBase};
+pub use pipeline::{Pipeline, StopBase, inputs_ready};
+pub use sets::SetStore;
+pub use worlds::{StationPre, World};
 
 use crate::config::{StationSource, StationSpec};
 use crate::model::Hash;
 use crate::observe::EventKind;
 
-/// Bindings generated from `wit/v0.1/station.wit` (the 0.2.0 contract in
-/// `wit/station.wit` is not served yet).
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "wit/v0.1",
-        world: "station",
-        exports: { default: async },
-    });
-}
-
-pub use bindings::ringhost::station::types::NodeInfo;
-pub use bindings::{StopContext, Visit};
+pub use worlds::v02::ringhost::station::types::NodeInfo;
+pub use worlds::v02::{StopContext, Visit};
 
 /// How often the epoch advances. A call's deadline is checked at this
 /// granularity, and a long-running guest yields to tokio this often.
@@ -71,6 +67,12 @@ pub use crate::ring::token::MAX_SLOT_BYTES;
 
 /// Largest component a node loads.
 pub const MAX_MODULE_BYTES: usize = 8 << 20;
+
+/// Most inputs one `on-input` call is given.
+pub const INPUT_BATCH_MAX: usize = 1024;
+
+/// Most input bytes one `on-input` call is given (beyond its first input).
+pub const INPUT_BATCH_BYTES: usize = 1 << 20;
 
 /// Longest hold a station may ask for; longer asks are clamped.
 pub const MAX_HOLD_MS: u32 = 60_000;
@@ -209,7 +211,7 @@ impl StationHost {
     /// # Errors
     /// When the bytes are not a component, or it does not fit the world
     /// (missing exports, imports we do not provide).
-    pub fn compile(&self, bytes: &[u8]) -> Result<bindings::StationPre<StationState>> {
+    pub fn compile(&self, bytes: &[u8]) -> Result<StationPre> {
         self.compile_for(bytes, false)
     }
 
@@ -219,11 +221,7 @@ impl StationHost {
     ///
     /// # Errors
     /// As [`Self::compile`]; also when the metered engine cannot be built.
-    pub fn compile_for(
-        &self,
-        bytes: &[u8],
-        metered: bool,
-    ) -> Result<bindings::StationPre<StationState>> {
+    pub fn compile_for(&self, bytes: &[u8], metered: bool) -> Result<StationPre> {
         self.compile_hashed(Hash::of(bytes), bytes, metered)
             .map(|(pre, _)| pre)
     }
@@ -235,7 +233,7 @@ impl StationHost {
         hash: Hash,
         bytes: &[u8],
         metered: bool,
-    ) -> Result<(bindings::StationPre<StationState>, Engine)> {
+    ) -> Result<(StationPre, Engine)> {
         let metered_engine;
         let host = if metered {
             metered_engine = self.metered()?;
@@ -256,10 +254,21 @@ impl StationHost {
                 c
             }
         };
-        let pre = wt(host.linker.instantiate_pre(&component))
-            .context("linking the component (does it target ringhost:station/station@0.1?)")?;
-        let pre = wt(bindings::StationPre::new(pre))
-            .context("the component does not export the station world's functions")?;
+        let world = World::of(&component, &host.engine)?;
+        let pre = wt(host.linker.instantiate_pre(&component)).with_context(|| {
+            format!(
+                "linking the component as {} (this node runs {})",
+                world.name(),
+                worlds::SUPPORTED
+            )
+        })?;
+        let pre = wt(StationPre::new(pre, world)).with_context(|| {
+            format!(
+                "the component does not export the functions of {} (this node runs {})",
+                world.name(),
+                worlds::SUPPORTED
+            )
+        })?;
         Ok((pre, host.engine.clone()))
     }
 
@@ -399,7 +408,7 @@ pub struct StationLimits {
 
 struct Live {
     store: Store<StationState>,
-    bindings: bindings::Station,
+    bindings: worlds::Exports,
 }
 
 /// One loaded station: its pre-linked component and, when healthy, a live
@@ -414,7 +423,7 @@ pub struct Station {
     /// The engine `pre` was compiled for (plain, or metered when
     /// `limits.fuel` is set).
     engine: Engine,
-    pre: bindings::StationPre<StationState>,
+    pre: StationPre,
     live: Option<Live>,
     env: StationEnv,
     limits: StationLimits,
@@ -442,6 +451,11 @@ impl Station {
     /// sha-256 of the component.
     pub fn hash(&self) -> Hash {
         self.hash
+    }
+
+    /// The world the component is of.
+    pub fn world(&self) -> World {
+        self.pre.world()
     }
 
     /// The config the station was loaded with (`key=value` pairs).
@@ -602,9 +616,66 @@ impl Station {
         result
     }
 
+    /// Runs `on-input` once with a batch taken from the inbox (at most
+    /// [`INPUT_BATCH_MAX`] inputs and [`INPUT_BATCH_BYTES`] bytes), if any
+    /// is pending; `Ok(0)` when none was, or the station does not take
+    /// inputs. The inputs of a failed batch are gone (the WIT says so);
+    /// after a trap, timeout or memory fault the instance is dropped and
+    /// re-made on the next call, as after a visit's.
+    ///
+    /// # Errors
+    /// [`StationError`], saying why; an `Init` error leaves the inputs in
+    /// the inbox.
+    pub async fn call_input(&mut self) -> Result<usize, StationError> {
+        if !self.world().takes_inputs() || self.env.inbox.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_live().await?;
+        let batch = self
+            .env
+            .inbox
+            .take_batch(INPUT_BATCH_MAX, INPUT_BATCH_BYTES);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let limits = self.limits;
+        let live = self.live.as_mut().expect("ensure_live made an instance");
+        Self::begin_call(&mut live.store, limits.fuel);
+        let began = Instant::now();
+        let call = live.bindings.call_on_input(&mut live.store, &batch);
+        let result = match guarded(limits.call_timeout, async {
+            call.await.unwrap_or_else(|| Ok(Ok(())))
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(batch.len()),
+            Ok(Err(msg)) => Err(StationError::Guest(msg)),
+            Err(e) => Err(classify(e, &limits)),
+        };
+        if let Some(m) = self.env.observer.metrics() {
+            m.station_call(&self.name, began.elapsed());
+        }
+        if let Err(e) = &result
+            && e.discards_instance()
+        {
+            self.live = None;
+        }
+        result
+    }
+
     /// Counts a fault, logs it (rate-limited) and says whether the
     /// station is now due for an automatic rollback.
     fn report_fault(&mut self, node: usize, err: &StationError) -> bool {
+        self.report_fault_as(
+            node,
+            err,
+            "station call failed; particle passed on with the slot unchanged",
+        )
+    }
+
+    /// [`Self::report_fault`] with the log line's message given (an
+    /// `on-input` fault has no particle to pass on).
+    fn report_fault_as(&mut self, node: usize, err: &StationError, message: &'static str) -> bool {
         self.faults += 1;
         let mut rollback_due = false;
         if err.discards_instance() && self.limits.rollback_after > 0 {
@@ -638,7 +709,7 @@ impl Station {
                 cause = %err,
                 faults = self.faults,
                 suppressed = self.suppressed_logs,
-                "station call failed; particle passed on with the slot unchanged"
+                "{message}"
             );
             self.last_fault_log = Some(now);
             self.suppressed_logs = 0;

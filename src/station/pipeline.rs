@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{FaultReport, MAX_HOLD_MS, Station, StationError, StopContext, unix_ms};
+use super::{FaultReport, Inbox, MAX_HOLD_MS, Station, StationError, StopContext, unix_ms};
 use crate::ring::token::{MAX_SLOTS, Particle, slot_overhead};
 
 /// The stations of one node, run in order at every stop.
@@ -52,9 +52,19 @@ impl Pipeline {
 
     /// Puts `station` in place of the one with its name (returning the old
     /// one), or appends it. Called between visits, never during a call.
+    ///
+    /// When the new station is another module than the old, the sets the
+    /// old one published are cleared: a new release must not leave its
+    /// predecessor's entries behind forever (the same module again, with
+    /// another config or version, keeps them; see [`super::sets`]).
     pub fn swap(&mut self, station: Station) -> Option<Station> {
         match self.stations.iter_mut().find(|s| s.name == station.name) {
-            Some(slot) => Some(std::mem::replace(slot, station)),
+            Some(slot) => {
+                if slot.hash != station.hash {
+                    station.env.sets.clear_station(&station.name);
+                }
+                Some(std::mem::replace(slot, station))
+            }
             None => {
                 self.stations.push(station);
                 None
@@ -71,6 +81,77 @@ impl Pipeline {
     /// The stations, in order.
     pub fn stations(&self) -> &[Station] {
         &self.stations
+    }
+
+    /// Whether any station takes inputs as they arrive (`input-station`).
+    /// When none does, the owner task never waits on inboxes.
+    pub fn takes_inputs(&self) -> bool {
+        self.stations.iter().any(|s| s.world().takes_inputs())
+    }
+
+    /// The inboxes of the `input-station` stations (shared handles), to
+    /// wait on with [`inputs_ready`] without borrowing the pipeline.
+    pub fn input_inboxes(&self) -> Vec<Inbox> {
+        self.stations
+            .iter()
+            .filter(|s| s.world().takes_inputs())
+            .map(|s| s.inbox().clone())
+            .collect()
+    }
+
+    /// Gives each `input-station` station one batch of its pending inputs
+    /// (`on-input`), in pipeline order. Called by the owner task between
+    /// visits, so a particle arriving meanwhile waits for these calls only
+    /// (one batch per station, each bounded in count, bytes and time). A
+    /// station with inputs still pending is woken again, so the owner
+    /// comes back to it after what else waits. A fault is counted and
+    /// reported like a visit's.
+    pub async fn dispatch_inputs(&mut self) {
+        for i in 0..self.stations.len() {
+            let station = &mut self.stations[i];
+            match station.call_input().await {
+                Ok(0) => {}
+                Ok(_) => {
+                    if !station.inbox().is_empty() {
+                        station.inbox().rearm();
+                    }
+                }
+                // Not running (init failed, retried later): its inputs
+                // wait in the inbox for a later push or the particle.
+                Err(StationError::Init(_)) => {}
+                Err(e) => {
+                    if !station.inbox().is_empty() {
+                        station.inbox().rearm();
+                    }
+                    self.fault(i, e);
+                }
+            }
+        }
+    }
+
+    /// Counts and reports an `on-input` fault of station `i`, queueing a
+    /// rollback report when it is due.
+    fn fault(&mut self, i: usize, e: StationError) {
+        let station = &mut self.stations[i];
+        if station.report_fault_as(
+            self.node_index,
+            &e,
+            "on-input call failed; the batch's inputs are gone",
+        ) {
+            // The count and window go into the cause, so the rollback's
+            // report says what it was due to.
+            let cause = format!(
+                "{} faults within {} s, the last: {e}",
+                station.recent_faults.len(),
+                station.limits.rollback_window.as_secs_f64()
+            );
+            station.recent_faults.clear();
+            self.faulty.push(FaultReport {
+                name: station.name.clone(),
+                id: station.id(),
+                cause,
+            });
+        }
     }
 
     /// Runs every station on the particle, updating each station's slot in
@@ -142,4 +223,14 @@ impl Pipeline {
         }
         Duration::from_millis(u64::from(hold_ms))
     }
+}
+
+/// Completes once an input was pushed to one of `inboxes` (never, when
+/// there is none). Cancel-safe: a push's wake-up is kept until taken.
+pub async fn inputs_ready(inboxes: Vec<Inbox>) {
+    if inboxes.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits: Vec<_> = inboxes.iter().map(|i| Box::pin(i.ready())).collect();
+    futures::future::select_all(waits).await;
 }

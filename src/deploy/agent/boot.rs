@@ -28,6 +28,7 @@ pub async fn start(
         kv,
         observer,
         epoch: Instant::now(),
+        sets: SetStore::default(),
     };
     let mut stations = Vec::new();
     let inboxes = Inboxes::default();
@@ -186,6 +187,7 @@ pub async fn start(
     Ok(Started {
         stations,
         inboxes,
+        sets: agent.base.sets.clone(),
         agent,
         handle: DeployHandle { tx, view: view_rx },
         owner_rx,

@@ -1,6 +1,10 @@
 //! SDK for writing ringhost stations: WebAssembly components of the
-//! `ringhost:station/station@0.1.0` world (see `wit/station.wit` at the
-//! repository root).
+//! `ringhost:station/station@0.2.0` world (see `wit/station.wit` at the
+//! repository root). Stations that also take their inputs as they arrive
+//! (world `input-station`, an `on-input` export) use the companion crate
+//! `ringhost-input-station` (`stations/sdk-input`), which re-exports all
+//! of this one: a component is of one world, and a crate that only links
+//! this SDK never carries the other world's type information.
 //!
 //! A station is one type, one trait impl and one macro call:
 //!
@@ -27,8 +31,8 @@
 //!
 //! The SDK also compiles on the host target, so a station's logic can be unit
 //! tested with a plain `cargo test`. On non-wasm targets the host imports
-//! (`host`, `kv`, `inbox`) panic when called; the logging helpers of this
-//! crate print to stderr instead.
+//! (`host`, `kv`, `inbox`, `sets`) panic when called; the logging helpers of
+//! this crate print to stderr instead.
 
 pub mod config;
 pub mod log;
@@ -40,8 +44,8 @@ pub mod slot;
 pub mod bindings {
     wit_bindgen::generate!({
         // Relative to this crate's Cargo.toml directory (stations/sdk).
-        path: "../../wit/v0.1",
-        world: "ringhost:station/station@0.1.0",
+        path: "../../wit",
+        world: "ringhost:station/station@0.2.0",
         pub_export_macro: true,
         default_bindings_module: "ringhost_station::bindings",
     });
@@ -55,18 +59,28 @@ pub use bindings::export;
 /// The trait a station implements (wit-bindgen's `Guest` for the world).
 pub use bindings::Guest as Station;
 
-pub use bindings::ringhost::station::types::{Level, NodeInfo, StopContext, Visit};
+pub use bindings::ringhost::station::types::{Level, NodeInfo, SetEntry, StopContext, Visit};
 
 /// Host imports, as generated: `host::log`, `host::now_unix_ms`,
-/// `host::monotonic_ns`, `host::get_node_info`.
+/// `host::monotonic_ns`, `host::get_node_info`, `host::ring_config`.
 pub use bindings::ringhost::station::host;
 /// Local inputs waiting for the particle: `inbox::take`, `inbox::pending`.
 pub use bindings::ringhost::station::inbox;
 /// This station's node-local key-value namespace: `kv::get`, `kv::set`,
 /// `kv::delete`, `kv::keys`.
 pub use bindings::ringhost::station::kv;
+/// Sets this station publishes on its node, answered by the node's admin
+/// API without calling the station: `sets::put`, `sets::remove`,
+/// `sets::clear`, `sets::size` (limits in `wit/station.wit`).
+pub use bindings::ringhost::station::sets;
 
 pub use config::Config;
+
+/// The ring's replicated config (the config bus) keys starting with
+/// `prefix`, ascending, with their values, as this node knows them now.
+pub fn ring_config(prefix: &str) -> Vec<(String, String)> {
+    host::ring_config(prefix)
+}
 pub use log::{debug, error, info, trace, warn};
 
 impl Visit {
