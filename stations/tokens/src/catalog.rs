@@ -165,7 +165,8 @@ impl Catalog {
         }
         let shift = (id - self.head).min(self.buckets.len() as u64) as usize;
         self.buckets.drain(..shift);
-        self.buckets.resize(self.buckets.len() + shift, Summary::new());
+        self.buckets
+            .resize(self.buckets.len() + shift, Summary::new());
         self.head = id;
     }
 
@@ -235,7 +236,14 @@ impl Catalog {
             }
             Event::Unblock { token, at_ms } => {
                 let expires_ms = at_ms + allow_ttl_s * 1000;
-                self.put_manual(token, node, *at_ms, expires_ms, BlockKind::Allow, "unblocked");
+                self.put_manual(
+                    token,
+                    node,
+                    *at_ms,
+                    expires_ms,
+                    BlockKind::Allow,
+                    "unblocked",
+                );
                 None
             }
             Event::Redeem { token, at_ms } => {
@@ -273,7 +281,13 @@ impl Catalog {
     }
 
     /// Records a redemption; the same (node, time) twice is one redemption.
-    pub fn redeem(&mut self, token: &str, node: u32, at_ms: u64, expires_ms: u64) -> Option<String> {
+    pub fn redeem(
+        &mut self,
+        token: &str,
+        node: u32,
+        at_ms: u64,
+        expires_ms: u64,
+    ) -> Option<String> {
         match self.redemptions.get_mut(token) {
             None => {
                 self.redemptions.insert(

@@ -169,7 +169,10 @@ impl bindings::Guest for Tokens {
                 log(*level, line);
             }
             if let Err(e) = kv::set(STATUS_KEY, out.status.as_bytes()) {
-                log(Level::Warn, &format!("tokens: kv write of {STATUS_KEY:?}: {e}"));
+                log(
+                    Level::Warn,
+                    &format!("tokens: kv write of {STATUS_KEY:?}: {e}"),
+                );
             }
             Ok(Visit {
                 slot: out.slot,

@@ -190,7 +190,11 @@ impl Local {
                     at_ms: next_ms(),
                 });
             }
-            Ok(Line::Block { token, ttl_s, reason }) => {
+            Ok(Line::Block {
+                token,
+                ttl_s,
+                reason,
+            }) => {
                 self.stats.manual += 1;
                 self.pending.events.push(Event::Block {
                     token: token.to_string(),

@@ -108,9 +108,9 @@ impl Settings {
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(key: &str, v: &str, lo: T, hi: T) -> Result<T, String>
+        fn num<T>(key: &str, v: &str, lo: T, hi: T) -> Result<T, String>
         where
-            T: PartialOrd + std::fmt::Display,
+            T: std::str::FromStr + PartialOrd + std::fmt::Display,
             T::Err: std::fmt::Display,
         {
             let n: T = v
@@ -153,7 +153,9 @@ mod tests {
     use super::*;
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]

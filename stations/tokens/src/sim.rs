@@ -89,7 +89,10 @@ impl Sim {
         };
         let node = &mut self.nodes[i];
         let out = stop::stop(&mut node.local, &self.settings, Vec::new(), st);
-        assert!(out.slot.len() <= self.settings.slot_max_bytes, "slot over budget");
+        assert!(
+            out.slot.len() <= self.settings.slot_max_bytes,
+            "slot over budget"
+        );
         for op in &out.ops {
             match op {
                 SetOp::Clear(name) => {

@@ -28,7 +28,11 @@ pub fn render(cat: &Catalog, local: &Local, s: &Settings, st: &Stop, slot_bytes:
         .collect();
     let kinds = |k: BlockKind| cat.blocklist.values().filter(|b| b.kind == k).count();
     let blocked = cat.blocklist.len() - kinds(BlockKind::Allow);
-    let flagged = cat.redemptions.values().filter(|r| r.second.is_some()).count();
+    let flagged = cat
+        .redemptions
+        .values()
+        .filter(|r| r.second.is_some())
+        .count();
     let window_s = u64::from(s.bucket_s) * u64::from(s.buckets);
     let doc = json!({
         "node": st.node,

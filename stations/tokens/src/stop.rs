@@ -77,6 +77,9 @@ pub struct Outcome {
     pub status: String,
     /// Tokens blocked by a rule at this stop.
     pub new_blocks: Vec<String>,
+    /// The counters per bucket the byte budget cut the summary to, if it
+    /// had to.
+    pub shrunk_to: Option<usize>,
 }
 
 /// Runs one stop. `ring_warnings` are the ring config's complaints (logged
@@ -93,7 +96,6 @@ pub fn stop(local: &mut Local, s: &Settings, ring_warnings: Vec<String>, st: Sto
     local.reconfigure(s.bucket_ms(), s.buckets.into(), s.local_capacity);
     cat.advance_to(st.now_ms / cat.bucket_ms);
     cat.expire(st.now_ms);
-    cat.watermarks.retain(|&n, _| n < st.ring_size.max(1));
 
     let node = st.node;
     let watermark = cat.watermarks.get(&node).copied();
@@ -118,7 +120,11 @@ pub fn stop(local: &mut Local, s: &Settings, ring_warnings: Vec<String>, st: Sto
             .collect();
         logs.push((
             Level::Info,
-            format!("tokens: blocked {} tokens: {}", new_blocks.len(), names.join(", ")),
+            format!(
+                "tokens: blocked {} tokens: {}",
+                new_blocks.len(),
+                names.join(", ")
+            ),
         ));
     }
     for t in flagged.iter().take(5) {
@@ -126,9 +132,9 @@ pub fn stop(local: &mut Local, s: &Settings, ring_warnings: Vec<String>, st: Sto
         logs.push((Level::Warn, format!("tokens: one-time token {t} {info}")));
     }
 
-    let slot = fit(&mut cat, s.slot_max_bytes);
+    let (slot, shrunk_to) = fit(&mut cat, s.slot_max_bytes);
     local.last_lists = (cat.blocklist.clone(), cat.redemptions.clone());
-    let ops = publish(local, &cat);
+    let ops = publish(local, &cat, st.now_ms);
     let status = status::render(&cat, local, s, &st, slot.len());
     Outcome {
         slot,
@@ -137,6 +143,7 @@ pub fn stop(local: &mut Local, s: &Settings, ring_warnings: Vec<String>, st: Sto
         logs,
         status,
         new_blocks,
+        shrunk_to,
     }
 }
 
@@ -312,10 +319,16 @@ fn run_rules(
 /// blocks last), the redemptions 1/4 (oldest first), and the summary shrinks
 /// (every bucket reduced to fewer counters, see [`crate::summary`]) until
 /// the whole fits. Only a header and watermarks over `max` (rings of
-/// thousands of nodes at a 4 KiB budget) could exceed it.
-pub fn fit(cat: &mut Catalog, max: usize) -> Vec<u8> {
+/// thousands of nodes at a 4 KiB budget) could exceed it. Returns the slot
+/// and, if the summary had to shrink, the counters per bucket it kept.
+pub fn fit(cat: &mut Catalog, max: usize) -> (Vec<u8>, Option<usize>) {
+    let mut shrunk = None;
     trim(&mut cat.blocklist, max * 3 / 8, encode_block, |b| {
-        let never = if b.expires_ms == 0 { u64::MAX } else { b.expires_ms };
+        let never = if b.expires_ms == 0 {
+            u64::MAX
+        } else {
+            b.expires_ms
+        };
         (b.kind == BlockKind::Manual, never)
     });
     trim(&mut cat.redemptions, max / 4, encode_redemption, |r| {
@@ -324,13 +337,13 @@ pub fn fit(cat: &mut Catalog, max: usize) -> Vec<u8> {
     loop {
         let parts = codec::encode_parts(cat);
         if parts.len() <= max {
-            return parts.concat();
+            return (parts.concat(), shrunk);
         }
         let widest = cat.buckets.iter().map(|b| b.len()).max().unwrap_or(0);
         if widest == 0 {
             cat.blocklist.clear();
             cat.redemptions.clear();
-            return codec::encode(cat);
+            return (codec::encode(cat), shrunk);
         }
         let over = parts.len() - max;
         let keep = parts.rows.len().saturating_sub(over) as u128;
@@ -340,6 +353,7 @@ pub fn fit(cat: &mut Catalog, max: usize) -> Vec<u8> {
             b.reduce(k);
         }
         cat.capacity = cat.capacity.min(k);
+        shrunk = Some(cat.capacity);
     }
 }
 
@@ -374,7 +388,10 @@ fn trim<V, R: Ord>(
 }
 
 /// The set changes that bring what this node published to `cat`'s lists.
-fn publish(local: &mut Local, cat: &Catalog) -> Vec<SetOp> {
+/// A redemption that left the slot before its expiry (the byte budget
+/// dropped it) stays in this node's `redeemed` set until it expires: nodes
+/// remember more than the slot can carry.
+fn publish(local: &mut Local, cat: &Catalog, now_ms: u64) -> Vec<SetOp> {
     let mut want: Mirror = SETS.iter().map(|&s| (s, BTreeMap::new())).collect();
     for (t, b) in &cat.blocklist {
         if b.kind != BlockKind::Allow {
@@ -391,8 +408,16 @@ fn publish(local: &mut Local, cat: &Catalog) -> Vec<SetOp> {
         let redeemed = want.get_mut("redeemed").expect("a set");
         redeemed.insert(t.clone(), entry);
     }
-    let mut ops = Vec::new();
     let had = local.published.take();
+    if let Some(before) = had.as_ref().and_then(|m| m.get("redeemed")) {
+        let redeemed = want.get_mut("redeemed").expect("a set");
+        for (t, (info, exp)) in before {
+            if *exp > now_ms && !redeemed.contains_key(t) {
+                redeemed.insert(t.clone(), (info.clone(), *exp));
+            }
+        }
+    }
+    let mut ops = Vec::new();
     for name in SETS {
         let now = &want[name];
         let before = had.as_ref().and_then(|m| m.get(name));
@@ -412,7 +437,11 @@ fn publish(local: &mut Local, cat: &Catalog) -> Vec<SetOp> {
             ops.push(SetOp::Put(name, puts));
         }
         if let Some(b) = before {
-            let gone: Vec<String> = b.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+            let gone: Vec<String> = b
+                .keys()
+                .filter(|k| !now.contains_key(*k))
+                .cloned()
+                .collect();
             if !gone.is_empty() {
                 ops.push(SetOp::Remove(name, gone));
             }

@@ -112,13 +112,8 @@ impl<V: Payload> Summary<V> {
                     mine.extra.absorb(&e);
                 }
                 None => {
-                    self.entries.insert(
-                        token.clone(),
-                        Counter {
-                            lo: c.lo,
-                            extra: e,
-                        },
-                    );
+                    self.entries
+                        .insert(token.clone(), Counter { lo: c.lo, extra: e });
                 }
             }
         }
@@ -202,7 +197,10 @@ mod tests {
         assert!(s.deficit() * (k as u64 + 1) <= n - sum_lo, "Δ bound");
         for (t, &f) in truth {
             let lo = s.lower(t);
-            assert!(lo <= f && f <= lo + s.deficit(), "{t}: {lo} <= {f} <= {lo}+Δ");
+            assert!(
+                lo <= f && f <= lo + s.deficit(),
+                "{t}: {lo} <= {f} <= {lo}+Δ"
+            );
         }
     }
 
