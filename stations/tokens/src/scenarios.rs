@@ -638,3 +638,25 @@ fn fold_rate_ns_per_observation() {
         assert_eq!(local.stats.seen, lines);
     }
 }
+
+#[test]
+fn status_document_has_the_documented_shape() {
+    let mut sim = Sim::new(3, rules(|s| s.total = 5), T0);
+    sim.observe(1, "hot", 7);
+    sim.feed(1, "b man 0 why\nr otp\n");
+    sim.step();
+    let out = sim.step();
+    let v: serde_json::Value = serde_json::from_str(&out.status).expect("JSON");
+    assert_eq!(v["node"], 1);
+    assert_eq!(v["rules"]["total"], 5);
+    assert_eq!(v["window"]["seconds"], 60);
+    assert_eq!(v["window"]["observations"], 7);
+    assert_eq!(v["blocklist"]["blocked"], 2);
+    assert_eq!(v["blocklist"]["manual"], 1);
+    assert_eq!(v["redeemed"], 1);
+    assert_eq!(v["top"][0]["token"], "hot");
+    assert_eq!(v["top"][0]["count"], 7);
+    assert_eq!(v["top"][0]["nodes"], 1);
+    assert_eq!(v["local"]["seen"], 7);
+    assert!(v["slot_bytes"].as_u64().unwrap() <= 65_536);
+}
