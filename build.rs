@@ -13,6 +13,7 @@ const STATIONS: &[&str] = &[
     "delay",
     "echo",
     "deploy_delta",
+    "tokens",
     "trap",
     "spin",
     "hog",

@@ -80,7 +80,13 @@ pub const MAX_HOLD_MS: u32 = 60_000;
 /// The components built into the binary.
 pub mod builtin {
     /// Names of the built-in stations.
-    pub const NAMES: &[&str] = &["tick", "delay", "echo", crate::model::CONFIG_STATION];
+    pub const NAMES: &[&str] = &[
+        "tick",
+        "delay",
+        "echo",
+        "tokens",
+        crate::model::CONFIG_STATION,
+    ];
 
     /// The component bytes of built-in station `name`.
     pub fn bytes(name: &str) -> Option<&'static [u8]> {
@@ -96,6 +102,10 @@ pub mod builtin {
             "echo" => Some(include_bytes!(concat!(
                 env!("RINGHOST_STATIONS_DIR"),
                 "/echo.wasm"
+            ))),
+            "tokens" => Some(include_bytes!(concat!(
+                env!("RINGHOST_STATIONS_DIR"),
+                "/tokens.wasm"
             ))),
             crate::model::CONFIG_STATION => Some(include_bytes!(concat!(
                 env!("RINGHOST_STATIONS_DIR"),
