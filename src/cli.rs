@@ -13,6 +13,9 @@ use crate::station::builtin;
 use crate::tool::deploy::{ConfigAction, PushOptions};
 use crate::tool::view::ViewOptions;
 
+mod tokens;
+pub use tokens::{At, TokensCmd, Wait};
+
 /// A ring of servers with a particle circling through it; every stop runs
 /// WebAssembly stations.
 ///
@@ -138,6 +141,10 @@ pub enum Command {
     /// --out, the public key beside it with the extension replaced by .pub
     /// (deploy.key and deploy.pub).
     Keygen(KeygenArgs),
+    /// Token correlation (the built-in `tokens` station): status, heavy
+    /// hitters, manual blocks that travel the ring, observations, checks.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
 }
 
 /// `ringhost push`.

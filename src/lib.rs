@@ -98,6 +98,7 @@ pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<u8
             let (to, key, action, token) = cmd.options()?;
             ok(tool::deploy::config(&to, &key, &action, token).await)
         }
+        Some(cli::Command::Tokens(cmd)) => run_tokens(cmd).await,
         Some(cli::Command::Keygen(args)) if args.cluster => {
             let out = args.out.unwrap_or_else(|| "cluster.key".into());
             let id = secure::keys::write_new_file(&out)?;
@@ -112,6 +113,41 @@ pub async fn run(cli: cli::Cli, shutdown: impl Future<Output = ()>) -> Result<u8
             &args.out.unwrap_or_else(|| "ringhost.key".into()),
         )),
         None => ok(run_node(cli.node, keys, shutdown).await),
+    }
+}
+
+async fn run_tokens(cmd: cli::TokensCmd) -> Result<u8> {
+    use cli::TokensCmd as T;
+    use tool::tokens;
+    match cmd {
+        T::Status { at, json, limit } => tokens::status(&at.target()?, json, limit).await,
+        T::Top { at, json, limit } => tokens::top(&at.target()?, json, limit).await,
+        T::Block {
+            token,
+            at,
+            ttl_s,
+            reason,
+            wait,
+        } => {
+            let block = Some((ttl_s, reason.as_str()));
+            tokens::block(&at.target()?, &token, block, wait.duration()).await
+        }
+        T::Unblock { token, at, wait } => {
+            tokens::block(&at.target()?, &token, None, wait.duration()).await
+        }
+        T::Observe {
+            tokens: list,
+            at,
+            count,
+            issued,
+            redeemed,
+        } => {
+            let kind = cli::TokensCmd::observation(issued, redeemed);
+            let sent = tokens::observe(&at.target()?, &list, kind, count).await?;
+            eprintln!("{sent} observations posted to {}", at.to);
+            Ok(tool::EXIT_OK)
+        }
+        T::Check { token, at, json } => tokens::check(&at.target()?, &token, json).await,
     }
 }
 

@@ -8,7 +8,8 @@
 //! is served by `server` (it shares `/v1/events`' way with slow readers).
 //!
 //! A key spelt `events` cannot be asked for with the lookup route (that
-//! path is the set's event stream); the listing shows it.
+//! path is the set's event stream): `GET /v1/stations/{name}/sets/{set}?key=K`
+//! answers the same lookup for any key, with no path encoding.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -40,19 +41,18 @@ pub async fn lookup(
     State(sets): State<SetStore>,
     Path((name, set, key)): Path<(String, String, String)>,
 ) -> Response {
-    let body = sets.with_entry(
-        &name,
-        &set,
-        &key,
-        unix_ms(),
-        |key, info, expires_unix_ms| {
-            serde_json::to_vec(&EntryRef {
-                key,
-                info,
-                expires_unix_ms,
-            })
-        },
-    );
+    entry(&sets, &name, &set, &key)
+}
+
+/// The lookup's answer for `key` (see [`lookup`]).
+fn entry(sets: &SetStore, name: &str, set: &str, key: &str) -> Response {
+    let body = sets.with_entry(name, set, key, unix_ms(), |key, info, expires_unix_ms| {
+        serde_json::to_vec(&EntryRef {
+            key,
+            info,
+            expires_unix_ms,
+        })
+    });
     match body {
         Some(Ok(body)) => (
             [(
@@ -80,6 +80,9 @@ pub struct ListQuery {
     /// Most entries to return (default [`LIST_DEFAULT`], at most
     /// [`LIST_MAX`]).
     pub limit: Option<usize>,
+    /// Look this key up instead of listing: the answer of
+    /// [`lookup`] (for keys the path cannot carry, such as `events`).
+    pub key: Option<String>,
 }
 
 /// A listing's body.
@@ -96,7 +99,8 @@ pub struct SetListing {
 }
 
 /// `GET /v1/stations/{name}/sets/{set}?limit=N`: up to N live entries and
-/// the total; 404 when the station has no such set.
+/// the total; 404 when the station has no such set. With `?key=K`: the
+/// lookup of K (200 with the entry, 404 when absent), as [`lookup`].
 ///
 /// # Errors
 /// 400 for a bad set name or query, 404 for an unknown set.
@@ -104,9 +108,33 @@ pub async fn list(
     State(sets): State<SetStore>,
     Path((name, set)): Path<(String, String)>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<SetListing>, ApiError> {
+) -> Response {
+    match listing(&sets, name, set, query) {
+        Ok(Listed::Entry(r)) => r,
+        Ok(Listed::All(l)) => Json(l).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What a listing request answers.
+enum Listed {
+    /// `?key=`: the lookup's answer.
+    Entry(Response),
+    /// The listing.
+    All(SetListing),
+}
+
+fn listing(
+    sets: &SetStore,
+    name: String,
+    set: String,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Listed, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     check_name(&set).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if let Some(key) = &q.key {
+        return Ok(Listed::Entry(entry(sets, &name, &set, key)));
+    }
     let limit = q.limit.unwrap_or(LIST_DEFAULT).min(LIST_MAX);
     let (entries, total) = sets.list(&name, &set, limit, unix_ms()).ok_or_else(|| {
         ApiError::new(
@@ -114,7 +142,7 @@ pub async fn list(
             format!("station {name:?} has no set {set:?} on this node"),
         )
     })?;
-    Ok(Json(SetListing {
+    Ok(Listed::All(SetListing {
         station: name,
         set,
         total,

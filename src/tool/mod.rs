@@ -5,8 +5,10 @@
 //! - [`view`]: `ringhost status` (one node) and `ringhost members` (the
 //!   ring), with `--json` and `--watch`, and their exit codes.
 //! - [`deploy`]: `push`, `rollback`, `config`, `keygen`.
+//! - [`tokens`]: `tokens status|top|block|unblock|observe|check`.
 
 pub mod deploy;
+pub mod tokens;
 pub mod view;
 
 /// Exit code: everything is as it should be.

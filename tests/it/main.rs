@@ -34,6 +34,7 @@ mod soak;
 mod startup;
 mod stations;
 mod support;
+mod tokens;
 mod trust;
 mod up;
 mod wire_faults;
