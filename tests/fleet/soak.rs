@@ -25,11 +25,14 @@
 //! last acknowledged value, or a later unacknowledged one, at every node);
 //! every acknowledged input applied everywhere unless its node was killed
 //! soon after; no tick sequence number twice among committed visits; no
-//! false failure outside injected faults.
+//! false failure outside injected faults; the token station's blocklist
+//! the same everywhere and what the acknowledged operations make it
+//! ([`tokens`]).
 
 pub mod check;
 pub mod nodes;
 pub mod ops;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -128,6 +131,8 @@ pub struct SoakReport {
     pub inputs_applied: usize,
     /// What the tick analysis found.
     pub ticks: check::TickFindings,
+    /// What the token operations added up to.
+    pub tokens: tokens::Findings,
     /// The invariants checked (all held when the report is returned).
     pub invariants: Vec<&'static str>,
     /// Every fault injected, one line each (UTC time, offset, what, how
@@ -155,6 +160,26 @@ impl fmt::Display for SoakReport {
             acked(&self.ops.inputs),
             self.ops.inputs.len(),
             self.inputs_applied
+        )?;
+        let tokens = |k: tokens::Kind| {
+            let ops: Vec<&tokens::TokenOp> =
+                self.ops.tokens.iter().filter(|o| o.kind == k).collect();
+            format!("{}/{}", ops.iter().filter(|o| o.acked).count(), ops.len())
+        };
+        writeln!(
+            f,
+            "  tokens: observation posts {}, blocks {}, unblocks {}; {:?} seen {} times at {} nodes after faults (blocked everywhere: {})",
+            tokens(tokens::Kind::Observe),
+            tokens(tokens::Kind::Block),
+            tokens(tokens::Kind::Unblock),
+            tokens::SPREAD,
+            self.tokens.spread_seen,
+            self.tokens.spread_nodes,
+            if self.tokens.spread_due {
+                "due, checked"
+            } else {
+                "not due"
+            }
         )?;
         writeln!(
             f,
@@ -232,6 +257,7 @@ pub fn run(bin: &Path, cfg: &SoakConfig) -> Result<SoakReport> {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(["--station".to_owned(), tokens::station_arg()])
     .collect();
     let namespaces = !cfg.loopback && super::unavailable().is_none();
     let mut nodes = if namespaces {
@@ -707,6 +733,32 @@ fn settle(
     report
         .invariants
         .push("acknowledged inputs applied everywhere (unless their node was killed)");
+    // Token blocklists: the same everywhere, following what was acknowledged.
+    let deadline = Instant::now() + STAGE;
+    let problems = loop {
+        lines.extend(nodes.drain());
+        let state = in_ns(reach, || {
+            (0..n)
+                .map(|i| tokens::blocked(reach, i))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let problems = match state {
+            Ok(state) => {
+                let (problems, findings) = tokens::problems(&report.ops.tokens, &state, spans);
+                report.tokens = findings;
+                problems
+            }
+            Err(e) => vec![format!("{e:#}")],
+        };
+        if problems.is_empty() || Instant::now() >= deadline {
+            break problems;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    violations.extend(problems);
+    report.invariants.push(
+        "tokens: one blocklist everywhere, no legitimate token blocked, the spread token blocked once due, manual blocks as last acknowledged",
+    );
     Ok(())
 }
 

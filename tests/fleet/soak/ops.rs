@@ -14,6 +14,8 @@
 //!   so whether it arrived everywhere can be checked); acknowledged on
 //!   `202`. An inbox lives in memory: a node killed before its next visit
 //!   loses it.
+//! - tokens (4 in 14): observations and manual blocks for the `tokens`
+//!   station, see [`super::tokens`].
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -62,6 +64,8 @@ pub struct OpLog {
     pub configs: Vec<Op>,
     /// Station inputs.
     pub inputs: Vec<Op>,
+    /// Token observations, blocks and unblocks.
+    pub tokens: Vec<super::tokens::TokenOp>,
 }
 
 /// Moves the calling thread into namespace `name` (its children start
@@ -95,7 +99,7 @@ impl Reach {
     }
 
     /// Runs a tool, killing it at `within`: whether it exited 0.
-    fn run_tool(&self, args: &[&str], within: Duration) -> Result<bool> {
+    pub fn run_tool(&self, args: &[&str], within: Duration) -> Result<bool> {
         let mut child = self
             .tool(args)
             .spawn()
@@ -216,7 +220,7 @@ pub fn run(reach: &Reach, seed: u64, station: &Path, stop: &AtomicBool) -> Resul
             value: counter.to_string(),
             acked: false,
         };
-        match rng.random_range(0..10) {
+        match rng.random_range(0..14) {
             0 => {
                 let file = reach.scratch.join(format!("soak-{counter}.wasm"));
                 std::fs::write(&file, distinct(&module, counter))?;
@@ -252,6 +256,7 @@ pub fn run(reach: &Reach, seed: u64, station: &Path, stop: &AtomicBool) -> Resul
                 op.done = now();
                 log.configs.push(op);
             }
+            10..=13 => log.tokens.push(super::tokens::op(reach, &mut rng, node)?),
             _ => {
                 op.key = format!("in/{}/{counter}", counter % 10);
                 let body = format!("{{\"key\":\"{}\",\"value\":\"{counter}\"}}", op.key);
