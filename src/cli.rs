@@ -519,6 +519,12 @@ pub struct UpArgs {
     #[arg(long)]
     pub admin_base_port: Option<u16>,
 
+    /// Give every node a UDP datagram input (`--input-udp auto`: each
+    /// node on 127.0.0.1 at its ring port + 2000, so 5000–5010 by
+    /// default).
+    #[arg(long)]
+    pub input_udp: bool,
+
     /// The program to run for each node (default: this executable).
     #[arg(long, hide = true)]
     pub node_program: Option<PathBuf>,

@@ -163,6 +163,9 @@ pub async fn run(
         if args.insecure {
             cmd.arg("--insecure");
         }
+        if args.input_udp {
+            cmd.args(["--input-udp", "auto"]);
+        }
         if let Some(dir) = &args.stations.data_dir {
             cmd.arg("--data-dir").arg(dir.join(port.to_string()));
         }

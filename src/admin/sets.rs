@@ -99,11 +99,11 @@ pub struct SetListing {
 }
 
 /// `GET /v1/stations/{name}/sets/{set}?limit=N`: up to N live entries and
-/// the total; 404 when the station has no such set. With `?key=K`: the
-/// lookup of K (200 with the entry, 404 when absent), as [`lookup`].
+/// the total (none for a set nothing was published to). With `?key=K`:
+/// the lookup of K (200 with the entry, 404 when absent), as [`lookup`].
 ///
 /// # Errors
-/// 400 for a bad set name or query, 404 for an unknown set.
+/// 400 for a bad set name or query.
 pub async fn list(
     State(sets): State<SetStore>,
     Path((name, set)): Path<(String, String)>,
@@ -136,12 +136,9 @@ fn listing(
         return Ok(Listed::Entry(entry(sets, &name, &set, key)));
     }
     let limit = q.limit.unwrap_or(LIST_DEFAULT).min(LIST_MAX);
-    let (entries, total) = sets.list(&name, &set, limit, unix_ms()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("station {name:?} has no set {set:?} on this node"),
-        )
-    })?;
+    // A set nothing was published to (yet) is empty, as a subscription
+    // to it is: a node whose station has blocked nothing lists no entry.
+    let (entries, total) = sets.list(&name, &set, limit, unix_ms()).unwrap_or_default();
     Ok(Listed::All(SetListing {
         station: name,
         set,

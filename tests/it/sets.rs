@@ -92,6 +92,15 @@ async fn a_published_key_is_answered_listed_and_streamed_from_node_memory() {
     let listing: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(listing["total"], 1);
     assert_eq!(listing["entries"][0]["key"], "tok-1");
+    // A set never published to lists empty (a station that blocked
+    // nothing yet), as its subscription starts empty.
+    let (status, body) = get(&mut conn, "/v1/stations/inputs/sets/never?limit=10").await;
+    assert_eq!(status, 200);
+    let listing: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (listing["total"].clone(), listing["entries"].clone()),
+        (0.into(), serde_json::json!([]))
+    );
     let (status, _) = get(&mut conn, "/v1/stations/inputs/sets/Bad!").await;
     assert_eq!(status, 400);
 
