@@ -1,0 +1,15 @@
+//! The tokens example's shared code, included with `#[path]` by the
+//! `tokens-app` and `tokens-demo` examples and by
+//! `tests/it/tokens_demo.rs`, so the test runs the demo's own code.
+//!
+//! - `app`: the application server beside a node (ring-guarded or
+//!   per-node counting).
+//! - `nodes`: a local ring of `ringhost` processes, reaped on drop.
+//! - `scenario`: the demo's story and its side-by-side report.
+
+// Each including target uses a different part of the kit.
+#![allow(dead_code)]
+
+pub mod app;
+pub mod nodes;
+pub mod scenario;
