@@ -113,8 +113,19 @@ async fn demo(a: Args) -> Result<bool> {
     // Ctrl-C drops the run: its servers stop and its nodes are killed and
     // reaped as they drop.
     let outcome = tokio::select! {
-        r = run => r.with_context(|| format!("the demo did not finish within {} s", a.timeout_s))??,
+        r = run => match r {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => bail!("{e:#} (node logs: {})", log_dir.display()),
+            Err(_) => bail!(
+                "the demo did not finish within {} s (node logs: {})",
+                a.timeout_s,
+                log_dir.display()
+            ),
+        },
         _ = tokio::signal::ctrl_c() => {
+            if !a.keep_logs {
+                let _ = std::fs::remove_dir_all(&log_dir);
+            }
             eprintln!("interrupted: every process started was killed and reaped");
             return Ok(false);
         }
