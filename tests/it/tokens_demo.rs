@@ -114,3 +114,106 @@ async fn a_per_node_server_refuses_a_token_at_its_threshold() {
     assert_eq!(got, [200, 200, 200, 403, 400]);
     app.shutdown().await;
 }
+
+/// Waits until `ok`, at most 30 s, naming `what` on failure.
+async fn until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `ringhost tokens ARGS --to ADDR`, which must succeed.
+fn tokens_tool(args: &[&str], to: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringhost"))
+        .arg("tokens")
+        .args(args)
+        .args(["--to", to])
+        .output()
+        .expect("ringhost tokens");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_ring_guarded_server_keeps_its_blocks_through_a_restart_of_its_node() {
+    // ProcRing blocks on its own runtime: the server runs on this one's
+    // workers, the ring is driven from the test thread between block_ons.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ring = crate::health::ProcRing::start_with(
+        3,
+        &["--station", "tokens:total=1000000", "--input-udp", "auto"],
+    );
+    let all = [0, 1, 2];
+    ring.wait_converged(&all, Duration::from_secs(60), "initial ring");
+    let node = ring.addr(0);
+    let (host, port) = node.rsplit_once(':').unwrap();
+    let udp = format!("{host}:{}", port.parse::<u16>().unwrap() + 2000);
+    let app = rt.block_on(async {
+        let app = App::start(
+            AppConfig {
+                guard: Guard::Ring {
+                    node: node.clone(),
+                    udp,
+                    station: "tokens".into(),
+                },
+                flush: Duration::from_millis(5),
+            },
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+        .await
+        .unwrap();
+        app.wait_synced(Duration::from_secs(30)).await.unwrap();
+        app
+    });
+    let a = app.addr();
+    let status = |token: &str| rt.block_on(status_of(a, token));
+    assert_eq!(status("mallory"), 200);
+
+    // A block made at another node reaches this server's mirror.
+    tokens_tool(
+        &["block", "mallory", "--reason", "abuse desk"],
+        &ring.addr(1),
+    );
+    rt.block_on(until("blocked in the mirror", || {
+        app.blocked("mallory").is_some()
+    }));
+    assert_eq!(status("mallory"), 403);
+    assert_eq!(status("alice"), 200);
+
+    // Its node dies: the server keeps enforcing what it knew.
+    ring.sigkill(0);
+    assert_eq!(status("mallory"), 403);
+    // The node comes back (with a new admin port): the server finds it
+    // through its ring port, and a fresh snapshot holds the block.
+    ring.spawn(0);
+    ring.wait_converged(&all, Duration::from_secs(60), "node 0 back");
+    let mirror = app.mirror().expect("ring mode");
+    rt.block_on(until("a second stream synced", || {
+        mirror.streams_synced() >= 2
+    }));
+    rt.block_on(until("blocked after the restart", || {
+        app.blocked("mallory").is_some()
+    }));
+    assert_eq!(status("mallory"), 403);
+
+    // An unblock made elsewhere reaches it through the new stream.
+    tokens_tool(&["unblock", "mallory"], &ring.addr(2));
+    rt.block_on(until("unblocked in the mirror", || {
+        app.blocked("mallory").is_none()
+    }));
+    assert_eq!(status("mallory"), 200);
+    rt.block_on(app.shutdown());
+}

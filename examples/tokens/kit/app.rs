@@ -24,24 +24,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::mirror;
+pub use super::mirror::{Blocked, Mirror};
 
 /// Most bytes in one report datagram (a node takes 64 KiB of payload).
 pub const BATCH_BYTES: usize = 60 * 1024;
@@ -50,13 +49,6 @@ pub const BATCH_BYTES: usize = 60 * 1024;
 pub const REPORT_QUEUE: usize = 100_000;
 /// Longest token the station takes, bytes.
 pub const MAX_TOKEN: usize = 256;
-/// Bound on opening the event stream.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A stream with no byte for this long is reopened (the node sends a
-/// keep-alive comment every 15 s).
-const STREAM_IDLE: Duration = Duration::from_secs(40);
-/// Backoff between attempts to reopen the stream: first, cap.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
 /// How a server guards its requests.
 #[derive(Debug, Clone)]
@@ -90,19 +82,6 @@ pub struct AppConfig {
     pub flush: Duration,
 }
 
-/// A blocked token as this server knows it.
-#[derive(Debug, Clone)]
-pub struct Blocked {
-    /// The node's reason, e.g. `spread (node 3): …`.
-    pub info: String,
-    /// When the block ends, ms since the Unix epoch (0: never).
-    pub expires_unix_ms: u64,
-    /// When this server learnt of it.
-    pub at: Instant,
-    /// The same, ms since the Unix epoch.
-    pub at_unix_ms: u64,
-}
-
 /// Counts of what the server answered.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counts {
@@ -117,12 +96,7 @@ pub struct Counts {
 }
 
 struct RingState {
-    blocked: Mutex<HashMap<String, Blocked>>,
-    /// The entries of the last `clear`: a station that restarts clears
-    /// its sets and republishes them, and a token put again keeps when
-    /// this server first learnt of it.
-    cleared: Mutex<HashMap<String, Blocked>>,
-    synced: AtomicBool,
+    mirror: Arc<Mirror>,
     reports: mpsc::Sender<String>,
 }
 
@@ -197,14 +171,20 @@ impl App {
                     .await
                     .with_context(|| format!("datagram socket to {udp}"))?;
                 let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+                let mirror = Arc::new(Mirror::default());
+                let follow = mirror::follow(
+                    mirror.clone(),
+                    node.clone(),
+                    admin,
+                    station.clone(),
+                    cancel.clone(),
+                );
                 (
                     Mode::Ring(RingState {
-                        blocked: Mutex::new(HashMap::new()),
-                        cleared: Mutex::new(HashMap::new()),
-                        synced: AtomicBool::new(false),
+                        mirror,
                         reports: tx,
                     }),
-                    Some((admin, socket, rx, station.clone())),
+                    Some((follow, socket, rx, station.clone())),
                 )
             }
             Guard::PerNode { threshold, window } => (
@@ -224,7 +204,7 @@ impl App {
             dropped: AtomicU64::new(0),
             datagrams: AtomicU64::new(0),
         });
-        if let Some((admin, socket, rx, station)) = ring {
+        if let Some((follow, socket, rx, station)) = ring {
             tracker.spawn(report(
                 socket,
                 rx,
@@ -233,12 +213,7 @@ impl App {
                 shared.clone(),
                 cancel.clone(),
             ));
-            tracker.spawn(follow_blocked(
-                admin,
-                station,
-                shared.clone(),
-                cancel.clone(),
-            ));
+            tracker.spawn(follow);
         } else {
             tracker.spawn(sweep(shared.clone(), cancel.clone()));
         }
@@ -272,26 +247,16 @@ impl App {
     /// # Errors
     /// Not synced within `within`.
     pub async fn wait_synced(&self, within: Duration) -> Result<()> {
-        let Mode::Ring(r) = &self.shared.mode else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + within;
-        while !r.synced.load(Ordering::Acquire) {
-            if Instant::now() >= deadline {
-                bail!(
-                    "the blocked set of the node beside {} was not synced within {within:?}",
-                    self.addr
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match &self.shared.mode {
+            Mode::Ring(r) => r.mirror.wait_synced(within).await,
+            Mode::PerNode(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// Ring mode: `token`'s block as this server knows it.
     pub fn blocked(&self, token: &str) -> Option<Blocked> {
         match &self.shared.mode {
-            Mode::Ring(r) => r.blocked.lock().expect("not poisoned").get(token).cloned(),
+            Mode::Ring(r) => r.mirror.get(token),
             Mode::PerNode(_) => None,
         }
     }
@@ -299,14 +264,16 @@ impl App {
     /// Ring mode: every token blocked here now.
     pub fn blocked_tokens(&self) -> Vec<String> {
         match &self.shared.mode {
-            Mode::Ring(r) => r
-                .blocked
-                .lock()
-                .expect("not poisoned")
-                .keys()
-                .cloned()
-                .collect(),
+            Mode::Ring(r) => r.mirror.keys(),
             Mode::PerNode(_) => Vec::new(),
+        }
+    }
+
+    /// Ring mode: the node's mirror.
+    pub fn mirror(&self) -> Option<&Mirror> {
+        match &self.shared.mode {
+            Mode::Ring(r) => Some(&r.mirror),
+            Mode::PerNode(_) => None,
         }
     }
 
@@ -357,11 +324,7 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
             if r.reports.try_send(token.clone()).is_err() {
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            r.blocked
-                .lock()
-                .expect("not poisoned")
-                .get(&token)
-                .map(|b| b.info.clone())
+            r.mirror.info(&token)
         }
         Mode::PerNode(p) => p.record(&token),
     };
@@ -493,177 +456,4 @@ async fn send(socket: &UdpSocket, buf: &str, shared: &Shared) {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-/// One event of the set's stream.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum SetEvent {
-    Put {
-        key: String,
-        info: String,
-        expires_unix_ms: u64,
-    },
-    Remove {
-        key: String,
-    },
-    Expire {
-        key: String,
-    },
-    Clear,
-}
-
-/// Why a stream ended.
-enum StreamEnd {
-    Cancelled,
-    Reopen(String),
-}
-
-/// Ring mode: mirrors the node's `blocked` set, reopening the stream (with
-/// backoff) whenever it ends.
-async fn follow_blocked(
-    admin: String,
-    station: String,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
-    let Mode::Ring(r) = &shared.mode else { return };
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("http://{admin}/v1/stations/{station}/sets/blocked/events");
-    let mut backoff = BACKOFF.0;
-    loop {
-        match stream_once(&client, &uri, r, &cancel).await {
-            StreamEnd::Cancelled => return,
-            StreamEnd::Reopen(why) => {
-                tracing::warn!(%why, uri, "blocked set stream ended; reopening");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF.1);
-    }
-}
-
-async fn stream_once(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    uri: &str,
-    r: &RingState,
-    cancel: &CancellationToken,
-) -> StreamEnd {
-    let req = match hyper::Request::get(uri).body(Empty::new()) {
-        Ok(req) => req,
-        Err(e) => return StreamEnd::Reopen(e.to_string()),
-    };
-    let resp = tokio::select! {
-        _ = cancel.cancelled() => return StreamEnd::Cancelled,
-        resp = tokio::time::timeout(CONNECT_TIMEOUT, client.request(req)) => resp,
-    };
-    let mut body = match resp {
-        Ok(Ok(resp)) if resp.status().is_success() => resp.into_body(),
-        Ok(Ok(resp)) => return StreamEnd::Reopen(format!("answer {}", resp.status())),
-        Ok(Err(e)) => return StreamEnd::Reopen(e.to_string()),
-        Err(_) => return StreamEnd::Reopen(format!("no answer within {CONNECT_TIMEOUT:?}")),
-    };
-    // Until `synced`, the snapshot builds a fresh map (a reopened stream
-    // starts over); entries already known keep when we learnt of them.
-    let mut snapshot: Option<HashMap<String, Blocked>> = Some(HashMap::new());
-    let mut pending = Vec::new();
-    let mut event = String::new();
-    let mut data = String::new();
-    loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => return StreamEnd::Cancelled,
-            f = tokio::time::timeout(STREAM_IDLE, body.frame()) => f,
-        };
-        let chunk = match frame {
-            Err(_) => return StreamEnd::Reopen(format!("silent for {STREAM_IDLE:?}")),
-            Ok(None) => return StreamEnd::Reopen("closed".into()),
-            Ok(Some(Err(e))) => return StreamEnd::Reopen(e.to_string()),
-            Ok(Some(Ok(f))) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => continue,
-            },
-        };
-        pending.extend_from_slice(&chunk);
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            } else if line.is_empty() && !event.is_empty() {
-                let done = apply(r, &mut snapshot, &event, &data);
-                event.clear();
-                data.clear();
-                if let Err(why) = done {
-                    return StreamEnd::Reopen(why);
-                }
-            }
-        }
-    }
-}
-
-/// Applies one event to the mirror (or the snapshot being built).
-fn apply(
-    r: &RingState,
-    snapshot: &mut Option<HashMap<String, Blocked>>,
-    event: &str,
-    data: &str,
-) -> Result<(), String> {
-    match event {
-        "synced" => {
-            let fresh = snapshot.take().unwrap_or_default();
-            let mut blocked = r.blocked.lock().expect("not poisoned");
-            let old = std::mem::replace(&mut *blocked, fresh);
-            for (k, b) in blocked.iter_mut() {
-                if let Some(o) = old.get(k) {
-                    b.at = o.at;
-                    b.at_unix_ms = o.at_unix_ms;
-                }
-            }
-            r.synced.store(true, Ordering::Release);
-            return Ok(());
-        }
-        "lagged" => return Err(format!("lagged: {data}")),
-        _ => {}
-    }
-    let ev: SetEvent =
-        serde_json::from_str(data).map_err(|e| format!("bad event {data:?}: {e}"))?;
-    tracing::debug!(?ev, snapshot = snapshot.is_some(), "blocked set event");
-    let mut live = r.blocked.lock().expect("not poisoned");
-    let map = match snapshot.as_mut() {
-        Some(m) => m,
-        None => &mut *live,
-    };
-    match ev {
-        SetEvent::Put {
-            key,
-            info,
-            expires_unix_ms,
-        } => {
-            let earlier = r.cleared.lock().expect("not poisoned").remove(&key);
-            let e = map.entry(key).or_insert_with(|| {
-                earlier.unwrap_or_else(|| Blocked {
-                    info: String::new(),
-                    expires_unix_ms,
-                    at: Instant::now(),
-                    at_unix_ms: unix_ms(),
-                })
-            });
-            e.info = info;
-            e.expires_unix_ms = expires_unix_ms;
-        }
-        SetEvent::Remove { key } | SetEvent::Expire { key } => {
-            map.remove(&key);
-        }
-        SetEvent::Clear => {
-            tracing::info!("the node cleared its blocked set (a station restart republishes it)");
-            *r.cleared.lock().expect("not poisoned") = std::mem::take(map);
-        }
-    }
-    Ok(())
 }

@@ -4,6 +4,8 @@
 //!
 //! - `app`: the application server beside a node (ring-guarded or
 //!   per-node counting).
+//! - `mirror`: the in-memory copy of a node's `blocked` set (its event
+//!   stream).
 //! - `nodes`: a local ring of `ringhost` processes, reaped on drop.
 //! - `scenario`: the demo's story and its side-by-side report.
 
@@ -11,5 +13,6 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod mirror;
 pub mod nodes;
 pub mod scenario;
