@@ -7,7 +7,8 @@
 //! - `mirror`: the in-memory copy of a node's `blocked` set (its event
 //!   stream).
 //! - `nodes`: a local ring of `ringhost` processes, reaped on drop.
-//! - `scenario`: the demo's story and its side-by-side report.
+//! - `scenario`: the demo's story; `report`: what it showed, printed
+//!   side by side.
 
 // Each including target uses a different part of the kit.
 #![allow(dead_code)]
@@ -15,4 +16,5 @@
 pub mod app;
 pub mod mirror;
 pub mod nodes;
+pub mod report;
 pub mod scenario;

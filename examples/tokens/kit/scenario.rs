@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 
 use super::app::{App, AppConfig, Guard, unix_ms};
 use super::nodes::{Nodes, RingSpec};
+pub use super::report::{NodeRow, Outcome};
 
 /// Life of a rule block, s (the station's `block_ttl_s`): longer than
 /// any run, so a block seen is a block kept.
@@ -144,208 +145,6 @@ struct Answered {
     done_unix_ms: u64,
 }
 
-/// One node's side of the outcome.
-#[derive(Debug, Clone)]
-pub struct NodeRow {
-    /// Abusive requests sent to each of its servers.
-    pub abuse_sent: u32,
-    /// Of those, refused by the per-node server.
-    pub per_node_refused: u32,
-    /// Of those, refused by the ring-guarded server.
-    pub ring_refused: u32,
-    /// When its ring-guarded server learnt of the block, from the
-    /// crossing (`None`: never).
-    pub blocked_after: Option<Duration>,
-}
-
-/// What a run showed.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The parameters.
-    pub params: Params,
-    /// The abusive token.
-    pub abusive: String,
-    /// Lap p50 over the nodes after the attack, ms.
-    pub lap_ms: f64,
-    /// The crossing request's number among the abusive ones (1-based).
-    pub crossing_request: usize,
-    /// From the start of the load to the crossing.
-    pub crossing_at: Duration,
-    /// The ring's block entry (its reason).
-    pub block_info: Option<String>,
-    /// From the crossing to the station making the block (its `since`),
-    /// ms (negative: clock granularity).
-    pub block_made_after_ms: Option<i64>,
-    /// Per node.
-    pub rows: Vec<NodeRow>,
-    /// Legitimate requests sent (to each kind of server).
-    pub legit_requests: u32,
-    /// Legitimate requests refused by per-node servers.
-    pub legit_refused_per_node: u32,
-    /// Legitimate requests refused by ring-guarded servers.
-    pub legit_refused_ring: u32,
-    /// Legitimate tokens in any ring-guarded server's blocked set at the
-    /// end.
-    pub legit_blocked: Vec<String>,
-    /// Observations in node 0's view of the ring's window at the end, and
-    /// the number reported.
-    pub observations: (u64, u64),
-    /// Reports the servers could not send.
-    pub reports_dropped: u64,
-}
-
-impl Outcome {
-    /// Nodes whose ring-guarded server blocked the abusive token.
-    pub fn ring_blocked_nodes(&self) -> usize {
-        self.rows
-            .iter()
-            .filter(|r| r.blocked_after.is_some())
-            .count()
-    }
-    /// Nodes whose per-node server refused the abusive token at least once.
-    pub fn per_node_blocked_nodes(&self) -> usize {
-        self.rows.iter().filter(|r| r.per_node_refused > 0).count()
-    }
-    /// From the crossing to the last node learning of the block.
-    pub fn last_blocked(&self) -> Option<Duration> {
-        self.rows.iter().map(|r| r.blocked_after).max().flatten()
-    }
-
-    fn laps(&self, ms: f64) -> String {
-        if self.lap_ms > 0.0 {
-            format!("{:.2} laps", ms / self.lap_ms)
-        } else {
-            "? laps".into()
-        }
-    }
-
-    /// The side-by-side report.
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let p = &self.params;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "tokens demo: {} nodes (lap p50 {:.1} ms), abusive token {:?} sent {} times to each \
-             app server ({} in all, one every {} ms), {} legitimate tokens ({} requests, at most \
-             {} each); every request goes to both servers beside its node",
-            p.nodes,
-            self.lap_ms,
-            self.abusive,
-            p.abuse_per_node(),
-            p.abuse_total(),
-            p.abuse_interval.as_millis(),
-            p.legit_tokens,
-            self.legit_requests,
-            p.legit_max()
-        );
-        let _ = writeln!(
-            s,
-            "  per-node (fail2ban's model): a server refuses a token it saw {} times in {} s",
-            p.per_node_threshold,
-            WINDOW.as_secs()
-        );
-        let _ = writeln!(
-            s,
-            "  ring (tokens station):       blocked fleet-wide once seen >= {} times at >= {} \
-             nodes in 60 s",
-            p.spread_min(),
-            p.spread_nodes()
-        );
-        let _ = writeln!(
-            s,
-            "fleet-wide crossing: abusive request #{} of {}, {} ms into the attack",
-            self.crossing_request,
-            p.abuse_total(),
-            self.crossing_at.as_millis()
-        );
-        let _ = writeln!(
-            s,
-            "\nnode  abusive sent  per-node refused  ring refused  ring blocked after the crossing"
-        );
-        for (i, r) in self.rows.iter().enumerate() {
-            let after = match r.blocked_after {
-                Some(d) => {
-                    let ms = d.as_secs_f64() * 1e3;
-                    format!("{ms:7.1} ms  ({})", self.laps(ms))
-                }
-                None => "never".into(),
-            };
-            let _ = writeln!(
-                s,
-                "{i:>4}  {:>12}  {:>16}  {:>12}  {after}",
-                r.abuse_sent, r.per_node_refused, r.ring_refused
-            );
-        }
-        let _ = writeln!(s);
-        if let (Some(info), Some(made)) = (&self.block_info, self.block_made_after_ms) {
-            let last = self.last_blocked().map(|d| d.as_secs_f64() * 1e3);
-            let _ = writeln!(
-                s,
-                "the ring's block: \"{info}\"\n  made by the station {made} ms ({}) after the \
-                 crossing; on every node {} after the block",
-                self.laps(made as f64),
-                match last {
-                    Some(l) if self.ring_blocked_nodes() == p.nodes => {
-                        let d = l - made as f64;
-                        format!("{d:.1} ms ({})", self.laps(d))
-                    }
-                    _ => "not yet".into(),
-                }
-            );
-        } else {
-            let _ = writeln!(s, "the ring did not block the abusive token");
-        }
-        let _ = writeln!(
-            s,
-            "legitimate: {} requests; refused per-node {}, ring {}; legitimate tokens in a \
-             blocked set: {}",
-            self.legit_requests,
-            self.legit_refused_per_node,
-            self.legit_refused_ring,
-            if self.legit_blocked.is_empty() {
-                "none".to_string()
-            } else {
-                self.legit_blocked.join(", ")
-            }
-        );
-        let _ = writeln!(
-            s,
-            "reports: {} observations in the ring's window of {} reported ({} reports dropped)",
-            self.observations.0, self.observations.1, self.reports_dropped
-        );
-        let abusive_ring: u32 = self.rows.iter().map(|r| r.ring_refused).sum();
-        let abusive_per_node: u32 = self.rows.iter().map(|r| r.per_node_refused).sum();
-        let _ = writeln!(
-            s,
-            "\nper-node counting: blocked the abusive token on {}/{} nodes, refused {} of its {} \
-             requests",
-            self.per_node_blocked_nodes(),
-            p.nodes,
-            abusive_per_node,
-            p.abuse_total()
-        );
-        let _ = writeln!(
-            s,
-            "the ring:          blocked it on {}/{} nodes{}, refused {} of its {} requests; \
-             legitimate tokens blocked: {}",
-            self.ring_blocked_nodes(),
-            p.nodes,
-            match self.last_blocked() {
-                Some(d) if self.ring_blocked_nodes() == p.nodes => {
-                    let ms = d.as_secs_f64() * 1e3;
-                    format!(" within {ms:.1} ms ({}) of the crossing", self.laps(ms))
-                }
-                _ => String::new(),
-            },
-            abusive_ring,
-            p.abuse_total(),
-            self.legit_blocked.len()
-        );
-        s
-    }
-}
-
 /// The load's requests, ordered by time.
 fn plan(p: &Params, abusive: &str) -> Vec<Planned> {
     let mut rng = StdRng::seed_from_u64(p.seed);
@@ -426,11 +225,138 @@ async fn until(within: Duration, mut ok: impl AsyncFnMut() -> bool) -> bool {
     }
 }
 
+/// The servers beside the nodes: ring-guarded, per-node.
+struct Servers {
+    ring: Vec<App>,
+    per_node: Vec<App>,
+}
+
+impl Servers {
+    /// Two servers beside each node, the ring-guarded ones synced.
+    async fn start(p: &Params, nodes: &Nodes) -> Result<Self> {
+        let mut s = Self {
+            ring: Vec::new(),
+            per_node: Vec::new(),
+        };
+        for i in 0..p.nodes {
+            let ring = Guard::Ring {
+                node: nodes.ring_addr(i),
+                udp: nodes.udp_addr(i),
+                station: STATION.into(),
+            };
+            let per_node = Guard::PerNode {
+                threshold: p.per_node_threshold,
+                window: WINDOW,
+            };
+            for (guard, list) in [(ring, &mut s.ring), (per_node, &mut s.per_node)] {
+                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                list.push(
+                    App::start(
+                        AppConfig {
+                            guard,
+                            flush: FLUSH,
+                        },
+                        listener,
+                    )
+                    .await?,
+                );
+            }
+        }
+        for a in &s.ring {
+            a.wait_synced(Duration::from_secs(30)).await?;
+        }
+        Ok(s)
+    }
+
+    /// Sends every planned request, at its time, to both servers beside
+    /// its node; the answers in plan order.
+    async fn send(&self, planned: Vec<Planned>) -> Result<Vec<Answered>> {
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let start = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for r in planned {
+            tokio::time::sleep_until(start + r.at).await;
+            let (ra, pa) = (self.ring[r.app].addr(), self.per_node[r.app].addr());
+            let client = client.clone();
+            tasks.spawn(async move {
+                let (ring, per_node) =
+                    tokio::join!(ask(&client, ra, &r.token), ask(&client, pa, &r.token));
+                Answered {
+                    planned: r,
+                    ring,
+                    per_node,
+                    done: Instant::now(),
+                    done_unix_ms: unix_ms(),
+                }
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(a) = tasks.join_next().await {
+            answers.push(a.context("a request task")?);
+        }
+        answers.sort_by_key(|a| a.planned.at);
+        ensure!(
+            answers.iter().all(|a| a.ring != 0 && a.per_node != 0),
+            "some requests got no answer"
+        );
+        Ok(answers)
+    }
+
+    async fn shutdown(self) {
+        for a in self.ring.into_iter().chain(self.per_node) {
+            a.shutdown().await;
+        }
+    }
+}
+
+/// The crossing as the load counts it: the abusive request that makes the
+/// count reach `spread_min` at `spread_nodes` distinct nodes.
+struct Crossing {
+    /// Its number among the abusive requests, 1-based.
+    request: usize,
+    /// Its time in the plan.
+    at: Duration,
+    /// When it was answered.
+    done: Instant,
+    done_unix_ms: u64,
+}
+
+fn crossing(p: &Params, answers: &[Answered]) -> Option<Crossing> {
+    let mut seen = std::collections::BTreeSet::new();
+    let abusive = answers.iter().filter(|a| a.planned.abusive);
+    for (k, a) in abusive.enumerate() {
+        seen.insert(a.planned.app);
+        if k + 1 >= p.spread_min() as usize && seen.len() >= p.spread_nodes() {
+            return Some(Crossing {
+                request: k + 1,
+                at: a.planned.at,
+                done: a.done,
+                done_unix_ms: a.done_unix_ms,
+            });
+        }
+    }
+    None
+}
+
+/// The mean of the nodes' lap p50, ms (0 when none answers).
+async fn mean_lap_ms(nodes: &Nodes) -> f64 {
+    let mut laps = Vec::new();
+    for i in 0..nodes.len() {
+        laps.extend(nodes.lap_ms(i).await);
+    }
+    if laps.is_empty() {
+        0.0
+    } else {
+        laps.iter().sum::<f64>() / laps.len() as f64
+    }
+}
+
 /// Runs the story and says what happened. Every process and task it
 /// starts ends before it returns (or when its future is dropped).
 ///
 /// # Errors
-/// Bad parameters, the ring did not form, a server could not start.
+/// Bad parameters, the ring did not form, a server could not start, a
+/// request got no answer.
 pub async fn run(p: Params) -> Result<Outcome> {
     p.check()?;
     let mut nodes = Nodes::start(&RingSpec {
@@ -441,88 +367,20 @@ pub async fn run(p: Params) -> Result<Outcome> {
         log_dir: p.log_dir.clone(),
     })?;
     nodes.wait_ring().await?;
-
-    let mut ring_apps = Vec::new();
-    let mut per_node_apps = Vec::new();
-    for i in 0..p.nodes {
-        let ring = AppConfig {
-            guard: Guard::Ring {
-                node: nodes.ring_addr(i),
-                udp: nodes.udp_addr(i),
-                station: STATION.into(),
-            },
-            flush: FLUSH,
-        };
-        let per_node = AppConfig {
-            guard: Guard::PerNode {
-                threshold: p.per_node_threshold,
-                window: WINDOW,
-            },
-            flush: FLUSH,
-        };
-        ring_apps.push(App::start(ring, TcpListener::bind("127.0.0.1:0").await?).await?);
-        per_node_apps.push(App::start(per_node, TcpListener::bind("127.0.0.1:0").await?).await?);
-    }
-    for a in &ring_apps {
-        a.wait_synced(Duration::from_secs(30)).await?;
-    }
-
+    let servers = Servers::start(&p, &nodes).await?;
     let abusive = format!(
         "abuser-{:08x}",
         StdRng::seed_from_u64(!p.seed).random::<u32>()
     );
-    let planned = plan(&p, &abusive);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let start = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for r in planned {
-        tokio::time::sleep_until(start + r.at).await;
-        let (ra, pa) = (ring_apps[r.app].addr(), per_node_apps[r.app].addr());
-        let client = client.clone();
-        tasks.spawn(async move {
-            let (ring, per_node) =
-                tokio::join!(ask(&client, ra, &r.token), ask(&client, pa, &r.token));
-            Answered {
-                planned: r,
-                ring,
-                per_node,
-                done: Instant::now(),
-                done_unix_ms: unix_ms(),
-            }
-        });
-    }
-    let mut answers = Vec::new();
-    while let Some(a) = tasks.join_next().await {
-        answers.push(a.context("a request task")?);
-    }
-    answers.sort_by_key(|a| a.planned.at);
-    ensure!(
-        answers.iter().all(|a| a.ring != 0 && a.per_node != 0),
-        "some requests got no answer"
-    );
+    let answers = servers.send(plan(&p, &abusive)).await?;
+    let crossed = crossing(&p, &answers).context("the load never crossed the rule")?;
 
-    // The crossing, as the load counts it.
-    let mut seen = std::collections::BTreeSet::new();
-    let mut count = 0;
-    let mut crossing = None;
-    for a in answers.iter().filter(|a| a.planned.abusive) {
-        count += 1;
-        seen.insert(a.planned.app);
-        if count >= p.spread_min() && seen.len() >= p.spread_nodes() {
-            crossing = Some((count as usize, a.planned.at, a.done, a.done_unix_ms));
-            break;
-        }
-    }
-    let (crossing_request, crossing_at, crossed, crossed_unix_ms) =
-        crossing.context("the load never crossed the rule")?;
-
-    // Every ring-guarded server learns of the block (bounded), then a few
-    // laps more so a late block of a legitimate token would show.
-    let lap_ms = nodes.lap_ms(0).await.unwrap_or(0.0);
-    let lap = Duration::from_secs_f64(lap_ms.max(10.0) / 1e3);
-    let blocked_everywhere = (lap * 40).max(Duration::from_secs(15));
-    until(blocked_everywhere, async || {
-        ring_apps.iter().all(|a| a.blocked(&abusive).is_some())
+    // Every ring-guarded server learns of the block (bounded); every
+    // report is counted; then a few laps more, so a late block of a
+    // legitimate token would show.
+    let lap = Duration::from_secs_f64(mean_lap_ms(&nodes).await.max(10.0) / 1e3);
+    until((lap * 40).max(Duration::from_secs(15)), async || {
+        servers.ring.iter().all(|a| a.blocked(&abusive).is_some())
     })
     .await;
     let reported = answers.len() as u64;
@@ -534,70 +392,76 @@ pub async fn run(p: Params) -> Result<Outcome> {
     .await;
     tokio::time::sleep((lap * 3).max(Duration::from_millis(300))).await;
 
-    let mut lap_sum = 0.0;
-    let mut laps = 0;
-    for i in 0..p.nodes {
-        if let Some(l) = nodes.lap_ms(i).await {
-            lap_sum += l;
-            laps += 1;
-        }
-    }
-    let lap_ms = if laps > 0 {
-        lap_sum / laps as f64
-    } else {
-        lap_ms
-    };
-
-    let mut rows = Vec::new();
-    let mut block_info = None;
-    let mut block_made_after_ms = None;
-    for (i, app) in ring_apps.iter().enumerate() {
-        let mine = answers
-            .iter()
-            .filter(|a| a.planned.abusive && a.planned.app == i);
-        let b = app.blocked(&abusive);
-        if let Some(b) = &b
-            && block_info.is_none()
-        {
-            block_info = Some(b.info.clone());
-            let since = b.expires_unix_ms as i64 - (BLOCK_TTL_S * 1000) as i64;
-            block_made_after_ms = Some(since - crossed_unix_ms as i64);
-        }
-        rows.push(NodeRow {
-            abuse_sent: mine.clone().count() as u32,
-            per_node_refused: mine.clone().filter(|a| a.per_node == 403).count() as u32,
-            ring_refused: mine.filter(|a| a.ring == 403).count() as u32,
-            blocked_after: b.map(|b| b.at.saturating_duration_since(crossed)),
-        });
-    }
-    let legit = answers.iter().filter(|a| !a.planned.abusive);
-    let mut legit_blocked: Vec<String> = ring_apps
-        .iter()
-        .flat_map(|a| a.blocked_tokens())
-        .filter(|t| *t != abusive)
-        .collect();
-    legit_blocked.sort();
-    legit_blocked.dedup();
-    let reports_dropped = ring_apps.iter().map(|a| a.counts().reports_dropped).sum();
-    let outcome = Outcome {
+    let outcome = Outcome::new(
+        p,
+        &servers.ring,
+        &answers,
         abusive,
-        lap_ms,
-        crossing_request,
-        crossing_at,
-        block_info,
-        block_made_after_ms,
-        rows,
-        legit_requests: legit.clone().count() as u32,
-        legit_refused_per_node: legit.clone().filter(|a| a.per_node == 403).count() as u32,
-        legit_refused_ring: legit.filter(|a| a.ring == 403).count() as u32,
-        legit_blocked,
-        observations: (observations, reported),
-        reports_dropped,
-        params: p,
-    };
-    for a in ring_apps.into_iter().chain(per_node_apps) {
-        a.shutdown().await;
-    }
+        &crossed,
+        mean_lap_ms(&nodes).await,
+        (observations, reported),
+    );
+    servers.shutdown().await;
     drop(nodes);
     Ok(outcome)
+}
+
+impl Outcome {
+    /// What the answers and the ring-guarded servers show.
+    fn new(
+        params: Params,
+        ring: &[App],
+        answers: &[Answered],
+        abusive: String,
+        crossed: &Crossing,
+        lap_ms: f64,
+        observations: (u64, u64),
+    ) -> Self {
+        let mut rows = Vec::new();
+        let mut block_info = None;
+        let mut block_made_after_ms = None;
+        for (i, app) in ring.iter().enumerate() {
+            let mine = answers
+                .iter()
+                .filter(|a| a.planned.abusive && a.planned.app == i);
+            let b = app.blocked(&abusive);
+            if let Some(b) = &b
+                && block_info.is_none()
+            {
+                block_info = Some(b.info.clone());
+                let since = b.expires_unix_ms as i64 - (BLOCK_TTL_S * 1000) as i64;
+                block_made_after_ms = Some(since - crossed.done_unix_ms as i64);
+            }
+            rows.push(NodeRow {
+                abuse_sent: mine.clone().count() as u32,
+                per_node_refused: mine.clone().filter(|a| a.per_node == 403).count() as u32,
+                ring_refused: mine.filter(|a| a.ring == 403).count() as u32,
+                blocked_after: b.map(|b| b.at.saturating_duration_since(crossed.done)),
+            });
+        }
+        let legit = answers.iter().filter(|a| !a.planned.abusive);
+        let mut legit_blocked: Vec<String> = ring
+            .iter()
+            .flat_map(|a| a.blocked_tokens())
+            .filter(|t| *t != abusive)
+            .collect();
+        legit_blocked.sort();
+        legit_blocked.dedup();
+        Self {
+            abusive,
+            lap_ms,
+            crossing_request: crossed.request,
+            crossing_at: crossed.at,
+            block_info,
+            block_made_after_ms,
+            rows,
+            legit_requests: legit.clone().count() as u32,
+            legit_refused_per_node: legit.clone().filter(|a| a.per_node == 403).count() as u32,
+            legit_refused_ring: legit.filter(|a| a.ring == 403).count() as u32,
+            legit_blocked,
+            observations,
+            reports_dropped: ring.iter().map(|a| a.counts().reports_dropped).sum(),
+            params,
+        }
+    }
 }
