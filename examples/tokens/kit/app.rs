@@ -9,10 +9,8 @@
 //!   one datagram = `STATION\n` then lines `o TOKEN`, at most
 //!   [`BATCH_BYTES`], sent every [`AppConfig::flush`] or when full; the
 //!   request never waits for it). The node's `blocked` set is mirrored in
-//!   memory from its event stream (`GET
-//!   /v1/stations/STATION/sets/blocked/events`: the live entries, `synced`,
-//!   then every change), so a check is one hash lookup; the stream is
-//!   reopened (with a fresh snapshot) when it ends, lags or falls silent.
+//!   memory from its event stream (`mirror`), so a check is one hash
+//!   lookup.
 //! - [`Guard::PerNode`]: what a user does today, fail2ban's model: this
 //!   server counts each token on its own over a sliding window and refuses
 //!   a token once it has seen it `threshold` times in the window.
