@@ -13,7 +13,7 @@
 //! `cargo run --example` does not build it: `cargo build` first, with the
 //! same profile), or given with `--ringhost`. Bounded: the whole run has a
 //! deadline (`--timeout-s`); every process it started is killed and
-//! reaped at the end, on an error, and on Ctrl-C.
+//! reaped at the end, on an error, and on Ctrl-C or SIGTERM.
 
 #[path = "kit/mod.rs"]
 mod kit;
@@ -86,6 +86,22 @@ fn ringhost_next_to_me() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 async fn demo(a: Args) -> Result<bool> {
     let ringhost = match a.ringhost {
         Some(p) => p,
@@ -110,7 +126,7 @@ async fn demo(a: Args) -> Result<bool> {
         params.nodes * 2
     );
     let run = tokio::time::timeout(Duration::from_secs(a.timeout_s), scenario::run(params));
-    // Ctrl-C drops the run: its servers stop and its nodes are killed and
+    // Ctrl-C or SIGTERM drops the run: its servers stop and its nodes are killed and
     // reaped as they drop.
     let outcome = tokio::select! {
         r = run => match r {
@@ -122,7 +138,7 @@ async fn demo(a: Args) -> Result<bool> {
                 log_dir.display()
             ),
         },
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupted() => {
             if !a.keep_logs {
                 let _ = std::fs::remove_dir_all(&log_dir);
             }
