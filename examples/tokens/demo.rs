@@ -126,8 +126,8 @@ async fn demo(a: Args) -> Result<bool> {
         params.nodes * 2
     );
     let run = tokio::time::timeout(Duration::from_secs(a.timeout_s), scenario::run(params));
-    // Ctrl-C or SIGTERM drops the run: its servers stop and its nodes are killed and
-    // reaped as they drop.
+    // Ctrl-C or SIGTERM drops the run: its servers stop and its nodes
+    // are killed and reaped as they drop.
     let outcome = tokio::select! {
         r = run => match r {
             Ok(Ok(outcome)) => outcome,
