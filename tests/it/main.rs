@@ -35,6 +35,7 @@ mod startup;
 mod stations;
 mod support;
 mod tokens;
+mod tokens_demo;
 mod trust;
 mod up;
 mod wire_faults;
