@@ -11,7 +11,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
-stations=(tick delay echo deploy_delta)
+stations=(tick delay echo deploy_delta tokens)
 testing=(trap spin hog badinit marker marker2 escape v01 inputs)
 
 cargo build --release --target wasm32-wasip2 "$@"
