@@ -15,10 +15,9 @@
 //!   against node 0 (`--to` its ring port: the tool finds the admin API
 //!   from the node's status; node 0 is in ctl's datacentre; a tool run
 //!   that fails under loss is tried again, at most three times, the time
-//!   counted from the first). `--to` the admin address does not work with
-//!   the cluster key set: the tool takes the admin API's answer to its
-//!   ring probe for a ring port refusing it.; the node validates the module,
-//!   publishes a release and the ring carries it on.
+//!   counted from the first; `--to` the admin address works as well: a
+//!   ring probe that gets no verdict is tried as an admin API); the node
+//!   validates the module, publishes a release and the ring carries it on.
 //! - one by one: from ctl, a `local` push to each node's admin API in
 //!   turn, waiting for each answer (each node validates and runs it,
 //!   nothing travels between nodes), as `benches/deploy.rs`'s baseline.
