@@ -345,7 +345,7 @@ pub fn node_addr(arg: &str) -> Result<String, String> {
 #[derive(Debug, Clone, Args)]
 pub struct StationArgs {
     /// A station to run at every stop, in order; repeatable. A `.wasm`
-    /// component path or a built-in (tick, delay, echo), with optional
+    /// component path or a built-in (tick, delay, echo, deploy-delta, tokens), with optional
     /// settings and name: `[NAME=]SOURCE[:key=value,...]`, e.g.
     /// `stations/delay.wasm:ms=100,ms@3=500`. Default: the built-in tick.
     #[arg(long = "station", value_name = "SPEC")]
