@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         ringhost::cli::LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
     }
     raise_fd_limit();
+    // Before the runtime's threads start: they inherit this thread's mask.
+    unblock_stop_signals();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -66,6 +68,25 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Unblocks SIGINT and SIGTERM in this thread (and so in every thread
+/// started after it): the node stops on them (see [`shutdown_signal`]),
+/// but a signal mask is inherited across `fork` and `exec`, and a parent
+/// that blocks them (a supervisor or harness that takes them with
+/// `sigwait`; Rust's `std::process::Command` does not reset the mask of
+/// the programs it starts) would leave a SIGTERM pending forever: the node
+/// would never stop but by SIGKILL, and would never pass on the particle
+/// or say that it leaves. Nothing changes when they are not blocked; a
+/// failure (it cannot fail for these signals) is logged.
+fn unblock_stop_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(e) = set.thread_unblock() {
+        tracing::warn!(cause = %e, "could not unblock SIGINT and SIGTERM");
     }
 }
 

@@ -36,6 +36,9 @@
 //! - State: each instance writes `ringid_<nodeid>` into its own `state_dir`.
 //! - `TZ=UTC` so the log's timestamps (which have no year and no zone) parse
 //!   into a `SystemTime` comparable with the caller's clock readings.
+//! - knet pings every sixteenth of the token timeout (at least every
+//!   25 ms) instead of every quarter ([`knet_ping`]; the ping timeout stays
+//!   the default half), see "Loss" below.
 //! - `move_to_root_cgroup: no` keeps the children in the caller's cgroup.
 //!   Otherwise Corosync's defaults stand, including `sched_rr` (each instance
 //!   runs SCHED_RR at priority 99, as it does in production).
@@ -96,6 +99,54 @@
 //! [`EventKind::Membership`] with `joined` and `left` empty: count them as
 //! interruptions. When the link came back within a few hundred ms of the
 //! cut, the rejoin took 0.2 s once and 9 s with 19 such rounds twice.
+
+//!
+//! # Loss
+//!
+//! knet declares a link down when no pong came back within
+//! `knet_ping_timeout`, by default `token / knet_pong_count` = half the
+//! token timeout, with a ping every `token / (2 × knet_pong_count)`
+//! (`runtime.config.totem.interface.0.knet_ping_interval` 2212 ms and
+//! `knet_ping_timeout` 4425 ms on 11 nodes with the defaults). That is two
+//! pings per timeout, and the second one's pong comes back a round trip
+//! (and up to a heartbeat tick) after the first ping's deadline minus one
+//! interval: on the `wan` profile (2 % loss at each sender, so about 4 % of
+//! pings get no pong; 40 ms round trips) a single lost ping or pong takes
+//! the link down, and it comes back up only after `knet_pong_count` pongs,
+//! about 4.4 s later. Across 110 directed links that is a link down
+//! somewhere every second or two, e.g. (2026-12-02, the driver's
+//! defaults before this change):
+//!
+//! ```text
+//! 00:55:18.983 [KNET  ] link: host: 4 link: 0 is down
+//! 00:55:23.983 [KNET  ] rx: host: 4 link: 0 is up
+//! 00:55:18.835 [TOTEM ] Token has not been received in 9723 ms
+//! 00:55:34.191 [TOTEM ] Token has not been received in 25081 ms
+//! ```
+//!
+//! Totem's messages to a host whose link is down are dropped, so the token
+//! or a commit token is lost, the membership round starts over, and in
+//! 90 s the 11 instances never installed a membership of all (once one did
+//! after 33 s and lost a member again 22 s later). With the loss rule
+//! flushed from every host, the same ring formed within 13 s and no link
+//! went down again. So the driver keeps the timeout and pings eight times
+//! per timeout: a link goes down only after about eight pings in a row
+//! lost (0.04⁸ ≈ 10⁻¹¹), a real failure still within the same timeout.
+//! With that, the defaults formed a ring of all 11 on `wan` within 8 s and
+//! lost no token in a minute (`cargo bench --bench fleet -- calm --profile
+//! wan --corosync defaults --minutes 1`: tokens lost 0, memberships 0).
+//!
+//! A 200 ms token cannot work on `wan` whatever knet does: the hosts
+//! alternate datacentres in node-id order (host `i` is in `i % 3`), so
+//! every hop of Totem's ring crosses between datacentres and one rotation
+//! of the token takes 11 × 20 ms ± 5 = about 220 ms, more than the token
+//! timeout. Each instance stays a ring of itself; its log cycles through
+//! `Token has not been received in 590 ms`, `A new membership (1.15) was
+//! formed. Members` (nobody joined) and `Process pause detected for …
+//! ms, flushing membership messages` (the 11 instances at real-time
+//! priority starve each other in those rounds on 2 cores).
+//! The token and consensus timeouts, which decide detection, stay
+//! Corosync's (defaults, or the tuned token).
 
 #![allow(dead_code)]
 
@@ -423,12 +474,45 @@ fn end(mut child: Child) -> Result<()> {
     Ok(())
 }
 
+/// Corosync's token timeout in ms for a ring of `n` hosts: `token_ms`
+/// (with `token_coefficient: 0`), or its defaults, 3000 + (n − 2) × 650
+/// (see the module docs).
+pub fn token_timeout_ms(token_ms: Option<u32>, n: usize) -> u32 {
+    match token_ms {
+        Some(ms) => ms,
+        None => {
+            let extra = u32::try_from(n.saturating_sub(2)).unwrap_or(u32::MAX);
+            3000u32.saturating_add(extra.saturating_mul(650))
+        }
+    }
+}
+
+/// The knet link's ping interval and timeout (ms) for a token timeout of
+/// `token` ms: the timeout is Corosync's default (`token /
+/// knet_pong_count`, the count being 2), the interval a sixteenth of the
+/// token instead of its default quarter (see the module docs, "Loss"), and
+/// at least [`KNET_PING_FLOOR_MS`].
+pub fn knet_ping(token: u32) -> (u32, u32) {
+    ((token / 16).max(KNET_PING_FLOOR_MS), (token / 2).max(1))
+}
+
+/// The shortest knet ping interval the driver sets: 110 links of an
+/// 11-host ring pinging every 25 ms are already about 9000 packets a
+/// second (pings and pongs) through the harness's userspace switch.
+pub const KNET_PING_FLOOR_MS: u32 = 25;
+
 /// The config of host `me` (corosync node id `me + 1`).
 fn config(hosts: &[Host], me: usize, token_ms: Option<u32>, host_dir: &Path) -> String {
     let mut totem = String::new();
     if let Some(ms) = token_ms {
         let _ = write!(totem, "  token: {ms}\n  token_coefficient: 0\n");
     }
+    let (ping_interval, ping_timeout) = knet_ping(token_timeout_ms(token_ms, hosts.len()));
+    let _ = write!(
+        totem,
+        "  interface {{\n    linknumber: 0\n    knet_ping_interval: {ping_interval}\n    \
+         knet_ping_timeout: {ping_timeout}\n  }}\n"
+    );
     let mut nodes = String::new();
     for (i, h) in hosts.iter().enumerate() {
         let _ = write!(
@@ -684,6 +768,35 @@ mod tests {
         let (at, _, _) =
             split_line("Dec 31 23:59:59.000 [1] h corosync notice  [MAIN  ] x", now).unwrap();
         assert_eq!(at, UNIX_EPOCH + Duration::from_secs(1_767_225_599));
+    }
+
+    #[test]
+    fn knet_pings_eight_times_per_ping_timeout_which_stays_corosyncs_default() {
+        let hosts: Vec<Host> = (0..11)
+            .map(|i| Host {
+                netns: format!("h{i}"),
+                addr: Ipv4Addr::new(10, 77, 1, i + 1),
+            })
+            .collect();
+        // Defaults on 11 nodes: token 8850 ms, knet's default timeout 4425.
+        assert_eq!(token_timeout_ms(None, 11), 8850);
+        let conf = config(&hosts, 0, None, Path::new("/x"));
+        assert!(
+            conf.contains("knet_ping_interval: 553\n")
+                && conf.contains("knet_ping_timeout: 4425\n"),
+            "{conf}"
+        );
+        assert!(
+            !conf.contains("token:"),
+            "the token stays the default: {conf}"
+        );
+        let conf = config(&hosts, 0, Some(200), Path::new("/x"));
+        assert!(
+            conf.contains("token: 200\n")
+                && conf.contains("knet_ping_interval: 25\n")
+                && conf.contains("knet_ping_timeout: 100\n"),
+            "{conf}"
+        );
     }
 
     #[test]

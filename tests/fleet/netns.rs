@@ -183,25 +183,51 @@ pub fn remove_own(prefix: &str) {
 /// Makes SIGINT, SIGTERM and SIGHUP remove this process's namespaces and
 /// what runs in them ([`remove_own`]) before it exits (status 128 + the
 /// signal), so a bench stopped with Ctrl-C leaves nothing behind. Call it
-/// first in `main`, before any thread starts: the signals are blocked in
-/// every thread and taken by one of its own (children get an empty mask
-/// from `std::process::Command`).
+/// first in `main`.
+///
+/// The signals are caught by handlers (tokio's, which write to a pipe read
+/// by a thread of its own), never blocked: a signal mask is inherited by
+/// every thread and, across `exec`, by every child (Rust's
+/// `std::process::Command` does not reset it), and this harness's nodes
+/// stop on SIGTERM. With the signals blocked here (as this function did
+/// until 2026-12-02), every node started by the bench had SIGTERM blocked
+/// (`/proc/PID/status`: `SigBlk: 0000000000004003`, and after a `kill
+/// -TERM`, `ShdPnd: 0000000000004000`), so the `restart` fault's SIGTERM
+/// stayed pending and the node ran on. A handler is reset to the default
+/// action by `exec`, so children start as if nothing was installed.
 ///
 /// # Panics
-/// If the signals cannot be blocked.
+/// If the handlers cannot be installed.
 pub fn clean_up_on_signals(prefix: &'static str) {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    set.thread_block().expect("block the stop signals");
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime for the signal handlers");
+    // Installed here, before returning: no window in which a Ctrl-C
+    // kills the bench without the clean-up.
+    let mut streams = {
+        let _in_runtime = runtime.enter();
+        [
+            (libc::SIGINT, SignalKind::interrupt()),
+            (libc::SIGTERM, SignalKind::terminate()),
+            (libc::SIGHUP, SignalKind::hangup()),
+        ]
+        .map(|(number, kind)| (number, signal(kind).expect("install a signal handler")))
+    };
     std::thread::spawn(move || {
-        if let Ok(sig) = set.wait() {
-            eprintln!("{sig}: removing this run's namespaces and processes");
-            remove_own(prefix);
-            std::process::exit(128 + sig as i32);
-        }
+        let number = runtime.block_on(async move {
+            let [(a, sa), (b, sb), (c, sc)] = &mut streams;
+            tokio::select! {
+                _ = sa.recv() => *a,
+                _ = sb.recv() => *b,
+                _ = sc.recv() => *c,
+            }
+        });
+        let name = nix::sys::signal::Signal::try_from(number).map_or("a signal", |s| s.as_str());
+        eprintln!("{name}: removing this run's namespaces and processes");
+        remove_own(prefix);
+        std::process::exit(128 + number);
     });
 }
 

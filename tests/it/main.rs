@@ -33,6 +33,7 @@ mod slow_stop;
 mod soak;
 mod startup;
 mod stations;
+mod stop_signal;
 mod support;
 mod tokens;
 mod tokens_demo;
