@@ -22,7 +22,8 @@
 //! Run: `cargo bench --bench tokens` (all parts, about two minutes), or
 //! pick: `-- --part ingest|block|check|slot|precision` (comma-separated);
 //! sizes: `--ingest-obs N` (1000000), `--trials N` (10 per hold),
-//! `--checks N` (2000), `--slot-rates A,B,C` (1000,10000,100000),
+//! `--block-watch both|memory` (both: node memory and SSE; memory: no SSE
+//! readers), `--checks N` (2000), `--slot-rates A,B,C` (1000,10000,100000),
 //! `--slot-secs N` (10), `--slot-capacities A,B` (512,20000),
 //! `--precision-obs N` (220000).
 
@@ -78,6 +79,11 @@ fn main() -> Result<()> {
         .split(',')
         .map(str::parse)
         .collect::<Result<Vec<u64>, _>>()?;
+    let watch_sse = match arg("--block-watch", "both".to_string())?.as_str() {
+        "both" => true,
+        "memory" => false,
+        w => bail!("--block-watch {w:?}: both or memory"),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -85,7 +91,7 @@ fn main() -> Result<()> {
     for part in PARTS.iter().filter(|p| parts.contains(p)) {
         match *part {
             "ingest" => ingest::run(&rt, arg("--ingest-obs", 1_000_000)?)?,
-            "block" => crossing::run(&rt, arg("--trials", 10)?)?,
+            "block" => crossing::run(&rt, arg("--trials", 10)?, watch_sse)?,
             "check" => check::run(&rt, arg("--checks", 2000)?)?,
             "slot" => slot::run(&rt, &rates, arg("--slot-secs", 10)?, &capacities)?,
             "precision" => precision::run(&rt, arg("--precision-obs", 220_000)?)?,

@@ -37,14 +37,20 @@ pub const NODES: usize = 11;
 /// The total rule of this part's ring.
 const TOTAL: u64 = 1000;
 
-/// Runs `trials` trials at each hold.
+/// Runs `trials` trials at each hold; `sse`: also watch by SSE (11 more
+/// reader threads, and the admin threads' writes, on the same cores).
 ///
 /// # Errors
 /// When the ring fails or a block does not reach every node in 30 s.
-pub fn run(rt: &Runtime, trials: usize) -> Result<()> {
+pub fn run(rt: &Runtime, trials: usize, sse: bool) -> Result<()> {
     println!(
         "crossing a rule to blocked on every node: {NODES} nodes, total rule {TOTAL}, \
-         {trials} trials per hold, watched by SSE on every node"
+         {trials} trials per hold, watched in every node's memory{}",
+        if sse {
+            " and by SSE on every node"
+        } else {
+            " (no SSE)"
+        }
     );
     println!(
         "  {:<24} {:>10}   {:>21}   {:>21}   {:>21}",
@@ -63,11 +69,14 @@ pub fn run(rt: &Runtime, trials: usize) -> Result<()> {
             &[("total", &total_s), ("hold_ms", &hold_s), ("top", "64")],
             |_| {},
         )?;
-        let r = trials_on(rt, &mut ring, trials, hold);
+        let r = trials_on(rt, &mut ring, trials, hold, sse);
         fleet::stop(rt, ring)?;
         let t = r?;
         let lap = fleet::lap_p50(&t.laps);
         for (by, w) in [("node memory", &t.memory), ("SSE clients", &t.sse)] {
+            if w.first.is_empty() {
+                continue;
+            }
             let stats = |v: &[Duration]| {
                 (
                     percentiles(v.to_vec()).0,
@@ -128,6 +137,7 @@ fn trials_on(
     ring: &mut crate::common::TickRing,
     trials: usize,
     hold: u64,
+    sse: bool,
 ) -> Result<Trials> {
     fleet::wait_until(Duration::from_secs(30), "every node's first stop", || {
         (0..NODES).all(|i| fleet::status(ring, i).is_some())
@@ -135,7 +145,7 @@ fn trials_on(
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let mut readers = Vec::new();
-    for (i, admin) in ring.admins.iter().enumerate() {
+    for (i, admin) in ring.admins.iter().enumerate().filter(|_| sse) {
         readers.push(watch_keys(
             admin,
             "/v1/stations/tokens/sets/blocked/events",
@@ -193,19 +203,22 @@ fn trials_on(
             post(&mut clients[at], &format!("o {token}\n"))?;
             let mut when: HashMap<usize, Instant> = HashMap::new();
             let deadline = Instant::now() + wait;
-            while when.len() < 2 * NODES {
+            let watchers = if sse { 2 * NODES } else { NODES };
+            while when.len() < watchers {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let (node, key, t) = rx.recv_timeout(left).with_context(|| {
-                    format!("{token}: {} of {} watchers saw it", when.len(), 2 * NODES)
+                    format!("{token}: {} of {watchers} watchers saw it", when.len())
                 })?;
                 if key == token {
                     when.entry(node).or_insert(t);
                 }
             }
-            let (sse, memory): (HashMap<usize, Instant>, HashMap<usize, Instant>) =
+            let (by_sse, by_memory): (HashMap<usize, Instant>, HashMap<usize, Instant>) =
                 when.into_iter().partition(|(n, _)| *n < NODES);
-            out.sse.add(t0, &sse);
-            out.memory.add(t0, &memory);
+            if sse {
+                out.sse.add(t0, &by_sse);
+            }
+            out.memory.add(t0, &by_memory);
             out.laps.extend(fleet::laps(rt, ring, 0)?);
         }
         Ok(())
