@@ -73,6 +73,16 @@ pub fn run(rt: &Runtime, trials: usize, sse: bool) -> Result<()> {
         fleet::stop(rt, ring)?;
         let t = r?;
         let lap = fleet::lap_p50(&t.laps);
+        let mut stops = t.stops.clone();
+        stops.sort_unstable();
+        println!(
+            "  {:<24} {:>10}   all - first in stops (ring-wide visits): p50 {} max {} \
+             (a lap is {NODES} stops)",
+            format!("{hold} ms"),
+            "",
+            stops.get(stops.len() / 2).copied().unwrap_or(0),
+            stops.last().copied().unwrap_or(0),
+        );
         for (by, w) in [("node memory", &t.memory), ("SSE clients", &t.sse)] {
             if w.first.is_empty() {
                 continue;
@@ -129,6 +139,8 @@ impl Seen {
 struct Trials {
     sse: Seen,
     memory: Seen,
+    /// Ring-wide stops between the first and the last node's block.
+    stops: Vec<u64>,
     laps: Vec<Duration>,
 }
 
@@ -157,18 +169,31 @@ fn trials_on(
     // In-process subscribers, tagged NODES + i. They end when the ring
     // stops (the stores' senders go) or at their next event after `rx`
     // is gone.
+    // Each also sends the ring's stops so far (every node's visit
+    // counter, summed) as it wakes: how many stops the block took to
+    // spread, whatever the lap time then (noisy by the wake-up delay).
+    let metrics: Vec<_> = ring
+        .nodes
+        .iter()
+        .map(|n| Arc::clone(n.bus().metrics()))
+        .collect();
+    let (stops_tx, stops_rx) = mpsc::channel::<(usize, String, u64)>();
     for (i, node) in ring.nodes.iter().enumerate() {
         let (_, mut sub) = node
             .sets()
             .subscribe("tokens", "blocked", unix_ms())
             .map_err(anyhow::Error::msg)?;
-        let tx = tx.clone();
+        let (tx, stops_tx, metrics) = (tx.clone(), stops_tx.clone(), metrics.clone());
         std::thread::spawn(move || {
             while let Ok(ev) = sub.blocking_recv() {
-                if let SetEvent::Put(e) = &*ev
-                    && tx.send((NODES + i, e.key.clone(), Instant::now())).is_err()
-                {
-                    return;
+                if let SetEvent::Put(e) = &*ev {
+                    let now = Instant::now();
+                    let stops = metrics.iter().map(|m| m.visits.get()).sum();
+                    if tx.send((NODES + i, e.key.clone(), now)).is_err()
+                        || stops_tx.send((i, e.key.clone(), stops)).is_err()
+                    {
+                        return;
+                    }
                 }
             }
         });
@@ -182,6 +207,7 @@ fn trials_on(
     let mut out = Trials {
         sse: Seen::default(),
         memory: Seen::default(),
+        stops: Vec::new(),
         laps: Vec::new(),
     };
     let wait = Duration::from_secs(30) + Duration::from_millis(hold * 50);
@@ -198,6 +224,7 @@ fn trials_on(
                 (0..NODES).all(|i| fleet::top_count(ring, i, &token) == TOTAL - 1)
             })?;
             while rx.try_recv().is_ok() {}
+            while stops_rx.try_recv().is_ok() {}
             let at = trial % NODES;
             let t0 = Instant::now();
             post(&mut clients[at], &format!("o {token}\n"))?;
@@ -219,6 +246,16 @@ fn trials_on(
                 out.sse.add(t0, &by_sse);
             }
             out.memory.add(t0, &by_memory);
+            let mut stops: HashMap<usize, u64> = HashMap::new();
+            while let Ok((node, key, n)) = stops_rx.try_recv() {
+                if key == token {
+                    stops.entry(node).or_insert(n);
+                }
+            }
+            if stops.len() == NODES {
+                let (lo, hi) = (stops.values().min(), stops.values().max());
+                out.stops.push(hi.zip(lo).map_or(0, |(h, l)| h - l));
+            }
             out.laps.extend(fleet::laps(rt, ring, 0)?);
         }
         Ok(())
