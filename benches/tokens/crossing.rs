@@ -70,6 +70,7 @@ pub fn run(rt: &Runtime, trials: usize, sse: bool) -> Result<()> {
             |_| {},
         )?;
         let r = trials_on(rt, &mut ring, trials, hold, sse);
+        let faults = fleet::faults(&ring);
         fleet::stop(rt, ring)?;
         let t = r?;
         let lap = fleet::lap_p50(&t.laps);
@@ -77,7 +78,7 @@ pub fn run(rt: &Runtime, trials: usize, sse: bool) -> Result<()> {
         stops.sort_unstable();
         println!(
             "  {:<24} {:>10}   all - first in stops (ring-wide visits): p50 {} max {} \
-             (a lap is {NODES} stops)",
+             (a lap is {NODES} stops); {faults} station faults",
             format!("{hold} ms"),
             "",
             stops.get(stops.len() / 2).copied().unwrap_or(0),

@@ -101,6 +101,27 @@ pub fn lap_p50(laps: &[Duration]) -> Duration {
     percentiles(laps.to_vec()).0
 }
 
+/// The tokens station's faults (failed calls: traps, timeouts) summed
+/// over the ring's nodes, read from their metrics
+/// (`ringhost_station_faults_total{station="tokens"}`).
+pub fn faults(ring: &TickRing) -> u64 {
+    let key = "ringhost_station_faults_total{station=\"tokens\"} ";
+    ring.nodes
+        .iter()
+        .map(|n| {
+            n.bus()
+                .metrics()
+                .encode()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(key)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 /// Stops the ring's nodes.
 ///
 /// # Errors

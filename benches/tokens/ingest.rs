@@ -109,9 +109,11 @@ fn through_node(
         ("HTTP POST inbox, kept alive", Way::Http(admin)),
     ];
     for (name, way) in ways {
+        let faults0 = fleet::faults(ring);
         let m = measure(node, ring, payloads, way)?;
+        let faults = fleet::faults(ring) - faults0;
         println!(
-            "  {name:<32} folded {:>10}/s  {:>5.2}x fold  {:>5.2}x sink  ({} of {} folded in {:.2} s, {} dropped)",
+            "  {name:<32} folded {:>10}/s  {:>5.2}x fold  {:>5.2}x sink  ({} of {} folded in {:.2} s, {} dropped, {faults} faults)",
             rate(m.rate),
             m.rate / fold,
             m.rate / sink,
