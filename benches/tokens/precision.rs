@@ -79,9 +79,17 @@ pub fn run(rt: &Runtime, obs: u64) -> Result<()> {
                     }
                 }
             }
-            fleet::wait_until(Duration::from_secs(60), "every observation merged", || {
+            // A batch lost to a station fault never arrives: then the
+            // comparison goes on with what did, and says how much.
+            let merged = fleet::wait_until(Duration::from_secs(60), "all merged", || {
                 (0..NODES).all(|i| fleet::stat(&ring, i, "/window/observations") == obs)
-            })?;
+            });
+            if merged.is_err() {
+                println!(
+                    "  k={k}: only {} of {obs} observations reached node 0's catalog in 60 s",
+                    fleet::stat(&ring, 0, "/window/observations")
+                );
+            }
             let _ = fleet::laps(rt, &mut ring, 2)?;
             let delta = fleet::stat(&ring, 0, "/window/error_bound");
             let (entries, _) = ring.nodes[0]
