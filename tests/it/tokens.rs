@@ -388,3 +388,82 @@ fn counts_survive_a_node_crash_and_a_particle_loss() {
         a.lookup(i, "blocked", "later").is_some()
     });
 }
+
+/// A steady flood into one node's inbox never holds its stop: the stop
+/// folds one batch and leaves the rest to `on-input`. (It drained the
+/// inbox until empty: a sender keeping the inbox full held the stop until
+/// its call deadline, the instance was dropped and its unsealed counts
+/// with it; `cargo bench --bench tokens -- --part ingest --ingest-obs
+/// 3000000` showed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_flood_into_the_inbox_never_holds_the_stop() {
+    use ringhost::config::StationSpec;
+
+    use crate::support::TestRing;
+
+    let ring = TestRing::start(1, |c| {
+        c.delay_ms = 10;
+        c.station_timeout_ms = 1000;
+        c.stations = vec![StationSpec::builtin("tokens").with("total", "0")];
+    })
+    .await;
+    let node = ring.nodes[0].as_ref().unwrap();
+    let seen = || -> u64 {
+        node.kv()
+            .get("tokens", "status")
+            .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+            .and_then(|s| s["local"]["seen"].as_u64())
+            .unwrap_or(0)
+    };
+    let faults = || -> u64 {
+        let key = "ringhost_station_faults_total{station=\"tokens\"} ";
+        node.bus()
+            .metrics()
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inbox = loop {
+        if let Some(i) = node.inbox("tokens") {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no tokens inbox");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Payloads of 2000 tokens (60 KB), made beforehand so the sender is
+    // faster than the fold: the inbox is kept at 64 of them for 4 s.
+    let payloads: Vec<Vec<u8>> = (0..256)
+        .map(|p| {
+            (0..2000)
+                .map(|i| format!("o t{p:08}-{i:05}-padding-pad\n"))
+                .collect::<String>()
+                .into_bytes()
+        })
+        .collect();
+    let mut sent = 0u64;
+    let start = Instant::now();
+    for p in payloads.iter().cycle() {
+        if start.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        while inbox.len() >= 64 {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        inbox.push(p.clone()).unwrap();
+        sent += 2000;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen() < sent {
+        assert_eq!(faults(), 0, "a stop or batch failed under the flood");
+        assert!(
+            Instant::now() < deadline,
+            "folded {} of {sent} within 30 s",
+            seen()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen(), sent);
+    assert_eq!(faults(), 0, "no stop ran into its bound");
+}
