@@ -881,4 +881,43 @@ mod tests {
             "{args:?}"
         );
     }
+
+    #[test]
+    fn cache_auto_sits_8211_above_the_ring_port_and_needs_insecure_beyond_loopback() {
+        let cfg = Cli::parse_from(["ringhost", "--port", "3000"])
+            .node
+            .to_config()
+            .unwrap();
+        assert!(cfg.cache.is_none());
+        let cli = Cli::parse_from(["ringhost", "--port", "3002", "--cache", "auto"]);
+        let cache = cli.node.to_config().unwrap().cache.unwrap();
+        assert_eq!(cache.listen, "127.0.0.1:11213");
+        assert_eq!(cache.memory_bytes, 64 << 20);
+        let cli = Cli::parse_from([
+            "ringhost",
+            "--port",
+            "3000",
+            "--cache",
+            "127.0.0.1:0",
+            "--cache-memory-mib",
+            "8",
+        ]);
+        assert_eq!(
+            cli.node.to_config().unwrap().cache.unwrap().memory_bytes,
+            8 << 20
+        );
+        let cli = Cli::parse_from(["ringhost", "--port", "3000", "--cache", "0.0.0.0:11211"]);
+        let err = cli.node.to_config().unwrap_err().to_string();
+        assert!(err.contains("--insecure"), "{err}");
+        let cli = Cli::parse_from([
+            "ringhost",
+            "--port",
+            "3000",
+            "--cache",
+            "auto",
+            "--cache-memory-mib",
+            "0",
+        ]);
+        assert!(cli.node.to_config().is_err());
+    }
 }

@@ -75,7 +75,7 @@ pub enum StoreMode {
 /// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `get`/`gets` (with cas uniques when `cas`).
+    /// `get`/`gets` of `keys` (with cas uniques when `cas`).
     Get { keys: Vec<Bytes>, cas: bool },
     /// `gat`/`gats`: get and touch with `exptime`.
     Gat {
@@ -83,7 +83,8 @@ pub enum Command {
         keys: Vec<Bytes>,
         cas: bool,
     },
-    /// `set`, `add`, `replace`, `append`, `prepend`, `cas`.
+    /// `set`, `add`, `replace`, `append`, `prepend`, `cas` (`exptime` as
+    /// sent: see `super::store::expiry`).
     Store {
         mode: StoreMode,
         key: Bytes,
@@ -145,14 +146,23 @@ pub enum Input {
 /// A reply line (values are written with [`encode_value`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
+    /// `STORED`.
     Stored,
+    /// `NOT_STORED`: the condition of add/replace/append/prepend failed.
     NotStored,
+    /// `EXISTS`: a cas on an item changed since it was read.
     Exists,
+    /// `NOT_FOUND`: no such item.
     NotFound,
+    /// `DELETED`.
     Deleted,
+    /// `TOUCHED`.
     Touched,
+    /// `OK` (flush_all, verbosity).
     Ok,
+    /// `RESET` (stats reset).
     Reset,
+    /// `END`: the end of a list of values.
     End,
     /// The result of `incr`/`decr`.
     Number(u64),
