@@ -217,13 +217,15 @@ pub struct RequestLabels {
 /// Labels of the refusal counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// `ring` or `admin`.
+    /// `ring`, `admin` or `cache`.
     pub port: &'static str,
     /// Which bound or check: `full` (every connection busy), `evicted`
     /// (an idle connection closed to make room), `handshake` (no or a bad
     /// hello in time), `frame` (a malformed, unexpected or over-bound
     /// frame), `refused` (a hello refused: another ring, a duplicate
-    /// member), `write` (a write failed or timed out).
+    /// member), `write` (a write failed or timed out); on the cache port
+    /// also `slow_command` (a command not whole in time) and
+    /// `line_too_long`.
     pub reason: &'static str,
 }
 

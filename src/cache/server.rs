@@ -42,6 +42,7 @@ use super::store::{Arith, Store, StoreLimits, Stored};
 use crate::config::CacheConfig;
 use crate::conns::{Admitted, ConnTable};
 use crate::lograte::LogBackoff;
+use crate::metrics::Metrics;
 
 /// Reply bytes gathered before they are written out mid-batch.
 pub const FLUSH_AT: usize = 256 << 10;
@@ -104,7 +105,14 @@ fn unix_now() -> u64 {
 
 /// Serves `listener` until `cancel`, then closes every connection (a
 /// command running finishes its reply first, within the write timeout).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+/// Connections ended for a bound are counted in `metrics`' refusals
+/// (port `cache`).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let c = &shared.config;
     let table = ConnTable::new(c.max_connections, c.max_connections);
     let tracker = TaskTracker::new();
@@ -129,7 +137,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
                 }
             },
         };
-        let Ok(admitted) = table.admit(peer.ip()) else {
+        let admitted = table.admit(peer.ip());
+        if admitted.as_ref().is_ok_and(Admitted::made_room) {
+            metrics.refused("cache", "evicted");
+        }
+        let Ok(admitted) = admitted else {
+            metrics.refused("cache", "full");
             if let Some(held) = logs.check("full", Instant::now()) {
                 warn!(%peer, held_back = held, "cache: every connection is busy; a new one was refused");
             }
@@ -138,12 +151,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
             continue;
         };
         let shared = Arc::clone(&shared);
+        let metrics = Arc::clone(&metrics);
         let stop = cancel.clone();
         tracker.spawn(async move {
             shared.curr_connections.fetch_add(1, Ordering::Relaxed);
             shared.total_connections.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = serve_conn(stream, &shared, &admitted, &stop).await {
-                debug!(%peer, cause = %e, "cache connection closed");
+            match serve_conn(stream, &shared, &admitted, &stop).await {
+                Ok(()) => {}
+                Err(e) => {
+                    if let Some(reason) = e.refusal() {
+                        metrics.refused("cache", reason);
+                    }
+                    debug!(%peer, cause = %e, "cache connection closed");
+                }
             }
             shared.curr_connections.fetch_sub(1, Ordering::Relaxed);
         });
@@ -162,6 +182,21 @@ enum ConnError {
     SlowCommand,
     #[error("the client did not take its reply in time")]
     SlowReader,
+    #[error("a command line was over the bound")]
+    LineTooLong,
+}
+
+impl ConnError {
+    /// The refusal reason this end is counted under (`None`: the client's
+    /// own doing, such as a reset).
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            Self::Io(_) => None,
+            Self::SlowCommand => Some("slow_command"),
+            Self::SlowReader => Some("write"),
+            Self::LineTooLong => Some("line_too_long"),
+        }
+    }
 }
 
 /// One connection: read, parse every whole input, run it, write replies.
@@ -206,7 +241,8 @@ async fn serve_conn(
                 }
                 Input::Fatal(r) => {
                     r.encode(&mut out);
-                    false
+                    flush(&mut stream, &mut out, write_timeout).await?;
+                    return Err(ConnError::LineTooLong);
                 }
             };
             if !go_on {

@@ -297,7 +297,8 @@ pub async fn start(
         (Some(listener), Some(settings)) => {
             let bound = listener.local_addr().ok();
             let shared = crate::cache::server::Shared::new(settings.clone());
-            let task = crate::cache::server::serve(listener, shared, cancel.clone());
+            let metrics = Arc::clone(bus.metrics());
+            let task = crate::cache::server::serve(listener, shared, metrics, cancel.clone());
             tracker.spawn(task.instrument(span.clone()));
             bound
         }

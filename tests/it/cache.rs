@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringhost::config::{CacheConfig, NodeConfig};
+use ringhost::metrics::RefusalLabels;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -120,6 +121,32 @@ impl Client {
                 Ok(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// Connections the cache ended for `reason` (the node's refusals metric).
+fn refused(ring: &TestRing, reason: &'static str) -> u64 {
+    let node = ring.nodes[0].as_ref().expect("node up");
+    node.bus()
+        .metrics()
+        .refusals
+        .get_or_create(&RefusalLabels {
+            port: "cache",
+            reason,
+        })
+        .get()
+}
+
+/// Waits (at most 10 s) until the cache has ended a connection for
+/// `reason`.
+async fn wait_refused(ring: &TestRing, reason: &'static str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused(ring, reason) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no cache connection ended for {reason}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -344,6 +371,9 @@ async fn garbage_huge_lines_slow_clients_and_a_flood_end_only_their_own_connecti
     let mut huge = Client::connect(&ring).await;
     let _ = huge.0.write_all(&vec![b'g'; 1 << 20]).await;
     assert!(huge.closed_by_server(Duration::from_secs(10)).await);
+    // Neither the garbage nor the closed clients cost the others anything.
+    junk.ask(b"get k\r\n", "VALUE k 0 2\r\nok\r\nEND\r\n").await;
+    good.ask(b"get k\r\n", "VALUE k 0 2\r\nok\r\nEND\r\n").await;
     // A flood of silent sockets past the cap cycles through idle places.
     let mut flood = Vec::new();
     for _ in 0..40 {
@@ -355,6 +385,9 @@ async fn garbage_huge_lines_slow_clients_and_a_flood_end_only_their_own_connecti
     again
         .ask(b"get k\r\n", "VALUE k 0 2\r\nok\r\nEND\r\n")
         .await;
+    wait_refused(&ring, "slow_command").await;
+    wait_refused(&ring, "line_too_long").await;
+    wait_refused(&ring, "evicted").await;
     drop((good, junk, flood));
     assert!(ring.nodes[0].is_some());
 }
