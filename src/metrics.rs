@@ -236,6 +236,14 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the cache operations counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `get_hit`, `get_miss`, `set`, `delete_hit`, `delete_miss`,
+    /// `eviction`, `reclaimed` (an expired item removed), `flush`.
+    pub op: &'static str,
+}
+
 /// Labels of the published-set metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SetLabels {
@@ -299,6 +307,14 @@ pub struct Metrics {
     /// Connections ended or refused for a bound or a failed check, by
     /// port and reason.
     pub refusals: Family<RefusalLabels, Counter>,
+    /// The cache's operations, by kind (copied from its store every
+    /// second; `stats reset` on the cache port resets them too, which
+    /// Prometheus takes as a counter reset).
+    pub cache_ops: Family<CacheLabels, Counter>,
+    /// Items the cache holds (copied every second).
+    pub cache_items: Gauge,
+    /// Bytes the cache's items are charged (copied every second).
+    pub cache_bytes: Gauge,
     stations: Stations,
 }
 
@@ -339,6 +355,9 @@ impl Metrics {
         let set_changes = Family::<SetLabels, Counter>::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
         let refusals = Family::<RefusalLabels, Counter>::default();
+        let cache_ops = Family::<CacheLabels, Counter>::default();
+        let cache_items = Gauge::default();
+        let cache_bytes = Gauge::default();
         let stations = Stations::default();
         let r = &mut registry;
         r.register(
@@ -447,6 +466,18 @@ impl Metrics {
             "Connections ended or refused for a bound or a failed check, by port and reason",
             refusals.clone(),
         );
+        r.register(
+            "cache_operations",
+            "Operations of the memcached-compatible cache (--cache), by kind",
+            cache_ops.clone(),
+        );
+        r.register("cache_items", "Items the cache holds", cache_items.clone());
+        r.register_with_unit(
+            "cache_memory",
+            "Bytes the cache's items are charged (key + value + per-item overhead)",
+            Unit::Bytes,
+            cache_bytes.clone(),
+        );
         Self {
             registry,
             visits,
@@ -468,6 +499,9 @@ impl Metrics {
             inputs_dropped,
             admin_requests,
             refusals,
+            cache_ops,
+            cache_items,
+            cache_bytes,
             stations,
         }
     }

@@ -42,7 +42,7 @@ use super::store::{Arith, Store, StoreLimits, Stored};
 use crate::config::CacheConfig;
 use crate::conns::{Admitted, ConnTable};
 use crate::lograte::LogBackoff;
-use crate::metrics::Metrics;
+use crate::metrics::{CacheLabels, Metrics};
 
 /// Reply bytes gathered before they are written out mid-batch.
 pub const FLUSH_AT: usize = 256 << 10;
@@ -123,7 +123,9 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => break,
             _ = sweep.tick() => {
-                shared.store().sweep(unix_now(), SWEEP_ITEMS);
+                let mut store = shared.store();
+                store.sweep(unix_now(), SWEEP_ITEMS);
+                export(&store, &metrics);
                 continue;
             }
             r = listener.accept() => match r {
@@ -171,6 +173,33 @@ pub async fn serve(
     tracker.close();
     let bound = Duration::from_millis(shared.config.write_timeout_ms) + Duration::from_secs(1);
     let _ = tokio::time::timeout(bound, tracker.wait()).await;
+}
+
+/// Copies the store's figures into the node's metrics.
+fn export(store: &Store, metrics: &Metrics) {
+    let n = store.counters();
+    for (op, value) in [
+        ("get_hit", n.get_hits),
+        ("get_miss", n.get_misses),
+        ("set", n.cmd_set),
+        ("delete_hit", n.delete_hits),
+        ("delete_miss", n.delete_misses),
+        ("eviction", n.evictions),
+        ("reclaimed", n.reclaimed),
+        ("flush", n.cmd_flush),
+    ] {
+        metrics
+            .cache_ops
+            .get_or_create(&CacheLabels { op })
+            .inner()
+            .store(value, Ordering::Relaxed);
+    }
+    metrics
+        .cache_items
+        .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
+    metrics
+        .cache_bytes
+        .set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
 }
 
 /// Why a connection ended early.

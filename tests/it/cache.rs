@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringhost::config::{CacheConfig, NodeConfig};
-use ringhost::metrics::RefusalLabels;
+use ringhost::metrics::{CacheLabels, RefusalLabels};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -446,6 +446,27 @@ async fn the_memory_bound_evicts_the_least_recently_used_items() {
         }
     }
     let (evictions, bytes) = (evictions.unwrap(), bytes.unwrap());
+    // The same figures reach the node's metrics within a second or so.
+    let node = ring.nodes[0].as_ref().expect("node up");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exported = |op| {
+        node.bus()
+            .metrics()
+            .cache_ops
+            .get_or_create(&CacheLabels { op })
+            .get()
+    };
+    while exported("eviction") != evictions || exported("get_hit") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the cache's figures never reached /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        node.bus().metrics().cache_bytes.get(),
+        i64::try_from(bytes).unwrap()
+    );
     println!(
         "cache under a 64 KiB bound after 200 sets of 1000 bytes: evictions {evictions}, bytes {bytes}"
     );
