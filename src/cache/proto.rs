@@ -294,7 +294,7 @@ impl Parser {
                     if buf.len() < p.len + 2 {
                         return None;
                     }
-                    let mut block = buf.split_to(p.len + 2);
+                    let block = buf.split_to(p.len + 2);
                     let State::Data(p) = std::mem::replace(&mut self.state, State::Line) else {
                         unreachable!("matched above")
                     };
@@ -304,13 +304,16 @@ impl Parser {
                         }
                         return Some(Input::Reply(Reply::ClientError("bad data chunk")));
                     }
-                    block.truncate(p.len);
+                    // A copy, not a slice of `buf`: a stored slice would
+                    // keep the whole read buffer it shares alive, memory
+                    // the store's bound does not see.
+                    let value = Bytes::copy_from_slice(&block[..p.len]);
                     return Some(Input::Command(Command::Store {
                         mode: p.mode,
                         key: p.key,
                         flags: p.flags,
                         exptime: p.exptime,
-                        value: block.freeze(),
+                        value,
                         noreply: p.noreply,
                     }));
                 }

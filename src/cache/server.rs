@@ -244,7 +244,9 @@ async fn serve_conn(
     let mut partial_since: Option<Instant> = None;
     loop {
         let busy = admitted.busy();
+        let mut progressed = false;
         while let Some(next) = parser.decode(&mut input) {
+            progressed = true;
             let go_on = match next {
                 Input::Command(Command::Quit) => false,
                 Input::Command(cmd) => {
@@ -285,10 +287,13 @@ async fn serve_conn(
         flush(&mut stream, &mut out, write_timeout).await?;
         drop(busy);
         let mid_command = !input.is_empty() || !parser.between_commands();
+        // The deadline runs from the first byte of the command now
+        // arriving: a client pipelining steadily (each read ending inside
+        // a command) starts a new one with every command completed.
         partial_since = match (mid_command, partial_since) {
             (false, _) => None,
-            (true, None) => Some(Instant::now()),
-            (true, since) => since,
+            (true, Some(since)) if !progressed => Some(since),
+            (true, _) => Some(Instant::now()),
         };
         let deadline = partial_since.map(|s| tokio::time::Instant::from_std(s + command_timeout));
         input.reserve(READ_CHUNK);

@@ -459,6 +459,9 @@ impl Store {
     /// items until it fits.
     fn insert(&mut self, key: Bytes, flags: u32, expires: u64, value: Bytes, now: u64) {
         self.unlink(&key);
+        // Held keys own their bytes: a key sliced out of a request line
+        // would keep that line's whole buffer alive.
+        let key = Bytes::copy_from_slice(&key);
         let cost = charge(&key, value.len());
         while self.bytes + cost > self.limits.memory_bytes {
             let Some((_, oldest)) = self.lru.pop_first() else {
