@@ -503,3 +503,34 @@ async fn memccapable_ascii_passes_against_a_node() {
     println!("{stdout}{stderr}");
     assert!(stdout.contains("All tests passed"), "{stdout}{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_all_answered_in_order_and_the_cache_stops_with_its_node() {
+    let mut ring = node_with_cache(|_| {}).await;
+    let addr = cache_addr(&ring);
+    let mut c = Client::connect(&ring).await;
+    // 2000 sets and gets in one write, split at arbitrary points by TCP.
+    let mut batch = Vec::new();
+    let mut want = String::new();
+    for i in 0..2000 {
+        batch.extend_from_slice(
+            format!("set p{i} {i} 0 4\r\nv{:03}\r\nget p{i}\r\n", i % 1000).as_bytes(),
+        );
+        want.push_str(&format!(
+            "STORED\r\nVALUE p{i} {i} 4\r\nv{:03}\r\nEND\r\n",
+            i % 1000
+        ));
+    }
+    c.ask(&batch, &want).await;
+    // Stopping the node closes its connections and its port.
+    let node = ring.nodes[0].take().expect("node up");
+    tokio::time::timeout(Duration::from_secs(20), node.shutdown())
+        .await
+        .expect("the node stops in time")
+        .expect("the node stops cleanly");
+    assert!(c.closed_by_server(REPLY_WAIT).await);
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the cache port is closed"
+    );
+}
