@@ -3,11 +3,12 @@
 //!
 //! Layers, each knowing only those below it:
 //! - [`proto`]: the memcached text protocol as a sans-IO codec (bytes in,
-//!   commands out; replies to bytes);
+//!   commands out), [`reply`]: replies to bytes;
 //! - [`store`]: a node-local store (items, LRU eviction under a memory
 //!   bound, expiry, cas uniques, counters), pure, with time as an input;
 //! - [`server`]: a TCP server running one store over the codec, with
-//!   bounded connections.
+//!   bounded connections (`exec.rs`: commands against the store, its
+//!   figures).
 //!
 //! Today every node serves its own store: a key set on one node is not
 //! seen on another. The ring cache (keys owned through consistent hashing
@@ -17,6 +18,8 @@
 //! router that runs it on the local store or forwards it, without changing
 //! the codec or the store.
 
+mod exec;
 pub mod proto;
+pub mod reply;
 pub mod server;
 pub mod store;

@@ -37,12 +37,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::exec::{execute, export};
 use super::proto::{Command, Input, Limits, Parser, Reply, encode_value};
-use super::store::{Arith, Store, StoreLimits, Stored};
+use super::store::{Store, StoreLimits};
 use crate::config::CacheConfig;
 use crate::conns::{Admitted, ConnTable};
 use crate::lograte::LogBackoff;
-use crate::metrics::{CacheLabels, Metrics};
+use crate::metrics::Metrics;
 
 /// Reply bytes gathered before they are written out mid-batch.
 pub const FLUSH_AT: usize = 256 << 10;
@@ -62,10 +63,10 @@ pub const VERSION: &str = concat!("1.6.0-ringhost-", env!("CARGO_PKG_VERSION"));
 /// The store and the figures every connection shares.
 pub struct Shared {
     store: Mutex<Store>,
-    config: CacheConfig,
-    started: Instant,
-    curr_connections: AtomicU64,
-    total_connections: AtomicU64,
+    pub(super) config: CacheConfig,
+    pub(super) started: Instant,
+    pub(super) curr_connections: AtomicU64,
+    pub(super) total_connections: AtomicU64,
 }
 
 impl Shared {
@@ -83,7 +84,7 @@ impl Shared {
         })
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(super) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         // A short, panic-free critical section; a poisoned lock still
         // holds a consistent store (every method leaves it whole).
         self.store.lock().unwrap_or_else(|e| e.into_inner())
@@ -173,33 +174,6 @@ pub async fn serve(
     tracker.close();
     let bound = Duration::from_millis(shared.config.write_timeout_ms) + Duration::from_secs(1);
     let _ = tokio::time::timeout(bound, tracker.wait()).await;
-}
-
-/// Copies the store's figures into the node's metrics.
-fn export(store: &Store, metrics: &Metrics) {
-    let n = store.counters();
-    for (op, value) in [
-        ("get_hit", n.get_hits),
-        ("get_miss", n.get_misses),
-        ("set", n.cmd_set),
-        ("delete_hit", n.delete_hits),
-        ("delete_miss", n.delete_misses),
-        ("eviction", n.evictions),
-        ("reclaimed", n.reclaimed),
-        ("flush", n.cmd_flush),
-    ] {
-        metrics
-            .cache_ops
-            .get_or_create(&CacheLabels { op })
-            .inner()
-            .store(value, Ordering::Relaxed);
-    }
-    metrics
-        .cache_items
-        .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
-    metrics
-        .cache_bytes
-        .set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
 }
 
 /// Why a connection ended early.
@@ -375,143 +349,4 @@ async fn run(
     }
     Reply::End.encode(out);
     Ok(())
-}
-
-/// The reply of a command that is not a retrieval (`None`: `noreply`).
-fn execute(shared: &Shared, cmd: Command, now: u64) -> Option<Reply> {
-    let (reply, noreply) = match cmd {
-        Command::Store {
-            mode,
-            key,
-            flags,
-            exptime,
-            value,
-            noreply,
-        } => {
-            let r = match shared.store().store(mode, &key, flags, exptime, value, now) {
-                Stored::Stored => Reply::Stored,
-                Stored::NotStored => Reply::NotStored,
-                Stored::Exists => Reply::Exists,
-                Stored::NotFound => Reply::NotFound,
-                // Only append/prepend get here: the parser refuses a
-                // value over the limit before its data arrives.
-                Stored::TooLarge => Reply::ServerError("out of memory storing object"),
-            };
-            (r, noreply)
-        }
-        Command::Delete { key, noreply } => {
-            let r = if shared.store().delete(&key, now) {
-                Reply::Deleted
-            } else {
-                Reply::NotFound
-            };
-            (r, noreply)
-        }
-        Command::Arith {
-            incr,
-            key,
-            delta,
-            noreply,
-        } => {
-            let r = match shared.store().arith(incr, &key, delta, now) {
-                Arith::Value(n) => Reply::Number(n),
-                Arith::NotFound => Reply::NotFound,
-                Arith::NonNumeric => {
-                    Reply::ClientError("cannot increment or decrement non-numeric value")
-                }
-            };
-            (r, noreply)
-        }
-        Command::Touch {
-            key,
-            exptime,
-            noreply,
-        } => {
-            let r = if shared.store().touch(&key, exptime, now) {
-                Reply::Touched
-            } else {
-                Reply::NotFound
-            };
-            (r, noreply)
-        }
-        Command::FlushAll { delay, noreply } => {
-            shared.store().flush_all(delay, now);
-            (Reply::Ok, noreply)
-        }
-        Command::Stats { args } => (stats(shared, args.as_deref(), now), false),
-        Command::Version => (Reply::Version(VERSION.into()), false),
-        Command::Verbosity { noreply } => (Reply::Ok, noreply),
-        Command::Get { .. } | Command::Gat { .. } | Command::Quit => return None,
-    };
-    (!noreply).then_some(reply)
-}
-
-/// `stats`, `stats reset`, `stats settings`; other groups are `ERROR`
-/// (memcached's answer to a group it does not know).
-fn stats(shared: &Shared, args: Option<&str>, now: u64) -> Reply {
-    let c = &shared.config;
-    match args {
-        None => {}
-        Some("reset") => {
-            shared.store().reset_counters();
-            return Reply::Reset;
-        }
-        Some("settings") => {
-            let lines = [
-                ("maxbytes", c.memory_bytes.to_string()),
-                ("maxconns", c.max_connections.to_string()),
-                ("item_size_max", c.item_max_bytes.to_string()),
-                ("evictions", "on".into()),
-                ("cas_enabled", "yes".into()),
-            ];
-            return Reply::Stats(lines.map(|(k, v)| (k.to_string(), v)).into());
-        }
-        Some(_) => return Reply::Error,
-    }
-    let store = shared.store();
-    let n = store.counters();
-    let mut lines = vec![
-        ("pid", std::process::id().to_string()),
-        ("uptime", shared.started.elapsed().as_secs().to_string()),
-        ("time", now.to_string()),
-        ("version", VERSION.to_string()),
-        ("pointer_size", (usize::BITS).to_string()),
-        (
-            "curr_connections",
-            shared.curr_connections.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "total_connections",
-            shared.total_connections.load(Ordering::Relaxed).to_string(),
-        ),
-    ];
-    let counters = [
-        ("cmd_get", n.cmd_get),
-        ("cmd_set", n.cmd_set),
-        ("cmd_flush", n.cmd_flush),
-        ("cmd_touch", n.cmd_touch),
-        ("get_hits", n.get_hits),
-        ("get_misses", n.get_misses),
-        ("get_expired", n.get_expired),
-        ("get_flushed", n.get_flushed),
-        ("delete_misses", n.delete_misses),
-        ("delete_hits", n.delete_hits),
-        ("incr_misses", n.incr_misses),
-        ("incr_hits", n.incr_hits),
-        ("decr_misses", n.decr_misses),
-        ("decr_hits", n.decr_hits),
-        ("cas_misses", n.cas_misses),
-        ("cas_hits", n.cas_hits),
-        ("cas_badval", n.cas_badval),
-        ("touch_hits", n.touch_hits),
-        ("touch_misses", n.touch_misses),
-        ("limit_maxbytes", c.memory_bytes as u64),
-        ("curr_items", store.len() as u64),
-        ("total_items", n.total_items),
-        ("bytes", store.bytes() as u64),
-        ("evictions", n.evictions),
-        ("reclaimed", n.reclaimed),
-    ];
-    lines.extend(counters.map(|(k, v)| (k, v.to_string())));
-    Reply::Stats(lines.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
