@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    AdminConfig, DEFAULT_RING, NodeConfig, RingLayout, StationSpec, split_host_port,
+    AdminConfig, CacheConfig, DEFAULT_RING, NodeConfig, RingLayout, StationSpec, split_host_port,
 };
 use crate::station::builtin;
 use crate::tool::deploy::{ConfigAction, PushOptions};
@@ -476,6 +476,18 @@ pub struct NodeArgs {
     #[arg(long, value_name = "PATH")]
     pub input_unix: Option<PathBuf>,
 
+    /// Serve a memcached-compatible cache (text protocol) on this address,
+    /// or `auto`: 127.0.0.1 at the ring port + 8211 (3000 -> 11211). Each
+    /// node serves its own store for now (keys are not spread over the
+    /// ring). Not authenticated: a non-loopback address needs --insecure.
+    #[arg(long, value_name = "ADDR|auto")]
+    pub cache: Option<String>,
+
+    /// Memory bound of the cache in MiB (items are evicted least recently
+    /// used first past it).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub cache_memory_mib: usize,
+
     /// Restart a dead successor that lives on this machine, with this
     /// node's command line (under `ringhost up` the supervisor does it).
     #[arg(long)]
@@ -524,6 +536,16 @@ pub struct UpArgs {
     /// default).
     #[arg(long)]
     pub input_udp: bool,
+
+    /// Give every node a memcached-compatible cache (`--cache auto`: each
+    /// node on 127.0.0.1 at its ring port + 8211, so 11211–11221 by
+    /// default).
+    #[arg(long)]
+    pub cache: bool,
+
+    /// The cache memory bound of each node in MiB (with --cache).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub cache_memory_mib: usize,
 
     /// The program to run for each node (default: this executable).
     #[arg(long, hide = true)]
@@ -635,6 +657,17 @@ impl StationArgs {
     }
 }
 
+/// `--cache auto` puts a node's cache this far above its ring port (3000
+/// -> 11211, memcached's port).
+pub const CACHE_PORT_OFFSET: u16 = 8211;
+
+/// Whether `addr` (`host:port`) is a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+        || addr.starts_with("localhost:")
+}
+
 impl NodeArgs {
     /// The validated node config.
     ///
@@ -656,8 +689,44 @@ impl NodeArgs {
         config.admin = self.admin_config(&config)?;
         config.input_udp = self.input_udp_config(&config)?;
         config.input_unix.clone_from(&self.input_unix);
+        config.cache = self.cache_config(&config)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `--cache`: `auto` is 127.0.0.1 at the ring port + 8211; an address
+    /// beyond loopback needs `--insecure`.
+    ///
+    /// # Errors
+    /// A non-loopback address without `--insecure`, no port 8211 above the
+    /// ring port, or a memory bound under 1 MiB or too large.
+    fn cache_config(&self, config: &NodeConfig) -> Result<Option<CacheConfig>> {
+        let Some(given) = self.cache.as_deref() else {
+            return Ok(None);
+        };
+        let listen = if given == "auto" {
+            let ring_addr = self.listen.as_deref().unwrap_or(&config.me().addr);
+            let (_, port) = split_host_port(ring_addr)?;
+            let cache = port.checked_add(CACHE_PORT_OFFSET).ok_or_else(|| {
+                anyhow::anyhow!("ring port {port} has no port 8211 above it: give --cache ADDR")
+            })?;
+            format!("127.0.0.1:{cache}")
+        } else {
+            given.to_string()
+        };
+        if !is_loopback(&listen) && !self.insecure {
+            bail!(
+                "--cache {listen} is not a loopback address: the cache protocol is not \
+                 authenticated; pass --insecure to serve it to the network"
+            );
+        }
+        let mut cache = CacheConfig::at(listen);
+        cache.memory_bytes = self
+            .cache_memory_mib
+            .checked_mul(1 << 20)
+            .filter(|_| self.cache_memory_mib >= 1)
+            .ok_or_else(|| anyhow::anyhow!("--cache-memory-mib must be at least 1 (and fit)"))?;
+        Ok(Some(cache))
     }
 
     /// `--input-udp`: `auto` is 127.0.0.1 at the ring port + 2000; an
@@ -679,11 +748,7 @@ impl NodeArgs {
         } else {
             given.to_string()
         };
-        let loopback = addr
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.ip().is_loopback())
-            || addr.starts_with("localhost:");
-        if !loopback && !self.insecure {
+        if !is_loopback(&addr) && !self.insecure {
             bail!(
                 "--input-udp {addr} is not a loopback address: datagram inputs are not \
                  authenticated; pass --insecure to accept them from the network"
@@ -815,5 +880,44 @@ mod tests {
             args.windows(2).any(|w| w == ["--station-fuel", "7"]),
             "{args:?}"
         );
+    }
+
+    #[test]
+    fn cache_auto_sits_8211_above_the_ring_port_and_needs_insecure_beyond_loopback() {
+        let cfg = Cli::parse_from(["ringhost", "--port", "3000"])
+            .node
+            .to_config()
+            .unwrap();
+        assert!(cfg.cache.is_none());
+        let cli = Cli::parse_from(["ringhost", "--port", "3002", "--cache", "auto"]);
+        let cache = cli.node.to_config().unwrap().cache.unwrap();
+        assert_eq!(cache.listen, "127.0.0.1:11213");
+        assert_eq!(cache.memory_bytes, 64 << 20);
+        let cli = Cli::parse_from([
+            "ringhost",
+            "--port",
+            "3000",
+            "--cache",
+            "127.0.0.1:0",
+            "--cache-memory-mib",
+            "8",
+        ]);
+        assert_eq!(
+            cli.node.to_config().unwrap().cache.unwrap().memory_bytes,
+            8 << 20
+        );
+        let cli = Cli::parse_from(["ringhost", "--port", "3000", "--cache", "0.0.0.0:11211"]);
+        let err = cli.node.to_config().unwrap_err().to_string();
+        assert!(err.contains("--insecure"), "{err}");
+        let cli = Cli::parse_from([
+            "ringhost",
+            "--port",
+            "3000",
+            "--cache",
+            "auto",
+            "--cache-memory-mib",
+            "0",
+        ]);
+        assert!(cli.node.to_config().is_err());
     }
 }

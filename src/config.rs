@@ -479,6 +479,68 @@ pub struct NodeConfig {
     /// Where datagram inputs arrive over a Unix datagram socket
     /// (`--input-unix`; `None`: off).
     pub input_unix: Option<std::path::PathBuf>,
+    /// The memcached-compatible cache this node serves (`--cache`;
+    /// `None`: off). See `crate::cache`.
+    pub cache: Option<CacheConfig>,
+}
+
+/// A node's cache server (see `crate::cache::server` for the bounds).
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Address to bind (`host:port`; port 0 picks a free one).
+    pub listen: String,
+    /// Bytes of items held at most (`--cache-memory-mib`, default 64 MiB),
+    /// charged as `crate::cache::store` says.
+    pub memory_bytes: usize,
+    /// Largest item (key + value + per-item overhead), default 1 MiB.
+    pub item_max_bytes: usize,
+    /// Open connections at most (default 1024).
+    pub max_connections: usize,
+    /// Time a started command gets to arrive whole (default 30 s).
+    pub command_timeout_ms: u64,
+    /// Time a client gets to take a reply (default 30 s).
+    pub write_timeout_ms: u64,
+}
+
+impl CacheConfig {
+    /// The cache at `listen` with the default bounds.
+    pub fn at(listen: impl Into<String>) -> Self {
+        Self {
+            listen: listen.into(),
+            memory_bytes: 64 << 20,
+            item_max_bytes: 1 << 20,
+            max_connections: 1024,
+            command_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
+        }
+    }
+
+    /// Checks the bounds, saying what is wrong in words.
+    ///
+    /// # Errors
+    /// When the item limit is under 1 KiB or over the memory bound, or a
+    /// timeout or the connection cap is zero.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.item_max_bytes >= 1 << 10,
+            "the cache item size limit must be at least 1 KiB"
+        );
+        ensure!(
+            self.memory_bytes >= self.item_max_bytes,
+            "the cache memory bound ({} bytes) must hold one item of the size limit ({} bytes)",
+            self.memory_bytes,
+            self.item_max_bytes
+        );
+        ensure!(
+            self.max_connections > 0,
+            "the cache must take at least one connection"
+        );
+        ensure!(
+            self.command_timeout_ms > 0 && self.write_timeout_ms > 0,
+            "the cache's timeouts must be > 0"
+        );
+        Ok(())
+    }
 }
 
 /// A node's admin HTTP API (see `crate::admin`).
@@ -641,6 +703,7 @@ impl NodeConfig {
             cluster_keys: None,
             input_udp: None,
             input_unix: None,
+            cache: None,
         }
     }
 
@@ -693,6 +756,9 @@ impl NodeConfig {
         );
         if let Some(admin) = &self.admin {
             admin.validate()?;
+        }
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
         }
         Ok(())
     }

@@ -13,6 +13,8 @@
 //! - [`status`]: a node's status report, its ring-port client, its figures.
 //! - [`metrics`]: the Prometheus metrics of a node.
 //! - [`admin`]: the admin HTTP API (server, client, bodies).
+//! - [`cache`]: the memcached-compatible cache (`--cache`): codec, store,
+//!   server.
 //! - [`tool`]: the command-line tools (`status`, `members`, `push`…) over
 //!   the admin API, in plain parameters.
 //! - [`up`]: `ringhost up`, a whole local ring of node processes.
@@ -22,6 +24,7 @@
 //! - [`durable`]: fsynced atomic writes, damaged files moved aside.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conns;

@@ -217,13 +217,15 @@ pub struct RequestLabels {
 /// Labels of the refusal counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// `ring` or `admin`.
+    /// `ring`, `admin` or `cache`.
     pub port: &'static str,
     /// Which bound or check: `full` (every connection busy), `evicted`
     /// (an idle connection closed to make room), `handshake` (no or a bad
     /// hello in time), `frame` (a malformed, unexpected or over-bound
     /// frame), `refused` (a hello refused: another ring, a duplicate
-    /// member), `write` (a write failed or timed out).
+    /// member), `write` (a write failed or timed out); on the cache port
+    /// also `slow_command` (a command not whole in time) and
+    /// `line_too_long`.
     pub reason: &'static str,
 }
 
@@ -232,6 +234,14 @@ pub struct RefusalLabels {
 pub struct DropLabels {
     /// `unknown_station`, `inbox_full`, `malformed` or `too_large`.
     pub reason: &'static str,
+}
+
+/// Labels of the cache operations counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `get_hit`, `get_miss`, `set`, `delete_hit`, `delete_miss`,
+    /// `eviction`, `reclaimed` (an expired item removed), `flush`.
+    pub op: &'static str,
 }
 
 /// Labels of the published-set metrics.
@@ -297,6 +307,14 @@ pub struct Metrics {
     /// Connections ended or refused for a bound or a failed check, by
     /// port and reason.
     pub refusals: Family<RefusalLabels, Counter>,
+    /// The cache's operations, by kind (copied from its store every
+    /// second; `stats reset` on the cache port resets them too, which
+    /// Prometheus takes as a counter reset).
+    pub cache_ops: Family<CacheLabels, Counter>,
+    /// Items the cache holds (copied every second).
+    pub cache_items: Gauge,
+    /// Bytes the cache's items are charged (copied every second).
+    pub cache_bytes: Gauge,
     stations: Stations,
 }
 
@@ -337,6 +355,9 @@ impl Metrics {
         let set_changes = Family::<SetLabels, Counter>::default();
         let admin_requests = Family::<RequestLabels, Counter>::default();
         let refusals = Family::<RefusalLabels, Counter>::default();
+        let cache_ops = Family::<CacheLabels, Counter>::default();
+        let cache_items = Gauge::default();
+        let cache_bytes = Gauge::default();
         let stations = Stations::default();
         let r = &mut registry;
         r.register(
@@ -445,6 +466,18 @@ impl Metrics {
             "Connections ended or refused for a bound or a failed check, by port and reason",
             refusals.clone(),
         );
+        r.register(
+            "cache_operations",
+            "Operations of the memcached-compatible cache (--cache), by kind",
+            cache_ops.clone(),
+        );
+        r.register("cache_items", "Items the cache holds", cache_items.clone());
+        r.register_with_unit(
+            "cache_memory",
+            "Bytes the cache's items are charged (key + value + per-item overhead)",
+            Unit::Bytes,
+            cache_bytes.clone(),
+        );
         Self {
             registry,
             visits,
@@ -466,6 +499,9 @@ impl Metrics {
             inputs_dropped,
             admin_requests,
             refusals,
+            cache_ops,
+            cache_items,
+            cache_bytes,
             stations,
         }
     }

@@ -166,6 +166,10 @@ pub async fn run(
         if args.input_udp {
             cmd.args(["--input-udp", "auto"]);
         }
+        if args.cache {
+            cmd.args(["--cache", "auto", "--cache-memory-mib"])
+                .arg(args.cache_memory_mib.to_string());
+        }
         if let Some(dir) = &args.stations.data_dir {
             cmd.arg("--data-dir").arg(dir.join(port.to_string()));
         }

@@ -77,6 +77,7 @@ pub struct NodeHandle {
     deploy_view: watch::Receiver<DeployView>,
     admin: Option<SocketAddr>,
     input_udp: Option<SocketAddr>,
+    cache: Option<SocketAddr>,
     bus: Arc<Bus>,
     status: Arc<StatusSnapshot>,
 }
@@ -90,6 +91,12 @@ impl NodeHandle {
     /// The address datagram inputs are received on (`None`: off).
     pub fn input_udp_addr(&self) -> Option<SocketAddr> {
         self.input_udp
+    }
+
+    /// The address the memcached-compatible cache is bound to (`None`:
+    /// off).
+    pub fn cache_addr(&self) -> Option<SocketAddr> {
+        self.cache
     }
 
     /// The node's event bus and metrics (what the admin API serves).
@@ -196,6 +203,18 @@ pub async fn start(
         ),
         None => None,
     };
+    let cache_listener = match &config.cache {
+        Some(c) => Some(
+            TcpListener::bind(&c.listen)
+                .await
+                .map_err(|cause| crate::BindError {
+                    what: "cache address",
+                    addr: c.listen.clone(),
+                    cause,
+                })?,
+        ),
+        None => None,
+    };
     let input_unix = match &config.input_unix {
         Some(p) => Some((ingest::bind_unix(p)?, p.clone())),
         None => None,
@@ -274,6 +293,17 @@ pub async fn start(
         );
         tracker.spawn(task.instrument(span.clone()));
     }
+    let cache_addr = match (cache_listener, &config.cache) {
+        (Some(listener), Some(settings)) => {
+            let bound = listener.local_addr().ok();
+            let shared = crate::cache::server::Shared::new(settings.clone());
+            let metrics = Arc::clone(bus.metrics());
+            let task = crate::cache::server::serve(listener, shared, metrics, cancel.clone());
+            tracker.spawn(task.instrument(span.clone()));
+            bound
+        }
+        _ => None,
+    };
     if let Some((socket, path)) = input_unix {
         let task = ingest::serve_unix(
             socket,
@@ -388,6 +418,7 @@ pub async fn start(
         parent: &span,
         addr = %addr,
         admin = %admin_addr.map_or("off".to_string(), |a| format!("http://{a}")),
+        cache = %cache_addr.map_or("off".to_string(), |a| a.to_string()),
         name = %me.name,
         ring = %config.ring.describe(),
         ring_hash = &config.ring.hash()[..12],
@@ -406,6 +437,7 @@ pub async fn start(
         sets,
         deploy_view,
         input_udp: input_udp_addr,
+        cache: cache_addr,
         admin: admin_addr,
         bus,
         status,

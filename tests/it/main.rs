@@ -4,6 +4,7 @@ mod admin;
 mod admin_conns;
 mod bad_input;
 mod bounds;
+mod cache;
 mod corosync;
 #[path = "../fleet/corosync.rs"]
 mod corosync_driver;
