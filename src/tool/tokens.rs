@@ -260,14 +260,18 @@ fn render_status(s: &Status, blocked: &SetListing, now_ms: u64) -> String {
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     if !entries.is_empty() {
         let _ = writeln!(out, "blocked here ({} live):", blocked.total);
-        let width = entries.iter().map(|e| e.key.len()).max().unwrap_or(0);
+        let width = entries
+            .iter()
+            .map(|e| shown(&e.key).chars().count())
+            .max()
+            .unwrap_or(0);
         for e in &entries {
             let _ = writeln!(
                 out,
                 "  {:width$}  {}  {}",
-                e.key,
+                shown(&e.key),
                 expiry(e.expires_unix_ms, now_ms),
-                e.info
+                shown(&e.info)
             );
         }
         if blocked.total > entries.len() {
@@ -279,6 +283,24 @@ fn render_status(s: &Status, blocked: &SetListing, now_ms: u64) -> String {
         }
     }
     out
+}
+
+/// `s` safe to print on an operator's terminal: control characters (a
+/// client's token may hold ESC sequences that clear a screen or hide
+/// rows) are written as `\u{..}` escapes, everything else as it is.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 fn expiry(at_ms: u64, now_ms: u64) -> String {
@@ -329,7 +351,12 @@ fn render_top(s: &Status, rows: &[TopRow]) -> String {
          lower bound, the true count is at most count + {})",
         s.window.seconds, s.node, s.window.observations, s.window.error_bound
     );
-    let width = rows.iter().map(|r| r.token.len()).max().unwrap_or(0).max(5);
+    let width = rows
+        .iter()
+        .map(|r| shown(&r.token).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     let _ = writeln!(
         out,
         "{:width$}  {:>10}  {:>10}  {:>5}",
@@ -339,7 +366,10 @@ fn render_top(s: &Status, rows: &[TopRow]) -> String {
         let _ = writeln!(
             out,
             "{:width$}  {:>10}  {:>10}  {:>5}",
-            r.token, r.count, r.upper, r.nodes
+            shown(&r.token),
+            r.count,
+            r.upper,
+            r.nodes
         );
     }
     out
@@ -448,7 +478,8 @@ pub async fn block(
     };
     if wait.is_zero() {
         println!(
-            "{token}: {verb} at {}; it travels the ring on the particle",
+            "{}: {verb} at {}; it travels the ring on the particle",
+            shown(token),
             t.to
         );
         return Ok(EXIT_OK);
@@ -472,7 +503,8 @@ pub async fn block(
         pending = still;
         if pending.is_empty() {
             println!(
-                "{token}: {verb} on {total}/{total} live members in {} ms",
+                "{}: {verb} on {total}/{total} live members in {} ms",
+                shown(token),
                 started.elapsed().as_millis()
             );
             return Ok(EXIT_OK);
@@ -480,7 +512,8 @@ pub async fn block(
         if Instant::now() >= deadline {
             let names: Vec<String> = pending.iter().map(|(i, a)| format!("{i} ({a})")).collect();
             eprintln!(
-                "{token}: {verb} on {}/{total} live members after {} ms; not yet at: {}",
+                "{}: {verb} on {}/{total} live members after {} ms; not yet at: {}",
+                shown(token),
                 total - pending.len(),
                 started.elapsed().as_millis(),
                 names.join(", ")
@@ -516,6 +549,11 @@ async fn live_admins(c: &AdminClient) -> Result<Vec<(usize, String)>> {
 pub async fn check(t: &Target, token: &str, json: bool) -> Result<u8> {
     check_token(token)?;
     let c = client::connect(&t.to, t.token.clone()).await?;
+    // A lookup in a set of a station that is not there (a wrong --station,
+    // a node without it, one restarted and not yet past its first stop)
+    // answers 404 like a token that is not blocked: make sure the station
+    // runs and has published before saying "not blocked".
+    status_doc(&c, &t.station).await?;
     let blocked = lookup(&c, &t.station, "blocked", token).await?;
     let redeemed = lookup(&c, &t.station, "redeemed", token).await?;
     let flagged = lookup(&c, &t.station, "flagged", token).await?;
@@ -541,15 +579,16 @@ pub async fn check(t: &Target, token: &str, json: bool) -> Result<u8> {
     ] {
         if let Some(e) = e {
             println!(
-                "{token}: {what}: {} ({})",
-                e.info,
+                "{}: {what}: {} ({})",
+                shown(token),
+                shown(&e.info),
                 expiry(e.expires_unix_ms, now)
             );
             said = true;
         }
     }
     if !said {
-        println!("{token}: not blocked");
+        println!("{}: not blocked", shown(token));
     }
     Ok(code)
 }
@@ -608,6 +647,19 @@ mod tests {
         let row = text.lines().find(|l| l.starts_with("abc")).expect("a row");
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cols, ["abc", "5000", "5240", "7"]);
+    }
+
+    #[test]
+    fn control_characters_of_a_client_token_never_reach_the_terminal() {
+        let mut s = doc();
+        s.top[0].token = "\u{1b}[2J\u{1b}[Hcleared\u{7}".into();
+        let text = render_top(&s, &s.top);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}[2J\\u{1b}[Hcleared\\u{7}"), "{text}");
+        assert_eq!(shown("plain-token"), "plain-token");
     }
 
     #[test]

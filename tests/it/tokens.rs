@@ -297,6 +297,13 @@ fn manual_blocks_and_unblocks_travel_the_ring_through_the_cli() {
     let (code, out) = tool(&ring, &["status", "--station", "nope"], 0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("nope"), "{out}");
+    // A check against a station that is not there is an error, never "not
+    // blocked" (its set lookups answer 404 like a token not blocked).
+    for station in ["nope", "tick"] {
+        let (code, out) = tool(&ring, &["check", "mallory", "--station", station], 0);
+        assert_eq!(code, 1, "check --station {station}: {out}");
+        assert!(!out.contains("not blocked"), "{out}");
+    }
 }
 
 #[test]

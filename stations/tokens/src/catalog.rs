@@ -230,12 +230,19 @@ impl Catalog {
                 ttl_s,
                 reason,
             } => {
-                let expires_ms = if *ttl_s == 0 { 0 } else { at_ms + ttl_s * 1000 };
+                // Saturating: a TTL of up to u64::MAX seconds is a valid line, and
+                // a wrapped expiry would lie in the past (the block would
+                // never exist).
+                let expires_ms = if *ttl_s == 0 {
+                    0
+                } else {
+                    at_ms.saturating_add(ttl_s.saturating_mul(1000))
+                };
                 self.put_manual(token, node, *at_ms, expires_ms, BlockKind::Manual, reason);
                 None
             }
             Event::Unblock { token, at_ms } => {
-                let expires_ms = at_ms + allow_ttl_s * 1000;
+                let expires_ms = at_ms.saturating_add(allow_ttl_s.saturating_mul(1000));
                 self.put_manual(
                     token,
                     node,
@@ -246,9 +253,12 @@ impl Catalog {
                 );
                 None
             }
-            Event::Redeem { token, at_ms } => {
-                self.redeem(token, node, *at_ms, at_ms + redeem_ttl_s * 1000)
-            }
+            Event::Redeem { token, at_ms } => self.redeem(
+                token,
+                node,
+                *at_ms,
+                at_ms.saturating_add(redeem_ttl_s.saturating_mul(1000)),
+            ),
         }
     }
 
@@ -384,6 +394,28 @@ mod tests {
         assert_eq!(c.blocklist["t"].expires_ms, 602_000);
         c.expire(602_000);
         assert!(c.blocklist.is_empty());
+    }
+
+    #[test]
+    fn a_huge_ttl_saturates_instead_of_wrapping_into_the_past() {
+        let mut c = Catalog::new(10_000, 3, 100, 0);
+        let block = |token: &str| Event::Block {
+            token: token.into(),
+            at_ms: 1_700_000_000_000,
+            ttl_s: u64::MAX,
+            reason: "abuse".into(),
+        };
+        c.apply(&block("ovf"), 1, u64::MAX, u64::MAX);
+        assert_eq!(c.blocklist["ovf"].expires_ms, u64::MAX);
+        c.expire(1_800_000_000_000);
+        assert!(c.blocklist.contains_key("ovf"), "expired at once");
+        let unblock = Event::Unblock {
+            token: "ovf".into(),
+            at_ms: 1_700_000_000_001,
+        };
+        c.apply(&unblock, 1, u64::MAX, u64::MAX);
+        assert_eq!(c.blocklist["ovf"].expires_ms, u64::MAX);
+        assert_eq!(c.redeem("otp", 1, 10, u64::MAX), None);
     }
 
     #[test]

@@ -660,3 +660,41 @@ fn status_document_has_the_documented_shape() {
     assert_eq!(v["local"]["seen"], 7);
     assert!(v["slot_bytes"].as_u64().unwrap() <= 65_536);
 }
+
+/// A blocklist over its share of the byte budget: what the budget drops
+/// is said in a warning, and a rule block dropped at once is never logged
+/// as blocked (it was, before: "blocked" in the log, not in any set).
+#[test]
+fn what_the_byte_budget_drops_is_warned_and_never_logged_as_blocked() {
+    use crate::stop::Level;
+    let mut sim = Sim::new(
+        3,
+        rules(|s| {
+            s.total = 5;
+            s.slot_max_bytes = 4096;
+        }),
+        T0,
+    );
+    let manual: String = (0..200).map(|i| format!("b m-{i:03} 0 filler\n")).collect();
+    sim.feed(0, &manual);
+    let mut logs = Vec::new();
+    for _ in 0..6 {
+        logs.extend(sim.step().logs);
+    }
+    sim.observe(1, "ruletok", 10);
+    for _ in 0..6 {
+        logs.extend(sim.step().logs);
+    }
+    let warned = logs
+        .iter()
+        .any(|(l, m)| *l == Level::Warn && m.contains("byte budget") && m.contains("dropped"));
+    assert!(warned, "no warning among {logs:?}");
+    // Rule entries leave the budget first: ruletok's block was dropped.
+    assert!(!sim.catalog().blocklist.contains_key("ruletok"));
+    assert!(
+        !logs
+            .iter()
+            .any(|(_, m)| m.contains("blocked") && m.contains("ruletok (total)")),
+        "a dropped rule block was logged as blocked: {logs:?}"
+    );
+}

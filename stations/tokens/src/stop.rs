@@ -111,7 +111,34 @@ pub fn stop(local: &mut Local, s: &Settings, ring_warnings: Vec<String>, st: Sto
     let flagged = merge(&mut cat, local, watermark, node, s, &mut logs);
     cat.watermarks.insert(node, local.last_seq());
 
-    let new_blocks = run_rules(&mut cat, local, s, &sealed, &st);
+    let mut new_blocks = run_rules(&mut cat, local, s, &sealed, &st);
+    let before: Vec<String> = cat
+        .blocklist
+        .keys()
+        .chain(cat.redemptions.keys())
+        .cloned()
+        .collect();
+    let (slot, shrunk_to) = fit(&mut cat, s.slot_max_bytes);
+    // What the byte budget dropped is said, never silent: a rule block
+    // the budget drops at once is not logged as blocked.
+    let dropped: Vec<&String> = before
+        .iter()
+        .filter(|t| !cat.blocklist.contains_key(*t) && !cat.redemptions.contains_key(*t))
+        .collect();
+    if !dropped.is_empty() {
+        let first: Vec<&str> = dropped.iter().take(5).map(|t| t.as_str()).collect();
+        logs.push((
+            Level::Warn,
+            format!(
+                "tokens: the slot's byte budget ({} bytes; blocklist 3/8, redemptions 1/4) dropped {} \
+                 blocklist entries or redemptions: {}; raise slot_max_bytes or shorten block_ttl_s / redeem_ttl_s",
+                s.slot_max_bytes,
+                dropped.len(),
+                first.join(", ")
+            ),
+        ));
+    }
+    new_blocks.retain(|t| cat.blocklist.contains_key(t));
     if !new_blocks.is_empty() {
         let names: Vec<String> = new_blocks
             .iter()
@@ -128,11 +155,13 @@ pub fn stop(local: &mut Local, s: &Settings, ring_warnings: Vec<String>, st: Sto
         ));
     }
     for t in flagged.iter().take(5) {
-        let info = redemption_info(&cat.redemptions[t]);
-        logs.push((Level::Warn, format!("tokens: one-time token {t} {info}")));
+        // (One the byte budget dropped is named in its warning above.)
+        if let Some(r) = cat.redemptions.get(t) {
+            let info = redemption_info(r);
+            logs.push((Level::Warn, format!("tokens: one-time token {t} {info}")));
+        }
     }
 
-    let (slot, shrunk_to) = fit(&mut cat, s.slot_max_bytes);
     local.last_lists = (cat.blocklist.clone(), cat.redemptions.clone());
     let ops = publish(local, &cat, st.now_ms);
     let status = status::render(&cat, local, s, &st, slot.len());
@@ -304,7 +333,7 @@ fn run_rules(
             kind,
             origin: st.node,
             since_ms: st.now_ms,
-            expires_ms: st.now_ms + s.block_ttl_s * 1000,
+            expires_ms: st.now_ms.saturating_add(s.block_ttl_s.saturating_mul(1000)),
             reason: crate::input::cut(&reason).to_string(),
         };
         if cat.block_by_rule(&t, block) {
